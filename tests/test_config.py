@@ -1,0 +1,94 @@
+"""Batch arithmetic, flag validation and config files: what a user sees before any process starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from xlsr_dist.config import ConfigError, build_config, parse_args, plan_batches, valid_world_sizes
+
+EXPECTED_DEFAULT = {1: (4, 2), 2: (4, 1), 4: (2, 1), 8: (1, 1)}
+
+
+@pytest.mark.parametrize("world", range(1, 17))
+def test_global_batch_is_exactly_8_or_refused(world: int) -> None:
+    if 8 % world == 0:
+        plan = plan_batches(8, world)
+        assert plan.micro_batch * plan.grad_accum * world == 8
+        assert (plan.micro_batch, plan.grad_accum) == EXPECTED_DEFAULT[world]
+    else:
+        with pytest.raises(ConfigError) as err:
+            plan_batches(8, world)
+        message = str(err.value)
+        assert f"world size {world}" in message and "1, 2, 4, 8" in message
+
+
+@pytest.mark.parametrize("world,micro,accum", [(1, 8, 1), (1, 2, 4), (1, 1, 8), (2, 2, 2), (2, 1, 4), (4, 1, 2)])
+def test_user_micro_batch_derives_accumulation(world: int, micro: int, accum: int) -> None:
+    plan = plan_batches(8, world, micro)
+    assert (plan.micro_batch, plan.grad_accum) == (micro, accum)
+
+
+def test_micro_batch_that_does_not_divide_names_the_flag_and_choices() -> None:
+    with pytest.raises(ConfigError) as err:
+        plan_batches(8, 2, 3)
+    assert "--per_device_train_batch_size 3" in str(err.value) and "1, 2, 4" in str(err.value)
+
+
+def test_valid_world_sizes() -> None:
+    assert valid_world_sizes(8, 16) == [1, 2, 4, 8]
+
+
+def test_every_problem_is_reported_at_once_naming_each_flag() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"learning_rate": -1, "warmup_steps": -5, "architecture": "huge", "logging_steps": 0,
+                      "bogus_key": 1, "deepspeed": "nope.json"})
+    # unknown keys are reported first (values cannot be checked against an unknown schema)
+    assert [p.split(":")[0] for p in err.value.problems] == ["--bogus_key"]
+    with pytest.raises(ConfigError) as err:
+        build_config({"learning_rate": -1, "warmup_steps": -5, "architecture": "huge", "logging_steps": 0,
+                      "deepspeed": "nope.json"})
+    flags = {p.split(":")[0] for p in err.value.problems}
+    assert {"--learning_rate", "--warmup_steps", "--architecture", "--logging_steps", "--deepspeed"} <= flags
+
+
+def test_bad_types_are_reported_together() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"max_steps": "ten", "learning_rate": "fast", "freeze_feature_encoder": "maybe"})
+    assert len(err.value.problems) == 3
+
+
+def test_defaults_are_the_reference_recipe() -> None:
+    cfg = build_config({})
+    t = cfg.train
+    assert (t.learning_rate, t.warmup_steps, t.num_train_epochs, t.seed, t.global_batch_size) == (1e-4, 1000, 30, 42, 8)
+    assert (t.adam_beta1, t.adam_beta2, t.adam_epsilon, t.weight_decay, t.max_grad_norm) == (0.9, 0.999, 1e-8, 0, 1.0)
+    assert (t.eval_steps, t.save_steps, t.logging_steps) == (500, 500, 25)
+    assert cfg.model.model_name_or_path == "facebook/wav2vec2-large-xlsr-53"
+    assert cfg.model.ctc_zero_infinity and cfg.model.freeze_feature_encoder and cfg.model.mask_time_prob == 0.05
+    assert t.deepspeed == "ds_configs/zero2_fp16.json"
+
+
+def test_config_file_then_flags_win(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 0.002\nmax_steps: 300\narchitecture: tiny\n")
+    cfg = parse_args(["--config", str(path), "--max_steps", "50"])
+    assert cfg.train.learning_rate == 0.002 and cfg.train.max_steps == 50 and cfg.model.architecture == "tiny"
+
+
+def test_unknown_key_in_config_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"learning_rat": 1e-3}))
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--config", str(path)])
+    assert "--learning_rat" in str(err.value) and str(path) in str(err.value)
+
+
+def test_shipped_launch_configs_are_valid() -> None:
+    root = Path(__file__).resolve().parent.parent / "launch"
+    configs = sorted(root.glob("*.yaml"))
+    assert configs, "launch/ holds the demo config"
+    for path in configs:
+        parse_args(["--config", str(path)])

@@ -1,0 +1,73 @@
+"""WER/CER are computed from error and word counts summed over ranks, never averaged per rank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests._dist import run_ranks
+from xlsr_dist.evaluate import error_counts, rates
+
+REFS = ["the cat sat on the mat", "hello", "a much longer reference sentence with many words in it", "yes no"]
+HYPS = ["the cat sat on mat", "jello", "a much longer reference sentence with many words in it", "yes yes no"]
+
+
+def test_counts_match_jiwer_on_the_whole_set() -> None:
+    import jiwer
+
+    c = error_counts(REFS, HYPS)
+    assert c.word_errors / c.words == pytest.approx(jiwer.wer(REFS, HYPS))
+    assert c.char_errors / c.chars == pytest.approx(jiwer.cer(REFS, HYPS))
+
+
+@pytest.mark.parametrize("split", [[2, 2], [1, 3], [1, 1, 1, 1]])
+def test_summed_counts_equal_global_wer_but_mean_of_rank_wers_does_not(split: list[int]) -> None:
+    parts, start = [], 0
+    for n in split:
+        parts.append((REFS[start:start + n], HYPS[start:start + n]))
+        start += n
+    totals = [0.0] * 6
+    per_rank_wer = []
+    for refs, hyps in parts:
+        c = error_counts(refs, hyps)
+        for i, v in enumerate([0.0, len(refs), c.word_errors, c.words, c.char_errors, c.chars]):
+            totals[i] += v
+        per_rank_wer.append(c.word_errors / c.words)
+    whole = error_counts(REFS, HYPS)
+    assert rates(totals)["eval_wer"] == pytest.approx(whole.word_errors / whole.words)
+    assert sum(per_rank_wer) / len(per_rank_wer) != pytest.approx(whole.word_errors / whole.words)
+
+
+def test_empty_hypothesis_counts_as_deletions() -> None:
+    c = error_counts(["one two three"], [""])
+    assert (c.word_errors, c.words) == (3, 3)
+
+
+RANK_SCRIPT = r"""
+import json, os, sys, torch
+from xlsr_dist import world as W
+from xlsr_dist.evaluate import error_counts, rates
+refs = json.loads(sys.argv[1]); hyps = json.loads(sys.argv[2])
+w = W.World.from_env()
+W.init(w, torch.device("cpu"), 60)
+mine = [i for i in range(len(refs)) if i % w.world_size == w.rank]
+c = error_counts([refs[i] for i in mine], [hyps[i] for i in mine])
+summed = W.all_reduce_sum([0.0, len(mine), c.word_errors, c.words, c.char_errors, c.chars], torch.device("cpu"))
+print("RESULT", json.dumps(rates(summed.tolist())))
+W.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_wer_over_real_gloo_ranks_equals_single_process(tmp_path: Path) -> None:
+    whole = error_counts(REFS, HYPS)
+    results = run_ranks(["-c", RANK_SCRIPT, json.dumps(REFS), json.dumps(HYPS)], world_size=2, timeout=180,
+                        log_dir=tmp_path)
+    for r in results:
+        assert r.returncode == 0, r.output[-2000:]
+        line = next(l for l in r.output.splitlines() if l.startswith("RESULT"))
+        got = json.loads(line.split(" ", 1)[1])
+        assert got["eval_wer"] == pytest.approx(whole.word_errors / whole.words)
+        assert got["eval_samples"] == len(REFS)

@@ -1,0 +1,143 @@
+"""Checkpoints: saved by every rank together, complete only once marked, rotated, resumed exactly.
+
+Layout under --output_dir:
+    model_config/                  config.json + processor (vocab, feature extractor), written once by rank 0
+    checkpoints/step-0000500/      DeepSpeed's files (one optimizer partition per rank) + COMPLETE.json
+    final/                         save_pretrained model + processor at the end of training
+
+A checkpoint counts only when COMPLETE.json exists: rank 0 writes it (atomically) after every rank has returned from
+save_checkpoint and passed a barrier. A save killed half way therefore never becomes the one resume picks, and the
+previous one is only rotated away after the new one is complete. Assumes --output_dir is on a filesystem every node
+sees (as DeepSpeed's own checkpointing does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xlsr_dist import world as world_mod
+from xlsr_dist.world import World
+
+CHECKPOINTS = "checkpoints"
+MODEL_CONFIG = "model_config"
+FINAL = "final"
+MARKER = "COMPLETE.json"
+PREFIX = "step-"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def tag_for(step: int) -> str:
+    return f"{PREFIX}{step:07d}"
+
+
+def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def newest_complete(output_dir: str | Path) -> Path | None:
+    done = complete_checkpoints(output_dir)
+    return done[-1] if done else None
+
+
+def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
+    """'' -> None; 'latest' -> newest complete checkpoint or None; a path -> that checkpoint, which must be complete."""
+    if not spec:
+        return None
+    if spec == "latest":
+        return newest_complete(output_dir)
+    path = Path(spec)
+    if (path / CHECKPOINTS).is_dir():
+        newest = newest_complete(path)
+        if newest is None:
+            raise CheckpointError(f"--resume_from_checkpoint {spec}: no complete checkpoint under {path / CHECKPOINTS}")
+        return newest
+    if not (path / MARKER).is_file():
+        raise CheckpointError(
+            f"--resume_from_checkpoint {spec}: not a complete checkpoint (no {MARKER}; an interrupted save?). "
+            f"Complete ones: {[p.name for p in complete_checkpoints(path.parent.parent)] or 'none'}"
+        )
+    return path
+
+
+def read_client_state(ckpt: Path) -> dict[str, Any]:
+    return dict(json.loads((ckpt / MARKER).read_text()))
+
+
+def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str, Any], keep: int,
+         world: World) -> Path:
+    """Collective: every rank must call it at the same step."""
+    root = Path(output_dir) / CHECKPOINTS
+    tag = tag_for(step)
+    # DeepSpeed's own "latest" file is written before we know every rank finished; resume never reads it.
+    engine.save_checkpoint(str(root), tag=tag, client_state={"xlsr_dist": client_state}, save_latest=False)
+    world_mod.barrier()
+    path = root / tag
+    if world.is_main:
+        _atomic_write_json(path / MARKER, {"step": step, **client_state})
+        if keep > 0:
+            for old in complete_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    world_mod.barrier()
+    return path
+
+
+def load(engine: Any, ckpt: Path) -> dict[str, Any]:
+    """Collective: restores model, optimizer, scheduler and loss scaler; returns the saved client state."""
+    loaded, _ = engine.load_checkpoint(
+        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if loaded is None:
+        raise CheckpointError(f"DeepSpeed could not load {ckpt}")
+    return read_client_state(ckpt)
+
+
+def _module_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
+    if not files:
+        raise CheckpointError(f"{ckpt}: no mp_rank_*_model_states.pt (not a DeepSpeed checkpoint)")
+    state = torch.load(files[0], map_location="cpu", weights_only=False)
+    return {k: v.float() if v.is_floating_point() else v for k, v in state["module"].items()}
+
+
+def load_hf_model(path: str | Path) -> tuple[Any, Any]:
+    """(Wav2Vec2ForCTC in fp32, Wav2Vec2Processor) from a save_pretrained dir, a run's --output_dir (final/, else
+    its newest complete checkpoint) or one checkpoint directory."""
+    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+
+    p = Path(path)
+    if (p / "config.json").is_file() and not (p / MARKER).is_file():
+        return Wav2Vec2ForCTC.from_pretrained(p), Wav2Vec2Processor.from_pretrained(p)
+    if (p / FINAL / "config.json").is_file():
+        return load_hf_model(p / FINAL)
+    ckpt = newest_complete(p) if (p / CHECKPOINTS).is_dir() else p
+    if ckpt is None or not (ckpt / MARKER).is_file():
+        raise CheckpointError(f"{path}: neither a saved model, a run output dir, nor a complete checkpoint")
+    base = ckpt.parent.parent / MODEL_CONFIG
+    from transformers import Wav2Vec2Config
+
+    model = Wav2Vec2ForCTC(Wav2Vec2Config.from_pretrained(base))
+    model.load_state_dict(_module_state(ckpt))
+    return model.eval(), Wav2Vec2Processor.from_pretrained(base)

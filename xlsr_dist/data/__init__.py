@@ -1,0 +1,1 @@
+"""Data: the shard format, corpus preparation, partitioning and streaming of utterances."""

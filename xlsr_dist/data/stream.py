@@ -1,0 +1,391 @@
+"""This rank's share of every optimizer step, read straight from the shards, with a tiny global resume state.
+
+Every rank reads the small metadata columns of all shards (ids, durations, transcripts), filters them identically
+and sorts the survivors by id: that canonical order does not depend on how the corpus was cut into shards. The
+epoch plan (partition.epoch_batches) is a pure function of it and of (seed, epoch, global batch, bucketing), so all
+ranks -- of this run, or of an earlier run at another world size -- agree on which utterances form step k. Each
+rank then reads from the shards only the rows of its own micro-batches (shards.read_rows, grouped by shard).
+
+The resume state (DataState) is global -- (seed, epoch, step in epoch) plus the global batch and a fingerprint of
+the filtered corpus -- not per rank, so a run may resume on any world size; resuming costs one plan computation,
+no replay of the steps already taken.
+
+Skipped utterances (duration out of range, empty or unalignable transcript, duplicate id) are listed in
+``.report`` as {id, reason} and counted in ``.skipped``; an item whose audio fails to decode during training is
+dropped from its micro-batch with a warning naming it (see collate.dummy_item for a micro-batch left empty).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from xlsr_dist import text as text_mod
+from xlsr_dist.audio import SAMPLE_RATE, AudioError, decode_bytes
+from xlsr_dist.config import BatchPlan, DataConfig
+from xlsr_dist.data import shards
+from xlsr_dist.data.collate import Batch, Item, collate, dummy_item
+from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
+from xlsr_dist.world import World
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+# Reasons an utterance is left out before planning (stream.report).
+TOO_SHORT = "shorter than --min_duration_in_seconds"
+TOO_LONG = "longer than --max_duration_in_seconds"
+EMPTY_TEXT = "empty transcript"
+UNALIGNABLE = "unalignable: transcript needs more CTC frames than the audio gives"
+DUPLICATE = "duplicate id"
+
+
+class DataStateError(ValueError):
+    """A saved data state that cannot continue this run (other seed, global batch or corpus)."""
+
+
+@dataclass(frozen=True)
+class DataState:
+    """Where the data stream stands, the same on every rank: the next step to run is ``step_in_epoch`` of
+    ``epoch``. ``fingerprint`` identifies the filtered corpus the plan was made from."""
+
+    version: int
+    seed: int
+    epoch: int
+    step_in_epoch: int
+    global_batch: int
+    fingerprint: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "DataState":
+        names = [f.name for f in dataclasses.fields(DataState)]
+        missing = [n for n in names if n not in d]
+        if missing:
+            raise DataStateError(f"data state {d!r} lacks {missing}; was it written by xlsr_dist?")
+        if d["version"] != STATE_VERSION:
+            raise DataStateError(f"data state version {d['version']} is not {STATE_VERSION}, the one this "
+                                 f"version of xlsr_dist reads")
+        try:
+            state = DataState(version=int(d["version"]), seed=int(d["seed"]), epoch=int(d["epoch"]),
+                              step_in_epoch=int(d["step_in_epoch"]), global_batch=int(d["global_batch"]),
+                              fingerprint=str(d["fingerprint"]))
+        except (TypeError, ValueError) as e:
+            raise DataStateError(f"data state {d!r} is malformed: {e}") from e
+        if state.epoch < 0 or state.step_in_epoch < 0 or state.global_batch < 1:
+            raise DataStateError(f"data state {d!r} has a negative position or a global batch < 1")
+        return state
+
+
+@dataclass
+class Catalog:
+    """The filtered utterances in canonical (id) order: what the plan indexes into."""
+
+    ids: list[str]
+    durations: np.ndarray  # float64 seconds
+    shard: np.ndarray  # int32 index into shard_paths
+    row: np.ndarray  # int32 row within the shard
+    label_flat: np.ndarray  # int32, all label sequences concatenated
+    label_offsets: np.ndarray  # int64 [n + 1]
+    shard_paths: list[str]
+    report: list[dict[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def labels(self, i: int) -> list[int]:
+        return self.label_flat[self.label_offsets[i] : self.label_offsets[i + 1]].tolist()
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        h.update("\0".join(self.ids).encode("utf-8"))
+        h.update(np.ascontiguousarray(self.durations, dtype="<f8").tobytes())
+        return h.hexdigest()
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        return dict(Counter(r["reason"] for r in self.report))
+
+    def hours(self) -> float:
+        return float(self.durations.sum()) / 3600.0
+
+
+def build_catalog(
+    location: str, vocab: dict[str, int], data_cfg: DataConfig, frames_fn: Callable[[int], int]
+) -> Catalog:
+    """List and filter the utterances of a split; identical on every rank (reads metadata columns only)."""
+    paths = shards.list_shards(location)
+    meta = shards.read_metadata(paths)
+    return filter_metadata(meta, paths, vocab, data_cfg.min_duration_in_seconds, data_cfg.max_duration_in_seconds,
+                           frames_fn)
+
+
+def filter_metadata(
+    meta: pa.Table,
+    shard_paths: Sequence[str],
+    vocab: dict[str, int],
+    min_seconds: float,
+    max_seconds: float,
+    frames_fn: Callable[[int], int],
+) -> Catalog:
+    """Drop what cannot train (see the reasons above), then sort by id so the order ignores the sharding."""
+    order = pc.sort_indices(meta, sort_keys=[("id", "ascending"), ("shard", "ascending"), ("row", "ascending")])
+    meta = meta.take(order)
+    ids = meta.column("id").to_pylist()
+    durations = meta.column("duration").to_numpy().astype(np.float64)
+    texts = meta.column("text").to_pylist()
+    keep: list[int] = []
+    labels: list[list[int]] = []
+    report: list[dict[str, str]] = []
+    previous = None
+    for i, (uid, dur, txt) in enumerate(zip(ids, durations.tolist(), texts)):
+        reason = ""
+        if uid == previous:
+            reason = DUPLICATE
+        elif dur < min_seconds:
+            reason = TOO_SHORT
+        elif dur > max_seconds:
+            reason = TOO_LONG
+        else:
+            normalised = text_mod.normalize(txt or "")
+            if not normalised:
+                reason = EMPTY_TEXT
+            else:
+                lab = text_mod.encode(normalised, vocab)
+                if text_mod.ctc_min_frames(lab) > frames_fn(int(round(dur * SAMPLE_RATE))):
+                    reason = UNALIGNABLE
+        previous = uid
+        if reason:
+            report.append({"id": uid, "reason": reason})
+            continue
+        keep.append(i)
+        labels.append(lab)
+    sel = np.asarray(keep, dtype=np.int64)
+    lengths = np.fromiter((len(x) for x in labels), dtype=np.int64, count=len(labels))
+    flat = np.fromiter((t for x in labels for t in x), dtype=np.int32, count=int(lengths.sum()))
+    return Catalog(
+        ids=[ids[i] for i in keep],
+        durations=durations[sel],
+        shard=meta.column("shard").to_numpy()[sel].astype(np.int32),
+        row=meta.column("row").to_numpy()[sel].astype(np.int32),
+        label_flat=flat,
+        label_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        shard_paths=list(shard_paths),
+        report=report,
+    )
+
+
+class UtteranceDataset(Dataset):
+    """Catalog index -> Item, reading only that utterance's row group; batched reads group rows by shard.
+
+    Forked DataLoader workers each get their own open-file cache (shards keys it by process id).
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def __len__(self) -> int:
+        return len(self.catalog)
+
+    def __getitem__(self, index: int) -> Item:
+        items = self.__getitems__([index])
+        return items[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Item]:
+        c = self.catalog
+        idx = [int(i) for i in indices]
+        real = [i for i in idx if i != PADDING_SLOT]
+        wanted_by_shard: dict[int, list[int]] = {}
+        for i in real:
+            wanted_by_shard.setdefault(int(c.shard[i]), []).append(i)
+        fetched: dict[int, Item | None] = {}
+        for s, members in wanted_by_shard.items():
+            rows = shards.read_rows(c.shard_paths[s], [int(c.row[i]) for i in members])
+            for i, row in zip(members, rows):
+                if row["id"] != c.ids[i]:
+                    # The metadata this plan was made from no longer describes the file: continuing would train
+                    # on wrong transcripts.
+                    raise shards.ShardError(
+                        f"{c.shard_paths[s]} row {int(c.row[i])} holds {row['id']!r}, expected {c.ids[i]!r}: "
+                        f"the shard changed after training started; restart the run")
+                try:
+                    wave = decode_bytes(row["audio"])
+                except AudioError as e:
+                    log.warning("skipping utterance %s: its audio does not decode (%s)", c.ids[i], e)
+                    fetched[i] = None
+                    continue
+                fetched[i] = (c.ids[i], wave, c.labels(i), True)
+        items: list[Item] = []
+        for i in idx:
+            if i == PADDING_SLOT:
+                items.append(dummy_item())
+            elif fetched[i] is not None:
+                items.append(fetched[i])  # type: ignore[arg-type]
+        if not items:
+            # Every rank must still run forward/backward this micro-batch (see collate.dummy_item).
+            log.warning("micro-batch %s: no utterance decoded; running a silent dummy item instead",
+                        [c.ids[i] for i in real])
+            items.append(dummy_item())
+        return items
+
+
+def make_loader(dataset: UtteranceDataset, batches: list[list[int]], num_workers: int,
+                prefetch: int = 2) -> DataLoader:
+    """A DataLoader over fixed index lists; it returns batches in this order whatever the worker count."""
+    extra: dict[str, Any] = {}
+    if num_workers > 0:
+        extra["prefetch_factor"] = max(2, prefetch)
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+        **extra,
+    )
+
+
+def _describe_skipped(skipped: dict[str, int]) -> str:
+    if not skipped:
+        return "skipped none"
+    parts = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1]))
+    return f"skipped {sum(skipped.values())} ({parts})"
+
+
+class TrainStream:
+    """Yields, for each optimizer step, this rank's ``grad_accum`` micro-batches; epochs roll over forever."""
+
+    def __init__(self, location: str, world: World, plan: BatchPlan, seed: int, vocab: dict[str, int],
+                 data_cfg: DataConfig, frames_fn: Callable[[int], int]) -> None:
+        if plan.world_size != world.world_size:
+            raise ValueError(f"batch plan is for {plan.world_size} ranks but the world has {world.world_size}")
+        self.location = str(location)
+        self.world = world
+        self.plan = plan
+        self.seed = int(seed)
+        self.bucket_size_multiplier = data_cfg.bucket_size_multiplier
+        self.num_workers = data_cfg.dataloader_num_workers
+        self.catalog = build_catalog(self.location, vocab, data_cfg, frames_fn)
+        self.num_samples = len(self.catalog)
+        self.report = self.catalog.report
+        self.skipped = self.catalog.skipped
+        self.steps_per_epoch = self.num_samples // plan.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"--train_data {self.location}: {self.num_samples} usable utterance(s) "
+                f"({_describe_skipped(self.skipped)}), fewer than one global batch of {plan.global_batch}")
+        self.fingerprint = self.catalog.fingerprint()
+        self.dataset = UtteranceDataset(self.catalog)
+        self._plan_cache: tuple[int, np.ndarray] | None = None
+
+    def initial_state(self) -> DataState:
+        return DataState(STATE_VERSION, self.seed, 0, 0, self.plan.global_batch, self.fingerprint)
+
+    def check(self, state: DataState) -> None:
+        """Raise DataStateError unless ``state`` continues this stream (a new world size is fine)."""
+        if state.global_batch != self.plan.global_batch:
+            raise DataStateError(
+                f"the checkpoint's data state is for --global_batch_size {state.global_batch}, this run uses "
+                f"{self.plan.global_batch}; resume with --global_batch_size {state.global_batch} or start fresh")
+        if state.seed != self.seed:
+            raise DataStateError(
+                f"the checkpoint's data state was made with --seed {state.seed}, this run uses {self.seed}; "
+                f"resume with --seed {state.seed} or start fresh")
+        if state.fingerprint != self.fingerprint:
+            raise DataStateError(
+                f"the training utterances differ from the checkpoint's (fingerprint {state.fingerprint[:12]} "
+                f"vs {self.fingerprint[:12]} for {self.location}): shards, --min/max_duration_in_seconds, the "
+                f"vocabulary or the model's frame rate changed; resume with the same data or start fresh")
+
+    def epoch_plan(self, epoch: int) -> np.ndarray:
+        """[steps_per_epoch, global_batch] catalog indices of ``epoch`` (the same on every rank)."""
+        if self._plan_cache is None or self._plan_cache[0] != epoch:
+            rows = epoch_batches(self.catalog.durations, self.seed, epoch, self.plan.global_batch,
+                                 self.bucket_size_multiplier)
+            self._plan_cache = (epoch, rows)
+        return self._plan_cache[1]
+
+    def global_batch_ids(self, epoch: int, step: int) -> list[str]:
+        return [self.catalog.ids[i] for i in self.epoch_plan(epoch)[step]]
+
+    def steps(self, state: DataState) -> Iterator[tuple[DataState, list[Batch]]]:
+        """(state after the step, its micro-batches) from ``state`` on; every rank yields exactly as many."""
+        self.check(state)
+        epoch, start = state.epoch, state.step_in_epoch
+        spe, ga, rank = self.steps_per_epoch, self.plan.grad_accum, self.world.rank
+        while True:
+            if start >= spe:
+                epoch, start = epoch + start // spe, start % spe
+                continue
+            rows = self.epoch_plan(epoch)
+            micro = [m.tolist() for s in range(start, spe) for m in rank_micro_batches(rows[s], rank, self.plan)]
+            batches = iter(make_loader(self.dataset, micro, self.num_workers, prefetch=ga))
+            for step in range(start, spe):
+                out = [next(batches) for _ in range(ga)]
+                after = (epoch, step + 1) if step + 1 < spe else (epoch + 1, 0)
+                yield DataState(STATE_VERSION, self.seed, after[0], after[1], self.plan.global_batch,
+                                self.fingerprint), out
+            del batches  # shuts this epoch's workers down before the next epoch starts its own
+            epoch, start = epoch + 1, 0
+
+    def describe(self) -> str:
+        p = self.plan
+        dropped = self.num_samples - self.steps_per_epoch * p.global_batch
+        return (f"train: {self.num_samples} utterances ({self.catalog.hours():.2f} h) from "
+                f"{len(self.catalog.shard_paths)} shard(s); {self.steps_per_epoch} steps/epoch of "
+                f"{p.global_batch} = {p.world_size} rank(s) x {p.micro_batch} x {p.grad_accum} accumulation"
+                f"{f', {dropped} left out per epoch (a different few each epoch)' if dropped else ''}; "
+                f"{_describe_skipped(self.skipped)}")
+
+
+class EvalStream:
+    """The eval set split over ranks: sorted by duration, every utterance once, the same batch count per rank."""
+
+    def __init__(self, location: str, world: World, batch_size: int, vocab: dict[str, int], data_cfg: DataConfig,
+                 frames_fn: Callable[[int], int], max_utterances: int = 0) -> None:
+        self.location = str(location)
+        self.world = world
+        self.batch_size = batch_size
+        self.num_workers = data_cfg.dataloader_num_workers
+        catalog = build_catalog(self.location, vocab, data_cfg, frames_fn)
+        if max_utterances and max_utterances < len(catalog):
+            # The first N in id order: the same subset on every rank and for any sharding.
+            catalog = _head(catalog, max_utterances)
+        if len(catalog) == 0:
+            raise ValueError(f"--eval_data {self.location}: no usable utterance "
+                             f"({_describe_skipped(catalog.skipped)})")
+        self.catalog = catalog
+        self.num_samples = len(catalog)
+        self.report = catalog.report
+        self.skipped = catalog.skipped
+        self.batches = eval_rank_batches(catalog.durations, world.world_size, world.rank, batch_size)
+        self.dataset = UtteranceDataset(catalog)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(make_loader(self.dataset, [b.tolist() for b in self.batches], self.num_workers))
+
+    def describe(self) -> str:
+        return (f"eval: {self.num_samples} utterances ({self.catalog.hours():.2f} h), {len(self.batches)} "
+                f"batch(es) of up to {self.batch_size} per rank; {_describe_skipped(self.skipped)}")
+
+
+def _head(c: Catalog, n: int) -> Catalog:
+    return Catalog(ids=c.ids[:n], durations=c.durations[:n], shard=c.shard[:n], row=c.row[:n],
+                   label_flat=c.label_flat[: c.label_offsets[n]], label_offsets=c.label_offsets[: n + 1],
+                   shard_paths=c.shard_paths, report=c.report)

@@ -1,0 +1,159 @@
+"""DeepSpeed config resolution and engine construction.
+
+The DeepSpeed JSON says how (ZeRO stage, precision, buckets); xlsr_dist's flags say what (batch, optimizer
+hyperparameters). "auto" keys are filled from the flags and the world size; an explicit key that disagrees with a flag
+is an error, never silently overridden, so a config file cannot quietly change the recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Callable
+
+import torch
+
+from xlsr_dist.config import BatchPlan, Config, ConfigError, resolve_path
+
+PRECISION_CONFIGS = "ds_configs/zero2_bf16.json or ds_configs/zero2_fp32.json"
+
+
+def _accelerator_supports(dtype: str, device: torch.device) -> bool:
+    if device.type == "cuda":
+        return dtype != "bf16" or torch.cuda.is_bf16_supported()
+    try:
+        from deepspeed.accelerator import get_accelerator
+
+        acc = get_accelerator()
+        return bool(acc.is_fp16_supported() if dtype == "fp16" else acc.is_bf16_supported())
+    except Exception:  # an accelerator that cannot even answer cannot run it either
+        return dtype == "bf16"
+
+
+def precision(ds_config: dict[str, Any]) -> str:
+    if ds_config.get("fp16", {}).get("enabled") is True:
+        return "fp16"
+    if ds_config.get("bf16", {}).get("enabled") is True:
+        return "bf16"
+    return "fp32"
+
+
+def torch_dtype(ds_config: dict[str, Any]) -> torch.dtype:
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision(ds_config)]
+
+
+def _fill(section: dict[str, Any], key: str, value: Any, where: str, flag: str, problems: list[str]) -> None:
+    """Fill an "auto"/missing key; report a disagreeing explicit value."""
+    current = section.get(key, "auto")
+    if current == "auto":
+        section[key] = value
+        return
+    same = current == value
+    if isinstance(value, float) or isinstance(current, float):
+        try:
+            same = abs(float(current) - float(value)) <= 1e-12 * max(1.0, abs(float(value)))
+        except (TypeError, ValueError):
+            same = False
+    if isinstance(value, list) and isinstance(current, (list, tuple)):
+        same = [float(c) for c in current] == [float(v) for v in value]
+    if not same:
+        problems.append(
+            f"--deepspeed: {where} is {current!r} but {flag} gives {value!r}; set it to \"auto\" or change {flag}"
+        )
+
+
+def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dict[str, Any]:
+    """Load --deepspeed and fill it for this world; raise ConfigError listing every conflict."""
+    path = resolve_path(cfg.train.deepspeed)
+    if path is None:
+        raise ConfigError([f"--deepspeed: {cfg.train.deepspeed} not found"])
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"--deepspeed: {path} is not valid JSON ({exc})"]) from exc
+    ds = copy.deepcopy(raw)
+    t = cfg.train
+    problems: list[str] = []
+    _fill(ds, "train_batch_size", plan.global_batch, "train_batch_size", "--global_batch_size", problems)
+    _fill(ds, "train_micro_batch_size_per_gpu", plan.micro_batch, "train_micro_batch_size_per_gpu",
+          "--per_device_train_batch_size (and the world size)", problems)
+    _fill(ds, "gradient_accumulation_steps", plan.grad_accum, "gradient_accumulation_steps",
+          "the world size and --per_device_train_batch_size", problems)
+    _fill(ds, "gradient_clipping", t.max_grad_norm, "gradient_clipping", "--max_grad_norm", problems)
+    optimizer = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    if str(optimizer.get("type", "")).lower() not in ("adamw", "adam"):
+        problems.append(f"--deepspeed: optimizer.type {optimizer.get('type')!r}: xlsr_dist's recipe is AdamW")
+    params = optimizer.setdefault("params", {})
+    _fill(params, "lr", t.learning_rate, "optimizer.params.lr", "--learning_rate", problems)
+    _fill(params, "betas", [t.adam_beta1, t.adam_beta2], "optimizer.params.betas", "--adam_beta1/--adam_beta2",
+          problems)
+    _fill(params, "eps", t.adam_epsilon, "optimizer.params.eps", "--adam_epsilon", problems)
+    _fill(params, "weight_decay", t.weight_decay, "optimizer.params.weight_decay", "--weight_decay", problems)
+    params.setdefault("torch_adam", True)
+    if "scheduler" in ds:
+        problems.append(
+            "--deepspeed: remove the 'scheduler' block; xlsr_dist sets HF's linear warm-up/decay schedule from "
+            "--learning_rate and --warmup_steps (DeepSpeed's WarmupDecayLR warms up logarithmically by default)"
+        )
+    if ds.get("fp16", {}).get("enabled") is True and ds.get("bf16", {}).get("enabled") is True:
+        problems.append("--deepspeed: fp16 and bf16 are both enabled; enable one")
+    prec = precision(ds)
+    if prec != "fp32" and not _accelerator_supports(prec, device):
+        problems.append(
+            f"--deepspeed: {path.name} asks for {prec}, which this {device.type.upper()} accelerator does not "
+            f"support; use {PRECISION_CONFIGS}" if prec == "fp16" else
+            f"--deepspeed: {path.name} asks for {prec}, which this accelerator does not support; "
+            "use ds_configs/zero2_fp32.json (or zero2_fp16.json on an NVIDIA GPU)"
+        )
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2):
+        problems.append(f"--deepspeed: zero_optimization.stage {stage}: xlsr_dist supports ZeRO stages 0-2 "
+                        "(stage 3 shards parameters, which checkpoint export does not gather)")
+    ds.setdefault("steps_per_print", 10**9)
+    if problems:
+        raise ConfigError(problems)
+    return ds
+
+
+def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """The multiplier of transformers.get_linear_schedule_with_warmup, step for step."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return float(step) / float(max(1, warmup_steps))
+        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
+
+    return f
+
+
+def initialize(model: torch.nn.Module, ds_config: dict[str, Any], warmup_steps: int, total_steps: int) -> Any:
+    """deepspeed.initialize with the linear schedule; returns the engine (engine.lr_scheduler is the schedule)."""
+    import deepspeed
+
+    schedule = lr_lambda(warmup_steps, total_steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=[p for p in model.parameters() if p.requires_grad],
+        config=ds_config,
+        # DeepSpeed steps this only on optimizer steps it did not skip (fp16 overflow), as HF's Trainer does.
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+    )
+    return engine
+
+
+def loss_scale(engine: Any) -> float:
+    scale = getattr(engine.optimizer, "loss_scale", None)
+    if scale is None:
+        scale = getattr(engine.optimizer, "cur_scale", 1.0)
+    return float(scale)
+
+
+def grad_norm(engine: Any) -> float:
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return float("nan")
+    return float(norm.item() if isinstance(norm, torch.Tensor) else norm)
+
+
+def current_lr(engine: Any) -> float:
+    return float(engine.lr_scheduler.get_last_lr()[0])

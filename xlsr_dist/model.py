@@ -1,0 +1,258 @@
+"""The wav2vec2 CTC model: a pretrained checkpoint, the XLSR-53 architecture with random weights, or a tiny one.
+
+Fine-tuning settings (dropouts, SpecAugment, CTC loss) are applied the way HF's run_speech_recognition_ctc.py does:
+as config overrides, with the CTC head sized to the vocabulary. No torch.distributed here: every rank builds the
+same model from the same seed and DeepSpeed takes it from there.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from transformers import (
+    Wav2Vec2Config,
+    Wav2Vec2CTCTokenizer,
+    Wav2Vec2FeatureExtractor,
+    Wav2Vec2ForCTC,
+    Wav2Vec2Processor,
+)
+
+from xlsr_dist.config import ModelConfig
+from xlsr_dist.text import PAD, UNK, WORD_DELIMITER
+
+SAMPLE_RATE = 16000
+# How long to wait for the hub before calling it unreachable: huggingface_hub otherwise retries a failed DNS lookup
+# for ~25 s before saying so, on every rank.
+_HUB_PROBE_TIMEOUT_S = 5.0
+
+
+class ModelLoadError(RuntimeError):
+    """The pretrained weights could not be found; the message says how to provide them."""
+
+
+def _finetune_overrides(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> dict[str, Any]:
+    """Config keys run_speech_recognition_ctc.py sets on top of the pretrained config."""
+    return {
+        "vocab_size": vocab_size,
+        "pad_token_id": pad_token_id,
+        "attention_dropout": cfg.attention_dropout,
+        "activation_dropout": cfg.activation_dropout,
+        "feat_proj_dropout": cfg.feat_proj_dropout,
+        "hidden_dropout": cfg.hidden_dropout,
+        "final_dropout": cfg.final_dropout,
+        "mask_time_prob": cfg.mask_time_prob,
+        "layerdrop": cfg.layerdrop,
+        "ctc_loss_reduction": cfg.ctc_loss_reduction,
+        "ctc_zero_infinity": cfg.ctc_zero_infinity,
+    }
+
+
+def xlsr53_config(vocab_size: int = 32, pad_token_id: int = 0, **overrides: Any) -> Wav2Vec2Config:
+    """The architecture of facebook/wav2vec2-large-xlsr-53 (its config.json), ~315M parameters."""
+    values: dict[str, Any] = {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "initializer_range": 0.02,
+        "feat_extract_norm": "layer",
+        "feat_extract_activation": "gelu",
+        "conv_dim": (512, 512, 512, 512, 512, 512, 512),
+        "conv_stride": (5, 2, 2, 2, 2, 2, 2),
+        "conv_kernel": (10, 3, 3, 3, 3, 2, 2),
+        "conv_bias": True,
+        "num_conv_pos_embeddings": 128,
+        "num_conv_pos_embedding_groups": 16,
+        "do_stable_layer_norm": True,
+        "apply_spec_augment": True,
+        "mask_time_length": 10,
+        "mask_feature_prob": 0.0,
+        # The checkpoint's own regularisation; fine-tuning overrides most of it (see _finetune_overrides).
+        "attention_dropout": 0.1,
+        "activation_dropout": 0.0,
+        "feat_proj_dropout": 0.1,
+        "hidden_dropout": 0.1,
+        "final_dropout": 0.0,
+        "layerdrop": 0.1,
+        "mask_time_prob": 0.075,
+        "num_codevectors_per_group": 320,
+        "num_codevector_groups": 2,
+        "codevector_dim": 768,
+        "proj_codevector_dim": 768,
+        "vocab_size": vocab_size,
+        "pad_token_id": pad_token_id,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    values.update(overrides)
+    return Wav2Vec2Config(**values)
+
+
+def tiny_config(vocab_size: int = 32, pad_token_id: int = 0, **overrides: Any) -> Wav2Vec2Config:
+    """A ~0.7M-parameter wav2vec2 for tests and the demo: 100 frames/s like XLSR's 50 but finer, so letters of the
+    synthetic corpus get several frames each.
+
+    Layer-normalised convolutions and pre-norm layers: no statistic is taken across time, so a padded utterance's
+    valid frames come out exactly as when it is alone, and runs on any number of ranks see the same losses.
+    """
+    values: dict[str, Any] = {
+        "hidden_size": 144,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "intermediate_size": 288,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-5,
+        "initializer_range": 0.02,
+        "feat_extract_norm": "layer",
+        "feat_extract_activation": "gelu",
+        # Product of strides 160: 10 ms frames at 16 kHz. Each kernel covers its stride so no sample is skipped.
+        "conv_dim": (64, 96, 128),
+        "conv_stride": (5, 4, 8),
+        "conv_kernel": (10, 8, 8),
+        "conv_bias": True,
+        "num_conv_pos_embeddings": 16,
+        "num_conv_pos_embedding_groups": 4,
+        "do_stable_layer_norm": True,
+        "apply_spec_augment": True,
+        "mask_time_length": 5,
+        "mask_time_min_masks": 1,
+        "mask_feature_prob": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "feat_proj_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "final_dropout": 0.0,
+        "layerdrop": 0.0,
+        "mask_time_prob": 0.0,
+        "ctc_loss_reduction": "mean",
+        "ctc_zero_infinity": True,
+        "vocab_size": vocab_size,
+        "pad_token_id": pad_token_id,
+    }
+    values.update(overrides)
+    return Wav2Vec2Config(**values)
+
+
+def output_frames(config: Wav2Vec2Config, num_samples: int) -> int:
+    """Frames the feature encoder makes from ``num_samples`` (Wav2Vec2Model._get_feat_extract_output_lengths)."""
+    length = int(num_samples)
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+        if length < kernel:
+            return 0
+        length = (length - kernel) // stride + 1
+    if getattr(config, "add_adapter", False):
+        for _ in range(config.num_adapter_layers):
+            length = (length + 2 * 1 - config.adapter_kernel_size) // config.adapter_stride + 1
+    return max(length, 0)
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _offline() -> bool:
+    import huggingface_hub.constants as hub_constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return bool(hub_constants.HF_HUB_OFFLINE) or any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
+
+
+def _hub_unreachable_reason() -> str:
+    """'' when the hub's host answers a TCP connect, else why not (DNS failure, refused, timeout)."""
+    import huggingface_hub.constants as hub_constants
+
+    url = urlparse(hub_constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S):
+            return ""
+    except OSError as exc:
+        return f"{host}:{port} is unreachable ({exc})"
+
+
+def _how_to_provide(name: str) -> str:
+    return (
+        f"Provide the weights of {name!r} in one of these ways:\n"
+        f"  1. on a machine with internet: `hf download {name}` (or `huggingface-cli download {name}`), then copy\n"
+        f"     its Hugging Face cache (~/.cache/huggingface, or $HF_HOME) to this machine;\n"
+        f"  2. or save the checkpoint into a directory (config.json + model.safetensors/pytorch_model.bin) and pass\n"
+        f"     that directory as --model_name_or_path;\n"
+        f"  3. or train from random weights with --architecture xlsr-53 (same architecture, no download) or\n"
+        f"     --architecture tiny."
+    )
+
+
+def _load_pretrained(name: str, overrides: dict[str, Any]) -> Wav2Vec2ForCTC:
+    # A fine-tuned checkpoint's head has another vocabulary size; a pretraining checkpoint has no head at all.
+    kwargs = dict(overrides, ignore_mismatched_sizes=True)
+    if Path(name).expanduser().is_dir():
+        try:
+            return Wav2Vec2ForCTC.from_pretrained(str(Path(name).expanduser()), local_files_only=True, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(
+                f"--model_name_or_path {name}: the directory does not hold a loadable wav2vec2 checkpoint ({exc}).\n"
+                + _how_to_provide("facebook/wav2vec2-large-xlsr-53")
+            ) from exc
+    try:
+        # The cache first, without a network round trip: the common case on clusters with no internet.
+        return Wav2Vec2ForCTC.from_pretrained(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        cache_miss: Exception = exc
+    if _offline():
+        raise ModelLoadError(
+            f"--model_name_or_path {name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set "
+            f"({type(cache_miss).__name__}).\n" + _how_to_provide(name)
+        ) from cache_miss
+    reason = _hub_unreachable_reason()
+    if reason:
+        raise ModelLoadError(
+            f"--model_name_or_path {name}: not in the Hugging Face cache and {reason}.\n" + _how_to_provide(name)
+        ) from cache_miss
+    try:
+        return Wav2Vec2ForCTC.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"--model_name_or_path {name}: download failed ({exc}).\n" + _how_to_provide(name)) from exc
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec2ForCTC:
+    """The CTC model ``cfg`` asks for, head sized to the vocabulary; raises ModelLoadError when weights are missing.
+
+    Random initialisation draws from torch's global generator: seed it first for identical weights on every rank.
+    """
+    overrides = _finetune_overrides(cfg, vocab_size, pad_token_id)
+    if cfg.architecture == "tiny":
+        model = Wav2Vec2ForCTC(tiny_config(**overrides))
+    elif cfg.architecture == "xlsr-53":
+        model = Wav2Vec2ForCTC(xlsr53_config(**overrides))
+    elif cfg.architecture == "":
+        model = _load_pretrained(cfg.model_name_or_path, overrides)
+    else:
+        raise ModelLoadError(f"--architecture: {cfg.architecture!r} is not one of '', 'xlsr-53', 'tiny'")
+    if cfg.freeze_feature_encoder:
+        model.freeze_feature_encoder()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def build_processor(vocab_path: str | Path) -> Wav2Vec2Processor:
+    """Tokenizer + feature extractor saved beside checkpoints so `Wav2Vec2Processor.from_pretrained` works on them."""
+    tokenizer = Wav2Vec2CTCTokenizer(
+        str(vocab_path), unk_token=UNK, pad_token=PAD, word_delimiter_token=WORD_DELIMITER
+    )
+    feature_extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1,
+        sampling_rate=SAMPLE_RATE,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=True,
+    )
+    return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)

@@ -1,0 +1,150 @@
+"""The only place that reads RANK / LOCAL_RANK / WORLD_SIZE and touches the process group.
+
+Launchers (deepspeed, torchrun, srun, plain python) describe the world differently; ``World.from_env`` turns each
+into one small value that the rest of the code receives as an argument.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+from dataclasses import dataclass
+from typing import Mapping, MutableMapping, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0
+
+    @property
+    def node_rank(self) -> int:
+        return self.rank // max(1, self.local_world_size)
+
+    @staticmethod
+    def from_env(env: Mapping[str, str] | None = None) -> "World":
+        """Read the launcher's variables; SLURM's are used when a bare `srun python -m ...` started us."""
+        e = os.environ if env is None else env
+        if "RANK" in e and "WORLD_SIZE" in e:
+            rank, world = int(e["RANK"]), int(e["WORLD_SIZE"])
+            local = int(e.get("LOCAL_RANK", rank))
+            local_world = int(e.get("LOCAL_WORLD_SIZE", e.get("LOCAL_SIZE", world)))
+        elif "SLURM_PROCID" in e and "SLURM_NTASKS" in e:
+            rank, world = int(e["SLURM_PROCID"]), int(e["SLURM_NTASKS"])
+            local = int(e.get("SLURM_LOCALID", 0))
+            local_world = int(e.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0] or 1)
+        else:
+            rank, world, local, local_world = 0, 1, 0, 1
+        return World(rank=rank, local_rank=local, world_size=world, local_world_size=local_world)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def export_env(world: World, env: MutableMapping[str, str] | None = None) -> None:
+    """Make the environment say what ``world`` says, so deepspeed.init_distributed does not go looking for mpi4py
+    when started by plain python or a bare srun."""
+    e = os.environ if env is None else env
+    e.setdefault("RANK", str(world.rank))
+    e.setdefault("LOCAL_RANK", str(world.local_rank))
+    e.setdefault("WORLD_SIZE", str(world.world_size))
+    e.setdefault("LOCAL_WORLD_SIZE", str(world.local_world_size))
+    if "MASTER_ADDR" not in e:
+        nodes = e.get("SLURM_JOB_NODELIST", "")
+        e["MASTER_ADDR"] = first_host(nodes) if (nodes and world.world_size > 1) else "127.0.0.1"
+    if "MASTER_PORT" not in e:
+        job = e.get("SLURM_JOB_ID")
+        e["MASTER_PORT"] = str(port_for_job(int(job))) if job else str(_free_port())
+
+
+def port_for_job(job_id: int) -> int:
+    """A rendezvous port derived from the SLURM job id, so concurrent jobs on one node do not collide."""
+    return 15000 + job_id % 20000
+
+
+def first_host(nodelist: str) -> str:
+    """First host of a SLURM node list: 'gpu[003-005,007],cpu1' -> 'gpu003'."""
+    head = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    if "[" not in head:
+        return head
+    prefix, rest = head.split("[", 1)
+    first = rest.rstrip("]").split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def device_for(world: World) -> torch.device:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init(world: World, device: torch.device, timeout_s: int) -> None:
+    """Start the process group through DeepSpeed (it needs its own comm layer initialised)."""
+    import deepspeed
+
+    export_env(world)
+    # A dead peer must turn into an error on every other rank, not an endless wait inside NCCL.
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    deepspeed.init_distributed(
+        dist_backend=backend_for(device),
+        timeout=datetime.timedelta(seconds=timeout_s),
+        verbose=False,
+    )
+
+
+def is_initialized() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def barrier() -> None:
+    if is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_sum(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sum a small vector across ranks (float64 so counts of errors/words stay exact)."""
+    t = torch.as_tensor(values, dtype=torch.float64, device=device).clone()
+    if is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return t
+
+
+def all_reduce_max(values: Sequence[float] | torch.Tensor, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32, device=device).clone()
+    if is_initialized():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t
+
+
+def broadcast_object(obj: object, src: int = 0) -> object:
+    if not is_initialized():
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def shutdown() -> None:
+    if is_initialized():
+        torch.distributed.destroy_process_group()
