@@ -26,7 +26,7 @@ system-deps:
 
 # The demo: tiny model, embedded synthetic corpus, 2 CPU ranks through the DeepSpeed launcher.
 demo: setup
-	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/deepspeed --num_gpus 2 -m xlsr_dist.train --config launch/demo.yaml
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/deepspeed --num_gpus 2 --module xlsr_dist.train --config launch/demo.yaml
 
 test: setup system-deps
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -rs

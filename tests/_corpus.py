@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,50 +14,69 @@ SR = 16000
 
 
 def sine(seconds: float, sr: int, freq: float = 220.0, channels: int = 1, amp: float = 0.3) -> np.ndarray:
-    """A sine tone, [frames] or [frames, channels] (channel c at freq * (c + 1) so averaging is visible)."""
+    """A sine tone, [frames] or [frames, channels] (channel c at freq * (c + 1), so averaging is visible)."""
     t = np.arange(int(round(seconds * sr))) / sr
     if channels == 1:
         return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     return np.stack([amp * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)], axis=1).astype(np.float32)
 
 
-def expected_16k(wave: np.ndarray, sr: int) -> np.ndarray:
-    """What a mono 16 kHz version of ``wave`` (sampled at ``sr``) should look like, analytically for our sines."""
-    return wave.mean(axis=1) if wave.ndim == 2 else wave
-
-
-def wav_bytes(wave: np.ndarray, sr: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+def audio_bytes(wave: np.ndarray, sr: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format=fmt, subtype=subtype)
     return buf.getvalue()
 
 
-# Good items: id -> (file name, seconds, sample rate, channels, format, transcript, expected normalised transcript)
-GOOD = {
-    "good_16k.wav": ("good_16k.wav", 1.0, 16000, 1, "WAV", "Hello world.", "hello world"),
-    "good_8k.wav": ("good_8k.wav", 1.2, 8000, 1, "WAV", "the cat sat", "the cat sat"),
-    "good_11k.flac": ("good_11k.flac", 0.9, 11025, 1, "FLAC", "on the mat", "on the mat"),
-    "stereo_44k.wav": ("stereo_44k.wav", 1.5, 44100, 2, "WAV", "Stereo sound, 44.1 kHz!", None),
-    "good_48k.ogg": ("good_48k.ogg", 1.1, 48000, 1, "OGG", "an ogg file", "an ogg file"),
-    "good_22k.mp3": ("good_22k.mp3", 1.3, 22050, 1, "MP3", "an mp3 file", "an mp3 file"),
-    "accents.wav": ("accents.wav", 1.0, 16000, 1, "WAV", "Café  naïve — Zoë’s", "cafe naive zoe's"),
-    # The header says 8 kHz; the samples were meant as 16 kHz. Only the header can be trusted: 2 s at 8 kHz.
-    "lying_rate.wav": ("lying_rate.wav", 2.0, 8000, 1, "WAV", "lying header", "lying header"),
-}
+@dataclass(frozen=True)
+class Good:
+    """A good item: what is written (wave at sr in fmt) and what prepare must make of it."""
+
+    name: str
+    wave: np.ndarray
+    sr: int
+    fmt: str
+    text: str
+    norm: str
+    expected: np.ndarray  # float32 mono 16 kHz
+    tolerance: float  # max abs error allowed (lossy codecs, resampling, 16-bit storage)
+
+    @property
+    def id(self) -> str:
+        return f"audio/{self.name}"
+
+
+def good_items() -> list[Good]:
+    return [
+        Good("good_16k.wav", sine(1.0, 16000), 16000, "WAV", "Hello world.", "hello world", sine(1.0, SR), 2e-4),
+        Good("good_8k.wav", sine(1.2, 8000), 8000, "WAV", "the cat sat", "the cat sat", sine(1.2, SR), 5e-3),
+        Good("good_11k.flac", sine(0.9, 11025), 11025, "FLAC", "on the mat", "on the mat", sine(0.9, SR), 5e-3),
+        # channel 2 is an octave up, so the mono result proves the channels were averaged, not one of them picked
+        Good("stereo_44k.wav", sine(1.5, 44100, channels=2), 44100, "WAV", "Stereo sound, 44 kHz!",
+             "stereo sound forty four khz", sine(1.5, SR, channels=2).mean(axis=1), 5e-3),
+        Good("good_48k.ogg", sine(1.1, 48000), 48000, "OGG", "an ogg file", "an ogg file", sine(1.1, SR), 0.05),
+        Good("good_22k.mp3", sine(1.3, 22050), 22050, "MP3", "an MP3 file", "an mp three file", sine(1.3, SR), 0.05),
+        Good("accents.wav", sine(1.0, 16000), 16000, "WAV", "Café  naïve — Zoë’s", "cafe naive zoe's",
+             sine(1.0, SR), 2e-4),
+        # The header says 8 kHz for samples meant as 16 kHz; only the header can be trusted: 2 s of a 220 Hz tone.
+        Good("lying_rate.wav", sine(1.0, 16000, freq=440.0), 8000, "WAV", "lying header", "lying header",
+             sine(2.0, SR, freq=220.0), 5e-3),
+    ]
 
 
 def make_bad_corpus(tmp_dir: str | Path) -> tuple[Path, list[str], dict[str, str]]:
-    """A folder-layout corpus (transcripts.tsv + audio) mixing good and bad items.
+    """A folder-layout corpus (``transcripts.tsv`` + ``audio/``) mixing good items with every kind of bad one.
 
-    Returns (tsv path, ids of good items, {bad id: substring of its skip reason}). Ids are the paths in the TSV.
+    Returns (tsv path, sorted ids of the good items, {bad id: substring of its skip reason}). Ids are the paths
+    as written in the TSV (``audio/<file>``); prepare with ``--layout folder --input <tsv>``.
     """
     root = Path(tmp_dir)
     audio = root / "audio"
     audio.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for uid, (name, seconds, sr, ch, fmt, text, _) in GOOD.items():
-        sf.write(audio / name, sine(seconds, sr, channels=ch), sr, format=fmt)
-        lines.append((f"audio/{name}", text))
+    lines: list[tuple[str, str]] = []
+    goods = good_items()
+    for g in goods:
+        sf.write(audio / g.name, g.wave, g.sr, format=g.fmt)
+        lines.append((g.id, g.text))
 
     bad: dict[str, str] = {}
 
@@ -66,32 +86,26 @@ def make_bad_corpus(tmp_dir: str | Path) -> tuple[Path, list[str], dict[str, str
         lines.append((f"audio/{name}", text))
         bad[f"audio/{name}"] = reason
 
-    full = wav_bytes(sine(1.0, SR), SR)
-    add("truncated.wav", "cut short", "truncated audio", full[: len(full) // 2])
-    add("garbage.wav", "not audio", "unreadable audio", b"this is not a wav file at all" * 20)
-    add("zero_bytes.wav", "nothing here", "zero-length audio", b"")
-    add("zero_frames.wav", "no frames", "zero-length audio", wav_bytes(np.zeros(0, np.float32), SR))
+    wav = audio_bytes(sine(1.0, SR), SR)
+    flac = audio_bytes(sine(1.0, SR), SR, fmt="FLAC")
     nan = sine(1.0, SR)
     nan[100:110] = np.nan
-    add("nan.wav", "not a number", "non-finite audio", wav_bytes(nan, SR, subtype="FLOAT"))
-    add("too_long.wav", "a very long recording", "audio too long", wav_bytes(sine(31.0, 8000, amp=0.1), 8000))
-    add("missing.wav", "the file is gone", "missing audio file", None)
-    add("empty_text.wav", "   ", "empty transcript", wav_bytes(sine(1.0, SR), SR))
-    add("punct_only.wav", "?! … —", "empty transcript", wav_bytes(sine(1.0, SR), SR))
-    add("dense_text.wav", "x" * 60, "transcript too long for audio", wav_bytes(sine(0.5, SR), SR))
-    flac = wav_bytes(sine(1.0, SR), SR, fmt="FLAC")
+    add("truncated.wav", "cut short", "truncated audio", wav[: len(wav) // 2])  # header promises 1 s
     add("truncated.flac", "cut flac", "truncated audio", flac[: len(flac) // 2])
+    add("garbage.wav", "not audio", "unreadable audio", b"this is not a wav file at all " * 20)
+    add("zero_bytes.wav", "nothing here", "zero-length audio", b"")
+    add("zero_frames.wav", "no frames", "zero-length audio", audio_bytes(np.zeros(0, np.float32), SR))
+    add("nan.wav", "not a number", "non-finite audio", audio_bytes(nan, SR, subtype="FLOAT"))
+    add("too_long.wav", "a very long recording", "audio too long", audio_bytes(sine(31.0, 8000, amp=0.1), 8000))
+    add("missing.wav", "the file is gone", "missing audio file", None)
+    add("empty_text.wav", "   ", "empty transcript", wav)
+    add("punct_only.wav", "?! … —", "empty transcript", wav)
+    add("dense_text.wav", "x" * 60, "transcript too long for audio", audio_bytes(sine(0.5, SR), SR))
 
     tsv = root / "transcripts.tsv"
     tsv.write_text("path\tsentence\n" + "".join(f"{p}\t{t}\n" for p, t in lines), encoding="utf-8")
-    return tsv, sorted(GOOD), bad
+    return tsv, sorted(g.id for g in goods), bad
 
 
-def good_expectations(uid: str) -> tuple[np.ndarray, str | None]:
-    """(expected 16 kHz mono wave before resampling error, expected normalised text or None for 'any') of a good id."""
-    name, seconds, sr, ch, fmt, text, norm = GOOD[uid]
-    return sine(seconds, SR, channels=ch).mean(axis=1) if ch > 1 else sine(seconds, SR), norm
-
-
-def write_nemo_manifest(path: Path, entries: list[dict]) -> None:
+def write_jsonl(path: Path, entries: list[dict]) -> None:
     path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")

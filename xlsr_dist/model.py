@@ -239,7 +239,9 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec
     if cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Renamed in transformers 5; the old name still exists there but warns.
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     return model
 
 

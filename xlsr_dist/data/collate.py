@@ -46,29 +46,32 @@ def collate(items: list[Item]) -> Batch:
     """Pad and normalise ``items`` (at least one) into a Batch."""
     if not items:
         raise ValueError("collate needs at least one item; use dummy_item() for a rank with nothing to run")
-    lengths = np.array([len(w) for _, w, _, _ in items], dtype=np.int64)
+    lengths = np.fromiter((len(w) for _, w, _, _ in items), dtype=np.int64, count=len(items))
     if lengths.min() == 0:
         empty = [i for (i, w, _, _) in items if len(w) == 0]
         raise ValueError(f"utterance(s) {empty} have no audio samples")
     b, t = len(items), int(lengths.max())
     label_len = max(1, max(len(lab) for _, _, lab, _ in items))
-    values = np.zeros((b, t), dtype=np.float32)
-    mask = np.zeros((b, t), dtype=np.int64)
+    values = np.empty((b, t), dtype=np.float32)
     labels = np.full((b, label_len), LABEL_PAD, dtype=np.int64)
     for i, (_, wave, lab, _) in enumerate(items):
         w = np.asarray(wave, dtype=np.float32)
         n = w.shape[0]
-        # Same arithmetic as the HF feature extractor (float32 mean/var), so a model trained by either path sees
-        # the same inputs.
-        values[i, :n] = (w - w.mean()) / np.sqrt(w.var() + _VAR_EPS)
-        mask[i, :n] = 1
+        row = values[i, :n]
+        # HF's normalisation (float32 mean, biased variance, +1e-7) in two passes written straight into the batch
+        # instead of five temporaries: this loop is a fifth of the data path's time.
+        np.subtract(w, w.mean(), out=row)
+        inv_std = np.float32(1.0 / np.sqrt(float(np.dot(row, row)) / n + _VAR_EPS))
+        np.multiply(row, inv_std, out=row)
+        values[i, n:] = 0.0
         if lab:
             labels[i, : len(lab)] = lab
+    mask = (torch.arange(t)[None, :] < torch.from_numpy(lengths)[:, None]).to(torch.int64)
     valid = np.array([v for _, _, _, v in items], dtype=bool)
     real = int(lengths[valid].sum())
     return {
         "input_values": torch.from_numpy(values),
-        "attention_mask": torch.from_numpy(mask),
+        "attention_mask": mask,
         "labels": torch.from_numpy(labels),
         "ids": [i for i, _, _, _ in items],
         "valid": torch.from_numpy(valid),

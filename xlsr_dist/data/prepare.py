@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -116,12 +117,13 @@ class Settings:
 
 def _read_table(path: Path) -> tuple[list[dict[str, str]], list[Skip], str, str]:
     """Rows of a .tsv/.csv transcript table, with the detected path and text column names."""
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    first = text.split("\n", 1)[0]
+    # newline="": only \n, \r, \r\n end a row (str.splitlines would also split on U+2028 inside a sentence).
+    text = io.StringIO(path.read_text(encoding="utf-8-sig", errors="replace"), newline="")
+    first = text.readline()
+    text.seek(0)
     tsv = path.suffix.lower() == ".tsv" or (path.suffix.lower() != ".csv" and "\t" in first)
     # Common Voice sentences contain unbalanced quotes: TSVs are split on tabs only.
-    reader = csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE) if tsv \
-        else csv.reader(text.splitlines())
+    reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(text)
     try:
         header = next(reader)
     except StopIteration:
@@ -343,13 +345,14 @@ def detect_layout(input_ref: str) -> str:
         return "hf"
     if (p / "clips").is_dir() and any((p / f"{s}.tsv").is_file() for s in ("train", "dev", "test", "validated")):
         return "commonvoice"
+    top = [x.suffix.lower() for x in p.iterdir() if x.is_file()]
+    if any(x in (".json", ".jsonl") for x in top):
+        return "nemo"
+    if any(x in (".tsv", ".csv") for x in top):
+        return "folder"
     if next(p.rglob("*.trans.txt"), None) is not None:
         return "librispeech"
-    if any(x.suffix.lower() in (".json", ".jsonl") for x in p.iterdir()):
-        return "nemo"
-    if any(x.suffix.lower() in (".tsv", ".csv") for x in p.iterdir()):
-        return "folder"
-    if any(x.suffix.lower() == ".parquet" for x in p.rglob("*.parquet")):
+    if next(p.rglob("*.parquet"), None) is not None:
         return "hf"
     raise PrepareError(f"--input {p}: cannot tell the layout; give --layout {{{','.join(LAYOUTS[1:])}}}")
 
@@ -400,8 +403,8 @@ def process_item(item: Item, settings: Settings) -> dict[str, Any] | Skip:
         return Skip(item.id, item.source, A.UNREADABLE, f"{type(e).__name__}: {e}")
 
 
-def _work(task: tuple[int, Item]) -> tuple[int, dict[str, Any] | Skip]:
-    return task[0], process_item(task[1], _worker["settings"])
+def _work(tasks: list[tuple[int, Item]]) -> list[tuple[int, dict[str, Any] | Skip]]:
+    return [(i, process_item(item, _worker["settings"])) for i, item in tasks]
 
 
 # ----------------------------------------------------------------------------------------------- planning
@@ -501,7 +504,7 @@ def prepare_split(split: SplitInput, output: Path, num_shards: int, num_workers:
         S.write_shard(path, rows[i])
         info = {"plan": digests[i], "rows": len(rows[i]), "sha256": S.sha256_file(path),
                 "seconds": sum(r["duration"] for r in rows[i]), "skipped": [s.as_dict() for s in skips[i]]}
-        S._write_json_atomic(_sidecar(split_dir, names[i]), info)
+        S.write_json_atomic(_sidecar(split_dir, names[i]), info)
         done[i] = info
         del rows[i], skips[i]  # bounded memory: only unfinished shards hold audio
 
@@ -541,7 +544,7 @@ def prepare_split(split: SplitInput, output: Path, num_shards: int, num_workers:
         "summary": summary_line(prepared, manifest["total_seconds"], len(plan), skipped),
         "elapsed_seconds": round(time.time() - started, 2),
     }
-    S._write_json_atomic(split_dir / S.REPORT, report)
+    S.write_json_atomic(split_dir / S.REPORT, report)
     return report
 
 
@@ -554,19 +557,23 @@ def _run(tasks: list[tuple[int, Item]], num_workers: int, settings: Settings,
     if workers == 1:
         _init_worker(settings, hf)
         for t in tasks:
-            yield _work(t)
+            yield from _work([t])
         return
-    chunk = max(1, min(16, len(tasks) // (workers * 8)))
+    # Chunks are made here, not by imap(chunksize=...): with a chunksize imap returns a plain generator, which
+    # has no next(timeout) to notice a dead worker.
+    size = max(1, min(16, len(tasks) // (workers * 8)))
+    chunks = [tasks[k:k + size] for k in range(0, len(tasks), size)]
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(settings, hf)) as pool:
-        results = pool.imap(_work, tasks, chunksize=chunk)
-        for k in range(len(tasks)):
+        results = pool.imap(_work, chunks)
+        for chunk in chunks:
             try:
-                yield results.next(timeout=RESULT_TIMEOUT_S)
+                yield from results.next(timeout=RESULT_TIMEOUT_S)
             except multiprocessing.TimeoutError:
+                where = ", ".join(repr(item.id) for _, item in chunk[:3])
                 raise PrepareError(
-                    f"no result for {RESULT_TIMEOUT_S:.0f} s at item {tasks[k][1].id!r} ({tasks[k][1].source}); a "
-                    "worker probably died decoding it. Finished shards are kept: re-run, or move that file "
-                    "away, or use --num_workers 1 to see the error") from None
+                    f"no result for {RESULT_TIMEOUT_S:.0f} s from the worker decoding {where}"
+                    f"{' ...' if len(chunk) > 3 else ''}; it probably died on one of them. Finished shards are "
+                    "kept: re-run, or move that file away, or use --num_workers 1 to see the error") from None
 
 
 # ----------------------------------------------------------------------------------------------- CLI

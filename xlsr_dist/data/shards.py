@@ -46,6 +46,11 @@ _ROW_COLUMNS = ["id", "audio", "text", "duration"]
 # thousands of shards does not run out of descriptors.
 _CACHE_SIZE = 64
 
+# mkstemp creates 0600 files; shards and manifests are meant to be shared, so they get the umask's usual mode.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 # Counters a test (or a curious user) reads to see how much a reader actually fetched.
 IO_STATS: dict[str, int] = {"files_opened": 0, "row_groups_read": 0}
 
@@ -74,6 +79,7 @@ def write_shard(path: str | Path, rows: Sequence[dict[str, Any]], row_group_size
             # min/max of FLAC bytes are useless and would bloat the footer every reader parses.
             write_statistics=["id", "duration"],
         )
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)  # readers and re-runs take an existing shard file as complete
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -258,12 +264,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, ensure_ascii=False)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -325,7 +332,7 @@ def write_manifest(split_dir: str | Path, checksums: dict[str, str] | None = Non
     }
     if extra:
         manifest.update(extra)
-    _write_json_atomic(split_dir / MANIFEST, manifest)
+    write_json_atomic(split_dir / MANIFEST, manifest)
     return manifest
 
 

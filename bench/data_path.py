@@ -1,0 +1,288 @@
+"""Data-path benchmark: audio seconds per second on one core, xlsr_dist's stream against HF's CTC example.
+
+    OMP_NUM_THREADS=1 flock /tmp/xlsr_cpu.lock python bench/data_path.py [--utterances 1500] [--repeats 3]
+
+Paths measured on the same FLAC shards (a Common-Voice-like synthetic corpus: lognormal durations, median 4.8 s,
+sigma 0.35, clipped to [1, 15] s), all in this one process on one core:
+  floor        pyarrow reads each shard's audio column whole + soundfile decodes every clip; nothing else
+  xlsr_dist    TrainStream (world 1: micro-batch 4 x 2 accumulation, dataloader_num_workers 0) for one epoch:
+               metadata + filtering + plan, per-micro-batch row-group reads, decode, normalise, bucket, collate
+  hf map       run_speech_recognition_ctc.py's preprocessing: load_dataset("parquet") -> map(text clean-up) ->
+               map(decode with soundfile [datasets 5 needs torchcodec to decode] + Wav2Vec2FeatureExtractor +
+               tokenizer) -> filter(length), each writing its Arrow cache; then one epoch of
+               DataCollatorCTCWithPadding over the cached features (batch 4)
+  hf stream    load_dataset(..., streaming=True).map(the same prepare function), iterated once
+Results go to stdout (markdown) and bench/results/data_path.json (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+from xlsr_dist.audio import SAMPLE_RATE, encode_flac  # noqa: E402
+from xlsr_dist.config import DataConfig, plan_batches  # noqa: E402
+from xlsr_dist.data import shards  # noqa: E402
+from xlsr_dist.data.partition import common_voice_like_durations, epoch_batches, padding_fraction  # noqa: E402
+from xlsr_dist.data.stream import TrainStream  # noqa: E402
+from xlsr_dist.text import build_vocab, save_vocab  # noqa: E402
+from xlsr_dist.world import World  # noqa: E402
+
+WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly vexing bumpkins near "
+         "old mills and rivers").split()
+
+
+def frames(num_samples: int) -> int:
+    return num_samples // 320
+
+
+def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Voiced harmonics with a wandering pitch and a syllable-rate envelope over a noise floor: compresses about
+    like read speech under FLAC, so decode cost per second is realistic."""
+    n = int(round(seconds * SAMPLE_RATE))
+    t = np.arange(n) / SAMPLE_RATE
+    f0 = rng.uniform(100, 220) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0) * t))
+    phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = np.clip(np.sin(2 * np.pi * rng.uniform(3, 5) * t + rng.uniform(0, 6)), 0, None) ** 2
+    wave = 0.15 * envelope * voiced + 0.01 * rng.standard_normal(n)
+    return wave.astype(np.float32)
+
+
+def make_corpus(root: Path, n: int, num_shards: int, seed: int) -> tuple[str, dict[str, int], float]:
+    rng = np.random.default_rng(seed)
+    durations = common_voice_like_durations(n, seed=seed)
+    rows = []
+    for i, d in enumerate(durations):
+        words = " ".join(rng.choice(WORDS, size=max(1, int(d * 2.5))))
+        rows.append({"id": f"cv{i:06d}", "audio": encode_flac(speech_like(float(d), rng)), "text": words,
+                     "duration": float(d), "source": "synthetic"})
+    split = root / "train"
+    for s in range(num_shards):
+        shards.write_shard(split / shards.shard_name(s, num_shards), rows[s::num_shards])
+    vocab = build_vocab(r["text"] for r in rows)
+    return str(split), vocab, float(durations.sum())
+
+
+def timed(fn: Callable[[], float], repeats: int) -> dict[str, Any]:
+    """Run ``fn`` (returns audio seconds processed) ``repeats`` times; neighbours on a shared machine only ever
+    slow a run down, so the best run is the figure and the median is shown beside it."""
+    rates, audio = [], 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        audio = fn()
+        rates.append(audio / (time.perf_counter() - start))
+    return {"audio_s": round(audio, 1), "best": round(max(rates), 1), "median": round(statistics.median(rates), 1)}
+
+
+def floor_path(paths: list[str]) -> float:
+    total = 0.0
+    for p in paths:
+        for b in pq.read_table(p, columns=["audio"]).column("audio").to_pylist():
+            wave, sr = sf.read(io.BytesIO(b), dtype="float32")
+            total += wave.shape[0] / sr
+    return total
+
+
+def ours_path(location: str, vocab: dict[str, int], world_size: int = 1, rank: int = 0) -> float:
+    shards.clear_cache()  # every repeat opens its files again, as a fresh run does
+    plan = plan_batches(8, world_size)
+    cfg = DataConfig(dataloader_num_workers=0, max_duration_in_seconds=20.0)
+    stream = TrainStream(location, World(rank=rank, world_size=world_size), plan, 42, vocab, cfg, frames)
+    total = 0.0
+    gen = stream.steps(stream.initial_state())
+    for _ in range(stream.steps_per_epoch):
+        _, micro = next(gen)
+        total += sum(b["audio_seconds"] for b in micro)
+    gen.close()
+    return total
+
+
+def hf_tools(vocab_dir: Path) -> tuple[Any, Any]:
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
+
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_dir / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
+                                     word_delimiter_token="|")
+    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
+                                                 do_normalize=True, return_attention_mask=True)
+    return tokenizer, feature_extractor
+
+
+def hf_prepare_fn(tokenizer: Any, feature_extractor: Any) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def prepare_dataset(batch: dict[str, Any]) -> dict[str, Any]:
+        wave, sr = sf.read(io.BytesIO(batch["audio"]), dtype="float32")
+        inputs = feature_extractor(wave, sampling_rate=sr)
+        batch["input_values"] = inputs.input_values[0]
+        batch["input_length"] = len(batch["input_values"])
+        batch["labels"] = tokenizer(batch["target_text"]).input_ids
+        return batch
+
+    return prepare_dataset
+
+
+def remove_special_characters(batch: dict[str, Any]) -> dict[str, Any]:
+    batch["target_text"] = re.sub(r'[,?.!\-;:"“%‘”�]', "", batch["text"]).lower() + " "
+    return batch
+
+
+def hf_map_path(paths: list[str], vocab_dir: Path, cache_root: Path, timings: dict[str, list[float]]) -> float:
+    """run_speech_recognition_ctc.py steps 1, 2 and 6 on local parquet, then one collated epoch."""
+    import datasets
+
+    cache = Path(tempfile.mkdtemp(dir=cache_root))
+    tokenizer, feature_extractor = hf_tools(vocab_dir)
+    t0 = time.perf_counter()
+    raw = datasets.load_dataset("parquet", data_files=paths, split="train", cache_dir=str(cache))
+    raw = raw.map(remove_special_characters, remove_columns=["text"])
+    vectorized = raw.map(hf_prepare_fn(tokenizer, feature_extractor), remove_columns=raw.column_names)
+    max_len, min_len = 20.0 * SAMPLE_RATE, 0.0
+    vectorized = vectorized.filter(lambda n: min_len < n < max_len, input_columns=["input_length"])
+    t1 = time.perf_counter()
+    audio = float(np.sum(vectorized["input_length"])) / SAMPLE_RATE
+    # One training epoch as the Trainer feeds it: random order, batch 4, DataCollatorCTCWithPadding.
+    order = np.random.default_rng(0).permutation(len(vectorized))
+    for start in range(0, len(order), 4):
+        features = vectorized.select(order[start : start + 4].tolist())
+        batch = feature_extractor.pad([{"input_values": f} for f in features["input_values"]], padding=True,
+                                      return_tensors="pt")
+        labels = tokenizer.pad([{"input_ids": f} for f in features["labels"]], padding=True, return_tensors="pt")
+        batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
+    t2 = time.perf_counter()
+    timings["preprocess_s"].append(t1 - t0)
+    timings["epoch_s"].append(t2 - t1)
+    shutil.rmtree(cache, ignore_errors=True)
+    return audio
+
+
+def hf_stream_path(paths: list[str], vocab_dir: Path) -> float:
+    import datasets
+
+    tokenizer, feature_extractor = hf_tools(vocab_dir)
+    ds = datasets.load_dataset("parquet", data_files=paths, split="train", streaming=True)
+    ds = ds.map(remove_special_characters).map(hf_prepare_fn(tokenizer, feature_extractor))
+    return sum(item["input_length"] for item in ds) / SAMPLE_RATE
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line), "?")
+    except (OSError, subprocess.CalledProcessError):
+        model = platform.processor() or "?"
+    return f"{model}, {os.cpu_count()} CPU(s)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--utterances", type=int, default=1500)
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip_hf", action="store_true", help="only the floor and xlsr_dist (for profiling)")
+    parser.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "data_path.json"))
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    work = Path(tempfile.mkdtemp(prefix="xlsr_data_bench_"))
+    try:
+        t = time.perf_counter()
+        location, vocab, audio_total = make_corpus(work / "corpus", args.utterances, args.shards, args.seed)
+        save_vocab(vocab, work / "vocab.json")
+        paths = shards.list_shards(location)
+        print(f"corpus: {args.utterances} utterances, {audio_total / 3600:.2f} h, {args.shards} shards, "
+              f"{sum(os.path.getsize(p) for p in paths) / 1e6:.0f} MB (built in {time.perf_counter() - t:.0f} s)",
+              flush=True)
+        results: dict[str, Any] = {}
+        results["floor"] = timed(lambda: floor_path(paths), args.repeats)
+        print("floor", results["floor"], flush=True)
+        results["xlsr_dist"] = timed(lambda: ours_path(location, vocab), args.repeats)
+        print("xlsr_dist", results["xlsr_dist"], flush=True)
+        results["xlsr_dist_rank0_of_8"] = timed(lambda: ours_path(location, vocab, 8, 0), args.repeats)
+        print("xlsr_dist rank 0 of 8 (micro-batch 1)", results["xlsr_dist_rank0_of_8"], flush=True)
+        if not args.skip_hf:
+            cache_root = work / "hf_cache"
+            cache_root.mkdir()
+            hf_t: dict[str, list[float]] = {"preprocess_s": [], "epoch_s": []}
+            audio = 0.0
+            for _ in range(args.repeats):
+                audio = hf_map_path(paths, work, cache_root, hf_t)
+            pre, ep = min(hf_t["preprocess_s"]), min(hf_t["epoch_s"])
+            results["hf_map_preprocess"] = {"audio_s": round(audio, 1), "best": round(audio / pre, 1),
+                                            "median": round(audio / statistics.median(hf_t["preprocess_s"]), 1)}
+            results["hf_map_epoch_from_cache"] = {"audio_s": round(audio, 1), "best": round(audio / ep, 1),
+                                                  "median": round(audio / statistics.median(hf_t["epoch_s"]), 1)}
+            results["hf_map_first_epoch"] = {"audio_s": round(audio, 1), "best": round(audio / (pre + ep), 1)}
+            print("hf map", {k: v for k, v in results.items() if k.startswith("hf_map")}, flush=True)
+            results["hf_stream"] = timed(lambda: hf_stream_path(paths, work), args.repeats)
+            print("hf stream", results["hf_stream"], flush=True)
+
+        durations = shards.read_metadata(paths).column("duration").to_numpy()
+        big = common_voice_like_durations(20000, seed=1)
+        padding = {}
+        for name, d in (("bench corpus", durations), ("20000 CV-like", big)):
+            for world in (1, 8):
+                p = plan_batches(8, world)
+                padding[f"{name}, world {world} (micro {p.micro_batch})"] = {
+                    "bucketed_100": round(100 * padding_fraction(d, epoch_batches(d, 0, 0, 8, 100), p), 2),
+                    "random": round(100 * padding_fraction(d, epoch_batches(d, 0, 0, 8, 1), p), 2),
+                }
+        results["padding_percent"] = padding
+        results["machine"] = machine()
+        results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        results["command"] = " ".join(["python", "bench/data_path.py", *sys.argv[1:]])
+        results["corpus"] = {"utterances": args.utterances, "hours": round(audio_total / 3600, 3),
+                             "shards": args.shards, "row_group_size": shards.ROW_GROUP_SIZE}
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(json.dumps(results, indent=1))
+        print(report(results))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(r: dict[str, Any]) -> str:
+    floor = r["floor"]["best"]
+    lines = [f"machine: {r['machine']}; {r['date']}; `{r['command']}`", "",
+             "| path | audio-s/s per core (best) | median | vs floor |", "|---|---|---|---|"]
+    for key in ("floor", "xlsr_dist", "xlsr_dist_rank0_of_8", "hf_map_preprocess", "hf_map_epoch_from_cache",
+                "hf_map_first_epoch", "hf_stream"):
+        if key in r:
+            v = r[key]
+            lines.append(f"| {key} | {v['best']:.0f} | {v.get('median', float('nan')):.0f} | "
+                         f"{v['best'] / floor:.2f}x |")
+    if "hf_map_preprocess" in r:
+        lines.append("")
+        lines.append(f"xlsr_dist / hf map preprocess = {r['xlsr_dist']['best'] / r['hf_map_preprocess']['best']:.2f}x;"
+                     f" xlsr_dist / hf stream = {r['xlsr_dist']['best'] / r['hf_stream']['best']:.2f}x")
+    lines += ["", "| padding (% of samples in micro-batches) | bucketed (x100) | random |", "|---|---|---|"]
+    for k, v in r["padding_percent"].items():
+        lines.append(f"| {k} | {v['bucketed_100']} | {v['random']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""What a user sees in the MLflow UI: the reference run and a training run side by side with their metrics,
+rendered by headless Chromium from a real server. Screenshots are kept under test-artifacts/ for a human look."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests._mlflow_server import mlflow_server  # noqa: F401 - fixture
+from xlsr_dist.reference import RUN_NAME, ensure_reference_run
+from xlsr_dist.tracking import MlflowTracker, open_client
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TRAIN_RUN = "ui-training-run"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                                     "(apt-get install -y chromium; .ci/run installs it)"),
+]
+
+
+def _chromium(url: str, profile: Path, *mode: str) -> str:
+    shutil.rmtree(profile, ignore_errors=True)
+    # The UI is a React app: --virtual-time-budget lets its fetches and renders finish before the dump/screenshot.
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1600,1000", *mode, url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _visible_text(dom: str) -> str:
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", text).split())
+
+
+@pytest.fixture(scope="module")
+def runs(mlflow_server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:  # noqa: F811
+    client = open_client(mlflow_server.uri)
+    reference_id, _ = ensure_reference_run(client, "ui", mlflow_server.uri)
+    tracker = MlflowTracker(mlflow_server.uri, "ui", tmp_path_factory.mktemp("out"), run_name=TRAIN_RUN)
+    train_id = tracker.start({"learning_rate": 1e-4, "global_batch_size": 8}, {"xlsr_dist.kind": "training"})
+    for step in range(25, 1001, 25):
+        tracker.log_metrics({"loss": 6.0 / step ** 0.4, "learning_rate": 1e-4, "epoch": step / 300}, step)
+        if step % 250 == 0:
+            tracker.log_metrics({"eval_loss": 4.0 / step ** 0.3, "eval_wer": 1.2 - step / 1000, "eval_cer": 0.3}, step)
+    tracker.close()
+    experiment_id = client.get_experiment_by_name("ui").experiment_id
+    return {"experiment": experiment_id, "reference": reference_id, "train": str(train_id)}
+
+
+def test_runs_page_charts_both_runs_metrics(mlflow_server, runs: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    url = f"{mlflow_server.uri}/#/experiments/{runs['experiment']}/runs?compareRunsMode=CHART"
+    text = _visible_text(_chromium(url, tmp_path / "profile", "--dump-dom"))
+    assert TRAIN_RUN in text and RUN_NAME in text
+    for metric in ("loss", "eval_loss", "eval_wer"):
+        # each chart's legend names both runs with the metric
+        assert f"{TRAIN_RUN} ({metric})" in text and f"{RUN_NAME} ({metric})" in text, metric
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "mlflow_ui_runs_charts.png"
+    shot.unlink(missing_ok=True)
+    _chromium(url, tmp_path / "profile", f"--screenshot={shot}")
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 50_000
+
+
+def test_compare_page_lists_both_runs_with_metric_values(mlflow_server, runs: dict[str, str],  # noqa: F811
+                                                         tmp_path: Path) -> None:
+    ids = urllib.parse.quote(json.dumps([runs["train"], runs["reference"]]))
+    url = (f"{mlflow_server.uri}/#/compare-runs?runs={ids}"
+           f"&experiments={urllib.parse.quote(json.dumps([runs['experiment']]))}")
+    text = _visible_text(_chromium(url, tmp_path / "profile", "--dump-dom"))
+    assert "Comparing 2 Runs" in text
+    assert TRAIN_RUN in text and RUN_NAME in text
+    metrics = text[text.index("Metrics Show diff only"):]
+    assert all(name in metrics for name in ("eval_loss", "eval_wer", "loss"))
+    # The reference's last WER (0.3033) and the training run's last (0.2) as the UI rounds them.
+    assert "0.303" in metrics and "0.2" in metrics
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "mlflow_ui_compare_runs.png"
+    shot.unlink(missing_ok=True)
+    _chromium(url, tmp_path / "profile", f"--screenshot={shot}")
+    assert shot.stat().st_size > 50_000

@@ -1,0 +1,272 @@
+"""prepare: every corpus layout becomes shards; bad items are skipped and named; re-runs keep finished shards."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from tests._corpus import SR, audio_bytes, good_items, make_bad_corpus, sine, write_jsonl
+from xlsr_dist import audio as A
+from xlsr_dist.data import prepare as P
+from xlsr_dist.data import shards as S
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _prepare(*args: str) -> list[dict]:
+    return P.run([*args, "--no_progress"])
+
+
+def _split_rows(split_dir: Path) -> dict[str, dict]:
+    paths = S.list_shards(split_dir)
+    out = {}
+    for p in paths:
+        n = S.read_metadata([p]).num_rows
+        for r in S.read_rows(p, range(n)):
+            out[r["id"]] = r
+    return out
+
+
+def test_bad_corpus_skips_and_names_every_bad_item_and_keeps_every_good_one(tmp_path, capsys):
+    tsv, good_ids, bad = make_bad_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    [report] = _prepare("--layout", "folder", "--input", str(tsv), "--output", str(out), "--num_shards", "3",
+                        "--num_workers", "2")
+    rows = _split_rows(out / "train")
+    assert sorted(rows) == good_ids
+    for g in good_items():
+        row = rows[g.id]
+        assert row["text"] == g.norm
+        wave = A.decode_bytes(row["audio"])
+        assert abs(len(wave) - len(g.expected)) <= 1, g.name
+        n = min(len(wave), len(g.expected))
+        assert np.abs(wave[:n] - g.expected[:n]).max() <= g.tolerance + 1 / 32768, g.name
+        assert row["duration"] == pytest.approx(len(wave) / SR)
+    skipped = {s["id"]: s for s in report["skipped"]}
+    assert set(skipped) == set(bad)
+    for uid, reason in bad.items():
+        assert reason in skipped[uid]["reason"], (uid, skipped[uid])
+    on_disk = json.loads((out / "train" / "report.json").read_text())
+    assert on_disk["skipped"] == report["skipped"] and on_disk["prepared"] == len(good_ids)
+    printed = capsys.readouterr().out
+    assert f"prepared {len(good_ids)} utterances" in printed
+    assert f"skipped {len(bad)}: " in printed and "2 truncated audio" in printed and "1 missing audio file" in printed
+    manifest = S.read_manifest(out / "train")
+    assert manifest["num_utterances"] == len(good_ids) and manifest["skipped"] == len(bad)
+    assert set(manifest["vocabulary"]) <= set("abcdefghijklmnopqrstuvwxyz' ")
+
+
+def _shard_state(split_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(split_dir.glob("shard-*.parquet"))}
+
+
+def test_rerun_keeps_finished_shards_and_rebuilds_missing_or_damaged_ones(tmp_path):
+    tsv, good_ids, _ = make_bad_corpus(tmp_path / "corpus")
+    out = tmp_path / "out"
+    args = ("--input", str(tsv), "--output", str(out), "--num_shards", "4", "--num_workers", "1")
+    first = _prepare(*args)[0]
+    assert first["shards_built"] == 4
+    before = _shard_state(out / "train")
+
+    again = _prepare(*args)[0]
+    assert (again["shards_reused"], again["shards_built"]) == (4, 0)
+    assert _shard_state(out / "train") == before
+    assert again["skipped"] == first["skipped"]  # the report still names items skipped in reused shards
+
+    names = list(before)
+    (out / "train" / names[1]).unlink()
+    damaged = out / "train" / names[2]
+    damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")  # same size, wrong checksum
+    third = _prepare(*args)[0]
+    assert (third["shards_reused"], third["shards_built"]) == (2, 2)
+    after = _shard_state(out / "train")
+    assert after[names[0]] == before[names[0]] and after[names[3]] == before[names[3]]
+    assert sorted(_split_rows(out / "train")) == good_ids
+
+    fewer = _prepare("--input", str(tsv), "--output", str(out), "--num_shards", "2", "--num_workers", "1")[0]
+    assert fewer["shards_built"] == 2
+    assert len(S.list_shards(out / "train")) == 2  # shards of the old plan were removed
+    assert sorted(_split_rows(out / "train")) == good_ids
+
+
+def test_output_is_deterministic_whatever_the_worker_count(tmp_path):
+    tsv, _, _ = make_bad_corpus(tmp_path / "corpus")
+    for workers in ("1", "2"):
+        _prepare("--input", str(tsv), "--output", str(tmp_path / f"out{workers}"), "--num_shards", "3",
+                 "--num_workers", workers)
+    m1, m2 = (S.read_manifest(tmp_path / f"out{w}" / "train") for w in ("1", "2"))
+    assert [s["sha256"] for s in m1["shards"]] == [s["sha256"] for s in m2["shards"]]
+    ids = S.read_metadata(S.list_shards(tmp_path / "out1" / "train")).column("id").to_pylist()
+    assert ids == sorted(ids)  # contiguous runs of the sorted ids
+
+
+def _write(path: Path, seconds: float, sr: int = SR, fmt: str | None = None, channels: int = 1) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, sine(seconds, sr, channels=channels), sr, format=fmt)
+
+
+def test_commonvoice_layout(tmp_path):
+    cv = tmp_path / "cv"
+    sentences = {"train": ["First clip.", "Second, with \"quotes", "third\u2028line"],
+                 "dev": ["dev one"], "test": ["test 2"]}
+    for split, texts in sentences.items():
+        lines = ["client_id\tpath\tsentence\tup_votes"]
+        for k, t in enumerate(texts):
+            name = f"common_voice_en_{split}_{k}.mp3"
+            _write(cv / "clips" / name, 0.8, 48000, "MP3", channels=2)
+            lines.append(f"abc\t{name}\t{t}\t2")
+        (cv / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    reports = _prepare("--input", str(cv), "--output", str(tmp_path / "out"), "--num_workers", "1")
+    assert [r["split"] for r in reports] == ["train", "dev", "test"] and reports[0]["layout"] == "commonvoice"
+    rows = _split_rows(tmp_path / "out" / "train")
+    assert sorted(r["text"] for r in rows.values()) == ["first clip", "second with quotes", "third line"]
+    sources = pq.read_table(S.list_shards(tmp_path / "out" / "train")[0], columns=["id", "source"]).to_pylist()
+    assert sources == [{"id": "common_voice_en_train_0.mp3", "source": "clips/common_voice_en_train_0.mp3"}]
+    assert abs(len(A.decode_bytes(rows["common_voice_en_train_0.mp3"]["audio"])) - 0.8 * SR) <= 1
+    assert [r["text"] for r in _split_rows(tmp_path / "out" / "test").values()] == ["test two"]
+
+
+def test_librispeech_layout(tmp_path):
+    ls = tmp_path / "LibriSpeech"
+    for subset, speakers in {"train-clean-100": ["19", "26"], "dev-clean": ["84"]}.items():
+        for spk in speakers:
+            chapter = ls / subset / spk / "198"
+            lines = []
+            for u in range(2):
+                uid = f"{spk}-198-{u:04d}"
+                _write(chapter / f"{uid}.flac", 1.6 + 0.1 * u)
+                lines.append(f"{uid} WORDS OF SPEAKER {spk} NUMBER {u}")
+            lines.append(f"{spk}-198-0009 THIS ONE HAS NO AUDIO")
+            (chapter / f"{spk}-198.trans.txt").write_text("\n".join(lines) + "\n")
+    reports = _prepare("--input", str(ls), "--output", str(tmp_path / "out"), "--split", "train-clean-100",
+                       "dev-clean", "--num_shards", "2", "--num_workers", "1")
+    assert reports[0]["layout"] == "librispeech"
+    train = _split_rows(tmp_path / "out" / "train-clean-100")
+    assert sorted(train) == ["19-198-0000", "19-198-0001", "26-198-0000", "26-198-0001"]
+    assert train["26-198-0001"]["text"] == "words of speaker twenty six number one"
+    assert train["26-198-0001"]["duration"] == pytest.approx(1.7)
+    assert {s["id"]: s["reason"] for s in reports[0]["skipped"]} == {
+        "19-198-0009": "missing audio file", "26-198-0009": "missing audio file"}
+    assert sorted(_split_rows(tmp_path / "out" / "dev-clean")) == ["84-198-0000", "84-198-0001"]
+
+
+def test_nemo_layout(tmp_path):
+    d = tmp_path / "nemo"
+    _write(d / "wavs" / "a.wav", 1.0, 22050)
+    _write(d / "wavs" / "b.wav", 0.5)
+    write_jsonl(d / "train_manifest.json", [
+        {"audio_filepath": "wavs/a.wav", "duration": 1.0, "text": "Alpha"},
+        {"audio_filepath": str(d / "wavs" / "b.wav"), "duration": 0.5, "text": "bravo"},
+        {"duration": 3.0, "text": "no path"},
+    ])
+    with open(d / "train_manifest.json", "a") as f:
+        f.write("{not json\n")
+    [r] = _prepare("--input", str(d / "train_manifest.json"), "--output", str(tmp_path / "out"),
+                   "--split", "mine", "--num_workers", "1")
+    assert r["layout"] == "nemo" and r["split"] == "mine"
+    rows = _split_rows(tmp_path / "out" / "mine")
+    assert {k: v["text"] for k, v in rows.items()} == {"wavs/a.wav": "alpha", str(d / "wavs" / "b.wav"): "bravo"}
+    assert rows["wavs/a.wav"]["duration"] == pytest.approx(1.0, abs=1e-4)
+    assert sorted(s["id"] for s in r["skipped"]) == ["train_manifest.json:3", "train_manifest.json:4"]
+    assert {s["reason"] for s in r["skipped"]} == {P.MALFORMED}
+
+
+def test_folder_layout_csv_with_other_column_names_and_a_clear_error_otherwise(tmp_path):
+    d = tmp_path / "folder"
+    _write(d / "x" / "one.wav", 0.7, 8000)
+    (d / "meta.csv").write_text('file_name,transcription\nx/one.wav,"Hello, there"\n')
+    [r] = _prepare("--input", str(d), "--output", str(tmp_path / "out"), "--num_workers", "1")
+    assert r["layout"] == "folder"
+    assert _split_rows(tmp_path / "out" / "train")["x/one.wav"]["text"] == "hello there"
+
+    (d / "meta.csv").write_text("wavefile,words\nx/one.wav,hi\n")
+    with pytest.raises(P.PrepareError, match=r"meta.csv: cannot tell which column holds the audio path"):
+        _prepare("--input", str(d), "--output", str(tmp_path / "out2"))
+    # the CLI turns it into a one-line error and exit status 2, not a traceback
+    proc = subprocess.run([sys.executable, "-m", "xlsr_dist.prepare", "--input", str(d / "meta.csv"),
+                           "--output", str(tmp_path / "out2")], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2
+    assert "cannot tell which column holds the audio path" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _hf_rows(tmp_path: Path) -> tuple[list[dict], list[str]]:
+    src = tmp_path / "hf_src"
+    src.mkdir()
+    _write(src / "on_disk.wav", 0.9, 44100, channels=2)
+    rows = [
+        {"audio": {"bytes": audio_bytes(sine(1.0, 8000), 8000), "path": "x.wav"}, "sentence": "From bytes"},
+        {"audio": {"bytes": audio_bytes(sine(0.5, SR), SR, "FLAC"), "path": None}, "sentence": "flac bytes"},
+        {"audio": {"bytes": None, "path": str(src / "on_disk.wav")}, "sentence": "from a path"},
+        {"audio": {"bytes": b"garbage" * 30, "path": None}, "sentence": "broken"},
+    ]
+    return rows, ["From bytes", "flac bytes", "from a path", "broken"]
+
+
+def test_hf_layout_save_to_disk_and_local_parquet(tmp_path):
+    import datasets
+
+    rows, _ = _hf_rows(tmp_path)
+    ds = datasets.Dataset.from_list(rows).cast_column("audio", datasets.Audio())
+    dd = datasets.DatasetDict(train=ds, validation=ds.select([0]))
+    dd.save_to_disk(str(tmp_path / "saved"))
+    reports = _prepare("--input", str(tmp_path / "saved"), "--output", str(tmp_path / "out"), "--hf_split",
+                       "train", "validation", "--split", "train", "eval", "--num_workers", "2", "--num_shards", "2")
+    assert [r["split"] for r in reports] == ["train", "eval"] and reports[0]["layout"] == "hf"
+    train = _split_rows(tmp_path / "out" / "train")
+    assert {k: v["text"] for k, v in train.items()} == {
+        "000000000": "from bytes", "000000001": "flac bytes", "000000002": "from a path"}
+    assert abs(len(A.decode_bytes(train["000000000"]["audio"])) - SR) <= 1  # 8 kHz bytes resampled
+    assert abs(len(A.decode_bytes(train["000000002"]["audio"])) - 0.9 * SR) <= 1  # 44.1 kHz stereo file
+    assert [(s["id"], s["reason"]) for s in reports[0]["skipped"]] == [("000000003", "unreadable audio")]
+    assert list(_split_rows(tmp_path / "out" / "eval")) == ["000000000"]
+
+    # a local data directory load_dataset reads (Parquet files with the Audio feature), with an id column
+    pq_dir = tmp_path / "pq" / "data"
+    pq_dir.mkdir(parents=True)
+    ds.add_column("id", ["a", "b", "c", "d"]).to_parquet(str(pq_dir / "train-00000-of-00001.parquet"))
+    [r] = _prepare("--layout", "hf", "--input", str(tmp_path / "pq"), "--output", str(tmp_path / "out2"),
+                   "--hf_cache_dir", str(tmp_path / "hf_cache"), "--num_workers", "1")
+    assert sorted(_split_rows(tmp_path / "out2" / "train")) == ["a", "b", "c"]
+    assert r["skipped"][0]["id"] == "d"
+
+
+def test_auto_layout_detection(tmp_path):
+    (tmp_path / "cv" / "clips").mkdir(parents=True)
+    (tmp_path / "cv" / "train.tsv").write_text("path\tsentence\n")
+    (tmp_path / "ls" / "1" / "2").mkdir(parents=True)
+    (tmp_path / "ls" / "1" / "2" / "1-2.trans.txt").write_text("")
+    (tmp_path / "m.jsonl").write_text("")
+    (tmp_path / "t.tsv").write_text("")
+    assert P.detect_layout(str(tmp_path / "cv")) == "commonvoice"
+    assert P.detect_layout(str(tmp_path / "ls")) == "librispeech"
+    assert P.detect_layout(str(tmp_path / "m.jsonl")) == "nemo"
+    assert P.detect_layout(str(tmp_path / "t.tsv")) == "folder"
+    assert P.detect_layout("some-org/some-dataset") == "hf"
+    with pytest.raises(P.PrepareError, match="no such file"):
+        P.detect_layout(str(tmp_path / "absent"))
+
+
+def _die_on_garbage(item: P.Item, settings: P.Settings):
+    if item.id.endswith("garbage.wav"):
+        os._exit(1)  # what a crash inside a native decoder looks like to the pool
+    return _real_process_item(item, settings)
+
+
+_real_process_item = P.process_item
+
+
+def test_a_dead_worker_is_an_error_naming_the_item_not_a_hang(tmp_path, monkeypatch):
+    tsv, _, _ = make_bad_corpus(tmp_path / "corpus")
+    monkeypatch.setattr(P, "process_item", _die_on_garbage)  # inherited by the forked workers
+    monkeypatch.setattr(P, "RESULT_TIMEOUT_S", 3.0)
+    with pytest.raises(P.PrepareError, match="garbage.wav"):
+        _prepare("--input", str(tsv), "--output", str(tmp_path / "out"), "--num_workers", "2")

@@ -1,0 +1,98 @@
+"""End to end on this CPU with real ranks: launchers, evaluation, checkpoints, one MLflow run, resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests._dist import base_env, run_launcher, run_ranks, venv_bin
+from tests._runs import metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
+
+pytestmark = pytest.mark.slow
+
+
+def _check_complete_run(out: Path, uri: str, steps: int) -> str:
+    runs = mlflow_runs(uri)
+    assert len(runs) == 1, f"expected exactly one MLflow run, found {len(runs)}"
+    run_id = runs[0].info.run_id
+    losses = mlflow_history(uri, run_id, "loss")
+    assert sorted(losses) == list(range(1, steps + 1))
+    assert set(mlflow_history(uri, run_id, "eval_wer")) == {4, 8} if steps == 8 else True
+    for key in ("learning_rate", "grad_norm", "loss_scale", "epoch", "throughput", "eval_loss", "eval_cer"):
+        assert mlflow_history(uri, run_id, key), key
+    params = runs[0].data.params
+    assert params["world_size"] and params["micro_batch"] and params["grad_accum"]
+    assert (out / "final" / "config.json").is_file()
+    done = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE.json").is_file())
+    assert done[-1] == f"step-{steps:07d}"
+    return run_id
+
+
+def test_deepspeed_launcher_two_ranks(tmp_path: Path) -> None:
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_launcher([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", "29611", "--module", "xlsr_dist.train",
+                         *tiny_flags(out, uri)], timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    _check_complete_run(out, uri, 8)
+    assert "eval step 8: loss" in proc.stderr + proc.stdout
+
+
+def test_torchrun_two_ranks(tmp_path: Path) -> None:
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    proc = run_launcher([venv_bin("torchrun"), "--nproc_per_node", "2", "--master_port", "29612", "-m",
+                         "xlsr_dist.train", *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4)],
+                        timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    _check_complete_run(out, uri, 4)
+
+
+def test_plain_python_one_rank(tmp_path: Path) -> None:
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "xlsr_dist.train",
+                           *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4)],
+                          cwd=Path(__file__).resolve().parent.parent, env=base_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _check_complete_run(out, uri, 4)
+
+
+def test_world_size_3_stops_before_any_work_naming_what_works(tmp_path: Path) -> None:
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    results = run_ranks(["-m", "xlsr_dist.train", *tiny_flags(out, uri)], world_size=3, timeout=120,
+                        log_dir=tmp_path / "logs")
+    assert [r.returncode for r in results] == [2, 2, 2]
+    assert "world size 3 cannot keep --global_batch_size 8" in results[0].output
+    assert "1, 2, 4, 8" in results[0].output
+    assert not out.exists(), "nothing may start before the batch arithmetic is checked"
+
+
+def test_resume_continues_at_next_step_with_same_run_and_same_losses(tmp_path: Path) -> None:
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    first = run_ranks(["-m", "xlsr_dist.train", *tiny_flags(out, uri)], world_size=2, timeout=600,
+                      log_dir=tmp_path / "logs1")
+    assert all(r.returncode == 0 for r in first), first[0].output[-4000:]
+    full_losses = metrics_by_step(out, "loss")
+    run_id = mlflow_runs(uri)[0].info.run_id
+
+    # A second output dir that stopped after the step-4 checkpoint: same files, later ones removed.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-0000008")
+    shutil.rmtree(resumed / "final")
+    kept = [line for line in (resumed / "metrics.jsonl").read_text().splitlines() if json.loads(line)["step"] <= 4]
+    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    second = run_ranks(["-m", "xlsr_dist.train", *tiny_flags(resumed, uri, resume_from_checkpoint="latest")],
+                       world_size=2, timeout=600, log_dir=tmp_path / "logs2")
+    assert all(r.returncode == 0 for r in second), second[0].output[-4000:]
+    assert "resumed from" in second[0].output and "at step 4" in second[0].output
+    assert len(mlflow_runs(uri)) == 1, "resume must continue the same MLflow run"
+    resumed_losses = metrics_by_step(resumed, "loss")
+    for step in range(5, 9):
+        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), step
+    assert mlflow_runs(uri)[0].info.run_id == run_id

@@ -1,0 +1,292 @@
+"""A trained run as a Hugging Face model directory with a model card in the seed card's format.
+
+`python -m xlsr_dist.export --output_dir RUN_OUTPUT_DIR [--checkpoint PATH] --export_dir DIR`
+writes model + processor (save_pretrained; `transformers.pipeline("automatic-speech-recognition", model=DIR)`
+loads it) and README.md: hyperparameters from <output_dir>/train_config.json, the training results table from
+<output_dir>/metrics.jsonl at the evaluation steps, the framework versions actually used. The directory is then
+logged to the run's MLflow run (from <output_dir>/run_info.json) when the tracking server can be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+from xlsr_dist.tracking import METRICS_FILE, read_metrics_jsonl, read_run_info, redact_text
+
+log = logging.getLogger(__name__)
+
+TRAIN_CONFIG = "train_config.json"
+CARD = "README.md"
+ARTIFACT_PATH = "exported_model"
+RESULTS_HEADER = ("Training Loss", "Epoch", "Step", "Validation Loss", "Wer")
+FRAMEWORKS = (("Transformers", "transformers"), ("Pytorch", "torch"), ("Datasets", "datasets"),
+              ("Tokenizers", "tokenizers"), ("DeepSpeed", "deepspeed"))
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def maybe_round(value: Any, decimals: int = 4) -> str:
+    """The HF Trainer card's number format: at most ``decimals`` decimals, short values as they are (1.0, 0.849)."""
+    if isinstance(value, float):
+        text = str(value)
+        if "." in text and "e" not in text and len(text.split(".")[1]) > decimals:
+            return f"{value:.{decimals}f}"
+        if "e" in text:
+            return f"{value:.{decimals}f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Same layout as transformers' modelcard.make_markdown_table (the seed card's table)."""
+    cells = [[maybe_round(v) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
+
+    def line(values: Sequence[str]) -> str:
+        return "".join(f"| {v}" + " " * (w - len(v) + 1) for v, w in zip(values, widths)) + "|\n"
+
+    return line(header) + "".join("|:" + "-" * w + ":" for w in widths) + "|\n" + "".join(line(r) for r in cells)
+
+
+def _latest_at_or_before(series: dict[int, float], step: int, after: int = -1) -> float | None:
+    candidates = [s for s in series if after < s <= step]
+    return series[max(candidates)] if candidates else None
+
+
+def results_rows(metrics: dict[str, dict[int, float]], steps_per_epoch: float | None,
+                 max_step: int | None = None) -> list[tuple[Any, ...]]:
+    """One row per evaluation step: training loss (last logged since the previous evaluation, else 'No log' as
+    HF writes), epoch, step, validation loss, WER."""
+    eval_loss = metrics.get("eval_loss", {})
+    eval_wer = metrics.get("eval_wer", {})
+    steps = sorted(s for s in set(eval_loss) | set(eval_wer) if max_step is None or s <= max_step)
+    rows: list[tuple[Any, ...]] = []
+    previous = -1
+    for step in steps:
+        loss = _latest_at_or_before(metrics.get("loss", {}), step, previous)
+        epoch = _latest_at_or_before(metrics.get("epoch", {}), step)
+        if epoch is None and steps_per_epoch:
+            epoch = step / steps_per_epoch
+        rows.append((
+            "No log" if loss is None else round(loss, 4),
+            "-" if epoch is None else round(epoch, 2),
+            step,
+            "-" if step not in eval_loss else round(eval_loss[step], 4),
+            "-" if step not in eval_wer else round(eval_wer[step], 4),
+        ))
+        previous = step
+    return rows
+
+
+def _get(cfg: dict[str, Any], *names: str, default: Any = None) -> Any:
+    for name in names:
+        if name in cfg and cfg[name] not in (None, "", "auto"):
+            return cfg[name]
+    return default
+
+
+def _num(value: Any) -> Any:
+    """'0.0001' -> 0.0001, '8' -> 8, so the card prints numbers the way HF does."""
+    if isinstance(value, str):
+        try:
+            f = float(value)
+        except ValueError:
+            return value
+        return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
+    return value
+
+
+def hyperparameters(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The card's 'Training hyperparameters' list (HF Trainer names) from train_config.json."""
+    world = int(_num(_get(cfg, "world_size", default=1)))
+    micro = _num(_get(cfg, "micro_batch", "deepspeed.train_micro_batch_size_per_gpu", "per_device_train_batch_size"))
+    accum = int(_num(_get(cfg, "grad_accum", "deepspeed.gradient_accumulation_steps", default=1)))
+    total = _num(_get(cfg, "global_batch_size", "deepspeed.train_batch_size"))
+    eval_bs = _num(_get(cfg, "per_device_eval_batch_size"))
+    items: list[tuple[str, Any]] = [
+        ("learning_rate", _num(_get(cfg, "learning_rate", "deepspeed.optimizer.params.lr"))),
+        ("train_batch_size", micro),
+        ("eval_batch_size", eval_bs),
+        ("seed", _num(_get(cfg, "seed"))),
+    ]
+    if world > 1:
+        items += [("distributed_type", "multi-GPU"), ("num_devices", world)]
+    if accum > 1:
+        items.append(("gradient_accumulation_steps", accum))
+    if world > 1 or accum > 1:
+        items.append(("total_train_batch_size", total))
+        if eval_bs is not None and world > 1:
+            items.append(("total_eval_batch_size", int(eval_bs) * world))
+    beta1 = _num(_get(cfg, "adam_beta1", default=0.9))
+    beta2 = _num(_get(cfg, "adam_beta2", default=0.999))
+    eps = _num(_get(cfg, "adam_epsilon", default=1e-8))
+    opt = str(_get(cfg, "deepspeed.optimizer.type", default="Adam"))
+    items.append(("optimizer", f"{opt} with betas=({beta1},{beta2}) and epsilon={eps}"))
+    weight_decay = _num(_get(cfg, "weight_decay", default=0))
+    if weight_decay:
+        items.append(("weight_decay", weight_decay))
+    items += [("lr_scheduler_type", "linear"),
+              ("lr_scheduler_warmup_steps", _num(_get(cfg, "warmup_steps")))]
+    max_steps = int(_num(_get(cfg, "max_steps", default=-1)))
+    if max_steps > 0:
+        items.append(("training_steps", max_steps))
+    else:
+        items.append(("num_epochs", _num(_get(cfg, "num_train_epochs"))))
+    precision = str(_get(cfg, "precision", default=""))
+    if precision in ("fp16", "bf16"):
+        items.append(("mixed_precision_training", f"DeepSpeed {precision} (ZeRO stage "
+                                                  f"{_get(cfg, 'deepspeed.zero_optimization.stage', default='?')})"))
+    return [(k, v) for k, v in items if v is not None]
+
+
+def framework_versions() -> list[tuple[str, str]]:
+    out = []
+    for label, dist in FRAMEWORKS:
+        try:
+            out.append((label, metadata.version(dist)))
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def model_card(name: str, cfg: dict[str, Any], metrics: dict[str, dict[int, float]],
+               max_step: int | None = None) -> str:
+    """README.md in the seed model card's layout, filled from this run."""
+    steps_per_epoch = _num(_get(cfg, "steps_per_epoch"))
+    rows = results_rows(metrics, float(steps_per_epoch) if steps_per_epoch else None, max_step)
+    base = str(_get(cfg, "model_name_or_path", default="facebook/wav2vec2-large-xlsr-53"))
+    architecture = str(_get(cfg, "architecture", default=""))
+    dataset = str(_get(cfg, "train_data", default="None"))
+    if architecture:
+        origin = (f"This model was trained from randomly initialised weights (xlsr_dist architecture "
+                  f"'{architecture}') on the {dataset} dataset.")
+    else:
+        origin = f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset."
+    lines = ["---", "license: apache-2.0", "tags:", "- automatic-speech-recognition", "- generated_from_xlsr_dist",
+             "model-index:", f"- name: {name}", "  results: []", "---", "",
+             "<!-- This model card has been generated automatically by xlsr_dist.export from the training run's "
+             "config and metrics. You", "should probably proofread and complete it, then remove this comment. -->",
+             "", f"# {name}", "", origin]
+    final_eval = [r for r in rows if r[3] != "-" or r[4] != "-"]
+    if final_eval:
+        last = final_eval[-1]
+        lines.append("It achieves the following results on the evaluation set:")
+        lines += [f"- Loss: {maybe_round(last[3])}", f"- Wer: {maybe_round(last[4])}"]
+        cer = metrics.get("eval_cer", {}).get(int(last[2]))
+        if cer is not None:
+            lines.append(f"- Cer: {maybe_round(round(cer, 4))}")
+    eval_data = _get(cfg, "eval_data", default="")
+    data_line = f"Training data: {dataset}" + (f"; evaluation data: {eval_data}." if eval_data else ".")
+    if _get(cfg, "num_train_utterances") is not None:
+        data_line += f" {_get(cfg, 'num_train_utterances')} training utterances."
+    lines += ["", "## Model description", "", "More information needed", "",
+              "## Intended uses & limitations", "", "More information needed", "",
+              "## Training and evaluation data", "", data_line, "",
+              "## Training procedure", "", "### Training hyperparameters", "",
+              "The following hyperparameters were used during training:"]
+    lines += [f"- {k}: {v}" for k, v in hyperparameters(cfg)]
+    lines += ["", "### Training results", "", markdown_table(RESULTS_HEADER, rows) if rows else
+              "No evaluation was logged.\n", "", "### Framework versions", ""]
+    lines += [f"- {label} {version}" for label, version in framework_versions()]
+    return redact_text("\n".join(lines) + "\n")
+
+
+def _step_of(path: Path) -> int | None:
+    m = re.fullmatch(r"step-(\d+)", path.name)
+    return int(m.group(1)) if m else None
+
+
+def load_model(output_dir: Path, checkpoint: str) -> tuple[Any, Any, int | None]:
+    """(model, processor, step the weights come from or None for final/)."""
+    from xlsr_dist import checkpoint as ckpt_mod
+
+    source = Path(checkpoint) if checkpoint else output_dir
+    if not source.exists():
+        raise ExportError(f"--checkpoint {source}: no such directory" if checkpoint
+                          else f"--output_dir {source}: no such directory")
+    model, processor = ckpt_mod.load_hf_model(source)
+    step = _step_of(source) if checkpoint else None
+    if not checkpoint and not (output_dir / ckpt_mod.FINAL / "config.json").is_file():
+        newest = ckpt_mod.newest_complete(output_dir)
+        step = _step_of(newest) if newest is not None else None
+    return model, processor, step
+
+
+def export(output_dir: str | Path, export_dir: str | Path, checkpoint: str = "", name: str = "") -> Path:
+    """Write the HF model directory with its card; returns export_dir."""
+    out = Path(output_dir)
+    dest = Path(export_dir)
+    cfg_path = out / TRAIN_CONFIG
+    cfg: dict[str, Any] = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+    if not cfg:
+        log.warning("%s missing: the card's hyperparameters will be incomplete", cfg_path)
+    model, processor, step = load_model(out, checkpoint)
+    dest.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(dest)
+    processor.save_pretrained(dest)
+    metrics = read_metrics_jsonl(out / METRICS_FILE)
+    if not metrics:
+        log.warning("%s missing or empty: the card's results table will be empty", out / METRICS_FILE)
+    (dest / CARD).write_text(model_card(name or dest.resolve().name, cfg, metrics, step))
+    return dest
+
+
+def log_to_mlflow(output_dir: Path, export_dir: Path, tracking_uri: str = "") -> str | None:
+    """Log export_dir to the run in run_info.json; returns the run id, or None (with a message) when not possible."""
+    info = read_run_info(output_dir)
+    if info is None:
+        print(f"not logged to MLflow: {output_dir / 'run_info.json'} not found (was tracking on?)")
+        return None
+    uri = tracking_uri or info.get("tracking_uri", "") or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if "<redacted>" in uri:
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        print("not logged to MLflow: no tracking URI (pass --tracking_uri)")
+        return None
+    from xlsr_dist.tracking import open_client, short_error
+
+    try:
+        client = open_client(uri, max_retries=1, timeout_s=60)
+        client.log_artifacts(info["run_id"], str(export_dir), ARTIFACT_PATH)
+    except Exception as exc:  # noqa: BLE001 - the export itself is done; MLflow is a bonus
+        print(f"not logged to MLflow at {redact_text(uri)}: {short_error(exc)}")
+        return None
+    print(f"logged to MLflow run {info['run_id']} under {ARTIFACT_PATH}/")
+    return str(info["run_id"])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m xlsr_dist.export",
+                                     description="Export a training run as a Hugging Face model with a model card.")
+    parser.add_argument("--output_dir", required=True, help="the training run's --output_dir")
+    parser.add_argument("--checkpoint", default="",
+                        help="a checkpoint directory (default: <output_dir>/final, else the newest complete checkpoint)")
+    parser.add_argument("--export_dir", required=True, help="where to write the model directory")
+    parser.add_argument("--model_name", default="", help="name in the card (default: the export dir's name)")
+    parser.add_argument("--tracking_uri", default="", help="default: the one in <output_dir>/run_info.json")
+    parser.add_argument("--no_mlflow", action="store_true", help="do not log the export to MLflow")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from xlsr_dist.checkpoint import CheckpointError
+
+    try:
+        dest = export(args.output_dir, args.export_dir, args.checkpoint, args.model_name)
+    except (ExportError, CheckpointError) as exc:
+        print(f"xlsr_dist.export: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"exported to {dest} (model, processor, {CARD})")
+    if not args.no_mlflow:
+        log_to_mlflow(Path(args.output_dir), dest, args.tracking_uri)
+
+
+if __name__ == "__main__":
+    main()
