@@ -162,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
+        use_cpu=os.environ.get("XLSR_BENCH_USE_CPU") == "1",
     )
 
     shard_files = shards.list_shards(args.train_data)
