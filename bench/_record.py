@@ -73,12 +73,11 @@ class StepRecorder:
     def boundary(self) -> None:
         self.boundaries.append(time.perf_counter())
 
-    def add_micro(self, step: int, ids: Sequence[str], lengths: Sequence[int], label_lengths: Sequence[int],
-                  valid: Sequence[bool] | None = None) -> None:
-        """One micro-batch of optimizer step ``step``: its utterance ids and their lengths in samples."""
-        valid_list = [True] * len(ids) if valid is None else [bool(v) for v in valid]
-        self.micro.append({"step": int(step), "ids": list(ids), "lengths": [int(n) for n in lengths],
-                           "label_lengths": [int(n) for n in label_lengths], "valid": valid_list})
+    def add_micro(self, step: int, ids: Sequence[str], real_samples: int, batch_size: int, max_samples: int,
+                  max_label_length: int) -> None:
+        """One micro-batch of optimizer step ``step``: its utterance ids, real audio samples and padded shape."""
+        self.micro.append({"step": int(step), "ids": list(ids), "real": int(real_samples), "batch": int(batch_size),
+                           "max_samples": int(max_samples), "max_label": int(max_label_length)})
 
     def write(self, device: torch.device | None = None) -> None:
         cuda = device is not None and device.type == "cuda" and torch.cuda.is_available()

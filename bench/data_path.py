@@ -87,15 +87,33 @@ def make_corpus(root: Path, n: int, num_shards: int, seed: int) -> tuple[str, di
     return str(split), vocab, float(durations.sum())
 
 
+class Clock:
+    """CPU seconds of this process (all its threads) and wall seconds. CPU time is the per-core figure: on a
+    machine shared with other jobs, wall time also counts the time this process waited for a core."""
+
+    def __init__(self) -> None:
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+
+    def read(self) -> tuple[float, float]:
+        return time.process_time() - self.cpu0, time.perf_counter() - self.wall0
+
+
+def rates(audio: float, cpu: list[float], wall: list[float]) -> dict[str, Any]:
+    """Best of the repeats (neighbours only ever slow a run down) and the median beside it."""
+    return {"audio_s": round(audio, 1), "cpu_best": round(audio / min(cpu), 1),
+            "cpu_median": round(audio / statistics.median(cpu), 1), "wall_best": round(audio / min(wall), 1)}
+
+
 def timed(fn: Callable[[], float], repeats: int) -> dict[str, Any]:
-    """Run ``fn`` (returns audio seconds processed) ``repeats`` times; neighbours on a shared machine only ever
-    slow a run down, so the best run is the figure and the median is shown beside it."""
-    rates, audio = [], 0.0
+    """Run ``fn`` (returns audio seconds processed) ``repeats`` times."""
+    cpu, wall, audio = [], [], 0.0
     for _ in range(repeats):
-        start = time.perf_counter()
+        clock = Clock()
         audio = fn()
-        rates.append(audio / (time.perf_counter() - start))
-    return {"audio_s": round(audio, 1), "best": round(max(rates), 1), "median": round(statistics.median(rates), 1)}
+        c, w = clock.read()
+        cpu.append(c)
+        wall.append(w)
+    return rates(audio, cpu, wall)
 
 
 def floor_path(paths: list[str]) -> float:
@@ -154,15 +172,16 @@ def hf_map_path(paths: list[str], vocab_dir: Path, cache_root: Path, timings: di
 
     cache = Path(tempfile.mkdtemp(dir=cache_root))
     tokenizer, feature_extractor = hf_tools(vocab_dir)
-    t0 = time.perf_counter()
+    clock = Clock()
     raw = datasets.load_dataset("parquet", data_files=paths, split="train", cache_dir=str(cache))
     raw = raw.map(remove_special_characters, remove_columns=["text"])
     vectorized = raw.map(hf_prepare_fn(tokenizer, feature_extractor), remove_columns=raw.column_names)
     max_len, min_len = 20.0 * SAMPLE_RATE, 0.0
     vectorized = vectorized.filter(lambda n: min_len < n < max_len, input_columns=["input_length"])
-    t1 = time.perf_counter()
+    pre_cpu, pre_wall = clock.read()
     audio = float(np.sum(vectorized["input_length"])) / SAMPLE_RATE
     # One training epoch as the Trainer feeds it: random order, batch 4, DataCollatorCTCWithPadding.
+    clock = Clock()
     order = np.random.default_rng(0).permutation(len(vectorized))
     for start in range(0, len(order), 4):
         features = vectorized.select(order[start : start + 4].tolist())
@@ -170,9 +189,9 @@ def hf_map_path(paths: list[str], vocab_dir: Path, cache_root: Path, timings: di
                                       return_tensors="pt")
         labels = tokenizer.pad([{"input_ids": f} for f in features["labels"]], padding=True, return_tensors="pt")
         batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
-    t2 = time.perf_counter()
-    timings["preprocess_s"].append(t1 - t0)
-    timings["epoch_s"].append(t2 - t1)
+    ep_cpu, ep_wall = clock.read()
+    for key, value in (("pre_cpu", pre_cpu), ("pre_wall", pre_wall), ("ep_cpu", ep_cpu), ("ep_wall", ep_wall)):
+        timings[key].append(value)
     shutil.rmtree(cache, ignore_errors=True)
     return audio
 
@@ -201,7 +220,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip_hf", action="store_true", help="only the floor and xlsr_dist (for profiling)")
+    parser.add_argument("--skip_hf", action="store_true", help="only the floor and xlsr_dist")
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of one xlsr_dist epoch")
     parser.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "data_path.json"))
     args = parser.parse_args()
 
@@ -224,19 +244,25 @@ def main() -> None:
         print("xlsr_dist", results["xlsr_dist"], flush=True)
         results["xlsr_dist_rank0_of_8"] = timed(lambda: ours_path(location, vocab, 8, 0), args.repeats)
         print("xlsr_dist rank 0 of 8 (micro-batch 1)", results["xlsr_dist_rank0_of_8"], flush=True)
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.runcall(ours_path, location, vocab)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
         if not args.skip_hf:
             cache_root = work / "hf_cache"
             cache_root.mkdir()
-            hf_t: dict[str, list[float]] = {"preprocess_s": [], "epoch_s": []}
+            hf_t: dict[str, list[float]] = {"pre_cpu": [], "pre_wall": [], "ep_cpu": [], "ep_wall": []}
             audio = 0.0
             for _ in range(args.repeats):
                 audio = hf_map_path(paths, work, cache_root, hf_t)
-            pre, ep = min(hf_t["preprocess_s"]), min(hf_t["epoch_s"])
-            results["hf_map_preprocess"] = {"audio_s": round(audio, 1), "best": round(audio / pre, 1),
-                                            "median": round(audio / statistics.median(hf_t["preprocess_s"]), 1)}
-            results["hf_map_epoch_from_cache"] = {"audio_s": round(audio, 1), "best": round(audio / ep, 1),
-                                                  "median": round(audio / statistics.median(hf_t["epoch_s"]), 1)}
-            results["hf_map_first_epoch"] = {"audio_s": round(audio, 1), "best": round(audio / (pre + ep), 1)}
+            both = {k: [hf_t["pre" + k[2:]][i] + hf_t["ep" + k[2:]][i] for i in range(args.repeats)]
+                    for k in ("ep_cpu", "ep_wall")}
+            results["hf_map_preprocess"] = rates(audio, hf_t["pre_cpu"], hf_t["pre_wall"])
+            results["hf_map_epoch_from_cache"] = rates(audio, hf_t["ep_cpu"], hf_t["ep_wall"])
+            results["hf_map_first_epoch"] = rates(audio, both["ep_cpu"], both["ep_wall"])
             print("hf map", {k: v for k, v in results.items() if k.startswith("hf_map")}, flush=True)
             results["hf_stream"] = timed(lambda: hf_stream_path(paths, work), args.repeats)
             print("hf stream", results["hf_stream"], flush=True)
@@ -265,19 +291,22 @@ def main() -> None:
 
 
 def report(r: dict[str, Any]) -> str:
-    floor = r["floor"]["best"]
+    floor = r["floor"]["cpu_best"]
     lines = [f"machine: {r['machine']}; {r['date']}; `{r['command']}`", "",
-             "| path | audio-s/s per core (best) | median | vs floor |", "|---|---|---|---|"]
+             "| path | audio-s per CPU-s (best) | median | audio-s per wall-s (best) | vs floor (CPU) |",
+             "|---|---|---|---|---|"]
     for key in ("floor", "xlsr_dist", "xlsr_dist_rank0_of_8", "hf_map_preprocess", "hf_map_epoch_from_cache",
                 "hf_map_first_epoch", "hf_stream"):
         if key in r:
             v = r[key]
-            lines.append(f"| {key} | {v['best']:.0f} | {v.get('median', float('nan')):.0f} | "
-                         f"{v['best'] / floor:.2f}x |")
+            lines.append(f"| {key} | {v['cpu_best']:.0f} | {v['cpu_median']:.0f} | {v['wall_best']:.0f} | "
+                         f"{v['cpu_best'] / floor:.2f}x |")
     if "hf_map_preprocess" in r:
+        ours = r["xlsr_dist"]["cpu_best"]
         lines.append("")
-        lines.append(f"xlsr_dist / hf map preprocess = {r['xlsr_dist']['best'] / r['hf_map_preprocess']['best']:.2f}x;"
-                     f" xlsr_dist / hf stream = {r['xlsr_dist']['best'] / r['hf_stream']['best']:.2f}x")
+        lines.append(f"xlsr_dist vs hf map preprocess: {ours / r['hf_map_preprocess']['cpu_best']:.2f}x; vs hf map "
+                     f"first epoch: {ours / r['hf_map_first_epoch']['cpu_best']:.2f}x; vs hf stream: "
+                     f"{ours / r['hf_stream']['cpu_best']:.2f}x")
     lines += ["", "| padding (% of samples in micro-batches) | bucketed (x100) | random |", "|---|---|---|"]
     for k, v in r["padding_percent"].items():
         lines.append(f"| {k} | {v['bucketed_100']} | {v['random']} |")

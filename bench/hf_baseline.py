@@ -14,8 +14,11 @@ Differences, each needed to measure and none on the step's path:
   - the model is xlsr_dist.model.build_model (same constructor, same seed, so the same initial weights; the example
     calls from_pretrained) and the vocabulary is xlsr_dist.text.build_vocab over the same transcripts (the example's
     extract_all_chars gives the same characters; the head must have the same size on both sides);
-  - train_batch_size is left out of the DeepSpeed config: HF fills "auto" from TrainingArguments.world_size, which
-    is 1 for a CPU DeepSpeed run, and DeepSpeed then asserts 4 x 1 x 2 != 4 at world size 2; DeepSpeed derives 8;
+  - on CPU it passes use_cpu=True (the --use_cpu a CPU user passes). Without it accelerate sees a CPU DeepSpeed run
+    as ONE process: TrainingArguments.world_size is 1, HF fills train_batch_size "auto" with 4 x 1 x 1 and DeepSpeed
+    asserts at world size 2 (4 != 4 x 1 x 2); with train_batch_size left out it runs, but every rank then trains on
+    the same batches (seen: identical utterance ids on both ranks), i.e. a global batch of 4 distinct utterances.
+    With use_cpu=True, world_size is 2, the DeepSpeed JSON is used unchanged ("auto" -> 8) and the ranks split data;
   - the collator also records each micro-batch's utterance ids and lengths, so remove_unused_columns is off and the
     collator drops the "id"/"input_length" columns itself (Trainer would otherwise drop them before the collator);
   - a TrainerCallback records the time at every on_step_end (see bench/_record.py).
@@ -40,14 +43,6 @@ import torch  # noqa: E402
 from _record import RECORD_ENV, StepRecorder  # noqa: E402
 
 SAMPLE_RATE = 16000
-
-
-def baseline_ds_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """The benchmark's DeepSpeed JSON as HF's integration is given it: train_batch_size left for DeepSpeed to derive
-    (see the module docstring); every other "auto" is filled by HF from TrainingArguments."""
-    ds = copy.deepcopy(raw)
-    ds.pop("train_batch_size", None)
-    return ds
 
 
 def precision_of(ds: dict[str, Any]) -> str:
@@ -75,9 +70,10 @@ class DataCollatorCTCWithPadding:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if self.recorder is not None:
             # DataLoader with num_workers=0: the k-th call is the k-th micro-batch this rank trains on.
+            lengths = [len(f[self.feature_extractor_input_name]) for f in features]
             self.recorder.add_micro(self.calls // self.gradient_accumulation_steps, [f["id"] for f in features],
-                                    [len(f[self.feature_extractor_input_name]) for f in features],
-                                    [len(f["labels"]) for f in features])
+                                    sum(lengths), len(features), max(lengths),
+                                    max(len(f["labels"]) for f in features))
         self.calls += 1
         input_features = [{self.feature_extractor_input_name: f[self.feature_extractor_input_name]} for f in features]
         label_features = [{"input_ids": f["labels"]} for f in features]
@@ -112,6 +108,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze_feature_encoder", default="true")
     p.add_argument("--mask_time_prob", type=float, default=0.05)
     p.add_argument("--cache_dir", default="", help="datasets cache (default: <output_dir>/hf_cache)")
+    p.add_argument("--use_cpu", action="store_true",
+                   help="TrainingArguments(use_cpu=True): needed for a multi-rank CPU run (see the module docstring)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--record", default=os.environ.get(RECORD_ENV, ""),
                    help=f"per-rank timing record (JSON); default ${RECORD_ENV}")
@@ -138,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     raw_ds = json.loads(Path(args.deepspeed).read_text())
-    ds_config = baseline_ds_config(raw_ds)
+    ds_config = copy.deepcopy(raw_ds)
     prec = precision_of(ds_config)
 
     training_args = TrainingArguments(
@@ -162,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        use_cpu=os.environ.get("XLSR_BENCH_USE_CPU") == "1",
+        use_cpu=args.use_cpu,
     )
 
     shard_files = shards.list_shards(args.train_data)

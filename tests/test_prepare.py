@@ -182,10 +182,12 @@ def test_nemo_layout(tmp_path):
 def test_folder_layout_csv_with_other_column_names_and_a_clear_error_otherwise(tmp_path):
     d = tmp_path / "folder"
     _write(d / "x" / "one.wav", 0.7, 8000)
-    (d / "meta.csv").write_text('file_name,transcription\nx/one.wav,"Hello, there"\n')
+    (d / "meta.csv").write_text('file_name,transcription\nx/one.wav,"Hello, there"\nx/one.wav,again\n')
     [r] = _prepare("--input", str(d), "--output", str(tmp_path / "out"), "--num_workers", "1")
     assert r["layout"] == "folder"
-    assert _split_rows(tmp_path / "out" / "train")["x/one.wav"]["text"] == "hello there"
+    assert _split_rows(tmp_path / "out" / "train").keys() == {"x/one.wav"}
+    assert _split_rows(tmp_path / "out" / "train")["x/one.wav"]["text"] == "hello there"  # the first entry wins
+    assert [(s["id"], s["reason"]) for s in r["skipped"]] == [("x/one.wav", P.DUPLICATE)]
 
     (d / "meta.csv").write_text("wavefile,words\nx/one.wav,hi\n")
     with pytest.raises(P.PrepareError, match=r"meta.csv: cannot tell which column holds the audio path"):

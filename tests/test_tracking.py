@@ -111,6 +111,24 @@ def test_only_rank0_tracks_and_report_to_none_keeps_the_local_record(tmp_path: P
     assert isinstance(build_tracker(World(), TrackingConfig(tracking_uri="http://h:1"), str(tmp_path)), MlflowTracker)
 
 
+def test_metrics_record_restarts_for_a_fresh_run_and_continues_on_resume(tmp_path: Path) -> None:
+    first = LocalTracker(tmp_path)
+    first.start({}, {})
+    for step in (1, 2, 3):
+        first.log_metrics({"loss": float(step)}, step)
+    first.close()
+    resumed = LocalTracker(tmp_path)
+    resumed.start({}, {}, resume_run_id="abc")
+    resumed.log_metrics({"loss": 20.0}, 2)  # a step repeated after resuming from the step-1 checkpoint
+    resumed.close()
+    assert read_metrics_jsonl(tmp_path / METRICS_FILE) == {"loss": {1: 1.0, 2: 20.0, 3: 3.0}}
+    fresh = LocalTracker(tmp_path)
+    fresh.start({}, {})
+    fresh.log_metrics({"loss": 9.0}, 1)
+    fresh.close()
+    assert read_metrics_jsonl(tmp_path / METRICS_FILE) == {"loss": {1: 9.0}}
+
+
 # ---- against a real server ------------------------------------------------------------------------------------
 
 

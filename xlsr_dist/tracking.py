@@ -7,6 +7,8 @@ waits a bounded time, then writes what is still unsent to ``<output_dir>/mlflow_
 ``python -m xlsr_dist.tracking replay --output_dir DIR``. Re-sending a row is harmless: MLflow's stores drop a
 metric identical in key, value, step and timestamp, and every row keeps the timestamp it was logged with.
 
+``metrics.jsonl`` is only appended to; each tracker start writes a marker row, and readers take the rows after
+the last marker of a fresh (not resumed) start, so a new run in an old --output_dir does not mix with the old one.
 Other ranks get a ``NullTracker``; rank 0 with ``--report_to none`` still keeps the local ``metrics.jsonl``.
 """
 
@@ -334,13 +336,12 @@ def read_run_info(output_dir: str | Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text()))
 
 
-def read_metrics_jsonl(path: str | Path) -> dict[str, dict[int, float]]:
-    """metrics.jsonl -> {metric: {step: value}}; a step logged twice (a resumed run) keeps its last value."""
-    out: dict[str, dict[int, float]] = {}
-    p = Path(path)
-    if not p.is_file():
-        return out
-    for line in p.read_text().splitlines():
+def _record_rows(path: Path) -> list[dict[str, Any]]:
+    """The metric rows of the current training run in metrics.jsonl: those after its last fresh start marker."""
+    rows: list[dict[str, Any]] = []
+    if not path.is_file():
+        return rows
+    for line in path.read_text().splitlines():
         line = line.strip()
         if not line:
             continue
@@ -348,11 +349,27 @@ def read_metrics_jsonl(path: str | Path) -> dict[str, dict[int, float]]:
             row = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by a kill
             continue
-        step = int(row.get("step", 0))
-        for key, value in row.items():
-            if key in ("step", "timestamp") or not isinstance(value, (int, float)):
-                continue
-            out.setdefault(key, {})[step] = float(value)
+        if "event" in row:
+            if row["event"] == "start" and not row.get("resume"):
+                rows.clear()  # an earlier run in the same --output_dir; its rows stay on disk, unused
+            continue
+        if "step" in row:
+            rows.append(row)
+    return rows
+
+
+def _row_metrics(row: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in row.items()
+            if k not in ("step", "timestamp") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def read_metrics_jsonl(path: str | Path) -> dict[str, dict[int, float]]:
+    """metrics.jsonl -> {metric: {step: value}} for the latest training run recorded there; a step logged twice
+    (a resumed run repeating steps after its checkpoint) keeps its last value."""
+    out: dict[str, dict[int, float]] = {}
+    for row in _record_rows(Path(path)):
+        for key, value in _row_metrics(row).items():
+            out.setdefault(key, {})[int(row["step"])] = value
     return out
 
 
@@ -409,9 +426,7 @@ class LocalTracker(NullTracker):
         self._warned: set[str] = set()
 
     def start(self, params: dict[str, Any], tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        # A fresh run starts a fresh record; a resumed one appends to its own.
-        self._file = open(self.output_dir / METRICS_FILE, "a" if resume_run_id else "w")
+        self._file = open_record(self.output_dir, resume=resume_run_id is not None)
         self.run_id = resume_run_id
         return resume_run_id
 
@@ -422,6 +437,17 @@ class LocalTracker(NullTracker):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def open_record(output_dir: Path, resume: bool) -> Any:
+    """metrics.jsonl opened for appending, after a marker saying whether this run continues the rows before it.
+
+    Nothing is truncated: a resumed run whose MLflow run id was never known still keeps its earlier rows on disk."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    f = open(output_dir / METRICS_FILE, "a")
+    f.write(json.dumps({"event": "start", "resume": resume, "timestamp": int(time.time() * 1000)}) + "\n")
+    f.flush()
+    return f
 
 
 def _append_row(file: Any, metrics: Mapping[str, float], step: int, timestamp: int) -> None:
@@ -485,7 +511,7 @@ class MlflowTracker:
         clean_tags.setdefault("xlsr_dist.output_dir", str(self.output_dir.resolve()))
         self._start_spec = {"params": clean_params, "tags": clean_tags, "resume_run_id": resume_run_id,
                             "run_name": self.run_name, "experiment": self.experiment}
-        self._file = open(self.output_dir / METRICS_FILE, "a" if resume_run_id else "w")
+        self._file = open_record(self.output_dir, resume=resume_run_id is not None)
         if resume_run_id:
             self._adopt_unsent(resume_run_id)
         fail_fast_http()
@@ -834,18 +860,8 @@ def replay(output_dir: str | Path, tracking_uri: str = "", all_metrics: bool = F
 
 
 def _metrics_jsonl_rows(path: Path) -> list[tuple[str, float, int, int]]:
-    rows: list[tuple[str, float, int, int]] = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        ts, step = int(row.get("timestamp", 0)), int(row.get("step", 0))
-        rows += [(k, float(v), ts, step) for k, v in row.items()
-                 if k not in ("step", "timestamp") and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return rows
+    return [(k, v, int(row.get("timestamp", 0)), int(row["step"])) for row in _record_rows(path)
+            for k, v in _row_metrics(row).items()]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
