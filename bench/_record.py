@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
+_IMPORTED = time.perf_counter()
 RECORD_ENV = "XLSR_BENCH_RECORD"
 PROFILE_ENV = "XLSR_BENCH_PROFILE"
 
@@ -86,6 +87,8 @@ class StepRecorder:
             "rank": self.rank,
             "world_size": self.world_size,
             "boundaries": self.boundaries,
+            # Process start (this module's import) to the first step: imports, model, DeepSpeed, data set-up.
+            "startup_s": (self.boundaries[0] - _IMPORTED) if self.boundaries else None,
             "micro": self.micro,
             "profile": self.profile,
             "peak_rss_steps": peak_rss_bytes() if self.rss_reset_ok else None,

@@ -154,6 +154,8 @@ def summarize_run(records: Sequence[dict[str, Any]], warmup: int, global_batch: 
         "peak_rss_process": [r.get("peak_rss_process") for r in recs],
         "cuda_max_allocated": [r.get("cuda_max_allocated") for r in recs],
         "device_name": recs[0].get("device_name", "cpu"),
+        "startup_s": recs[0].get("startup_s"),
+        "preprocess_s": recs[0].get("preprocess_s"),
         "split_problems": split_problems(recs, global_batch, steps),
     }
     profiles = [r.get("profile") or [] for r in recs]
@@ -198,6 +200,8 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
         "tflops_per_device": flops / wall / world_size / 1e12 if wall > 0 and flops else None,
         "audio_hours_per_device_hour": audio / wall / world_size if wall > 0 else float("nan"),
     }
+    startup = [r["startup_s"] for r in runs if r.get("startup_s") is not None]
+    out["startup_s"] = median(startup) if startup else None
     profiles = [r["profile"] for r in runs if "profile" in r]
     if profiles:
         out["profile"] = profiles[0]

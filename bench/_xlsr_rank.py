@@ -64,16 +64,42 @@ class Profiler:
         return out
 
 
-def comm_seconds() -> tuple[float, int]:
-    """Total time (s) and count of the collectives DeepSpeed's comms logger has recorded so far."""
-    from deepspeed.comm import comm as ds_comm
+COLLECTIVES = ("all_reduce", "reduce", "all_gather", "all_gather_into_tensor", "allgather_fn", "broadcast",
+               "reduce_scatter", "reduce_scatter_tensor", "reduce_scatter_fn", "all_reduce_coalesced",
+               "all_to_all_single", "barrier")
 
-    total_ms, count = 0.0, 0
-    for sizes in ds_comm.comms_logger.comms_dict.values():
-        for entry in sizes.values():
-            count += int(entry[0])
-            total_ms += float(sum(entry[1]))
-    return total_ms / 1000.0, count
+
+def time_collectives(prof: Profiler) -> None:
+    """Time every deepspeed.comm collective ZeRO calls (``dist.<op>`` is looked up at call time), synchronised.
+
+    Not DeepSpeed's comms_logger: in 0.19.8 it reads its timers with elapsed(reset=False), so each recorded latency
+    is the running total of that op so far. Nested calls (reduce_scatter_fn -> reduce_scatter_tensor) count once.
+    An async op (gloo on CPU) is timed as issued; on CUDA the synchronise after it waits for its kernels.
+    """
+    import deepspeed.comm as ds_comm
+
+    depth = [0]
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if depth[0]:
+                return fn(*args, **kwargs)
+            depth[0] += 1
+            prof.sync()
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                prof.sync()
+                prof.current["comm"] = prof.current.get("comm", 0.0) + time.perf_counter() - t0
+                prof.current["comm_ops"] = prof.current.get("comm_ops", 0.0) + 1.0
+                depth[0] -= 1
+
+        return wrapper
+
+    for name in COLLECTIVES:
+        if hasattr(ds_comm, name):
+            setattr(ds_comm, name, wrap(getattr(ds_comm, name)))
 
 
 def install(recorder: StepRecorder, profile: bool) -> None:
@@ -85,7 +111,6 @@ def install(recorder: StepRecorder, profile: bool) -> None:
     device = rank_device()
     prof = Profiler(device) if profile else None
     original_steps = stream_mod.TrainStream.steps
-    comm_before = [0.0, 0]
 
     def steps(self: Any, state: Any) -> Iterator[Any]:
         inner = original_steps(self, state)
@@ -94,7 +119,10 @@ def install(recorder: StepRecorder, profile: bool) -> None:
             recorder.start_memory_window(device)
             if prof is not None:
                 prof.sync()
-                _close_profile_step()
+                if step == 0:
+                    prof.take()  # DeepSpeed's set-up collectives, before the first step
+                else:
+                    _close_profile_step()
             recorder.boundary()
             t0 = time.perf_counter()
             try:
@@ -112,14 +140,8 @@ def install(recorder: StepRecorder, profile: bool) -> None:
 
     def _close_profile_step() -> None:
         assert prof is not None
-        if not prof.current:
-            return
-        total, count = comm_seconds()
-        part = prof.take()
-        part["comm"] = total - comm_before[0]
-        part["comm_ops"] = float(count - comm_before[1])
-        comm_before[0], comm_before[1] = total, count
-        recorder.profile.append(part)
+        if prof.current:
+            recorder.profile.append(prof.take())
 
     stream_mod.TrainStream.steps = steps  # type: ignore[method-assign]
 
@@ -145,14 +167,12 @@ def install(recorder: StepRecorder, profile: bool) -> None:
         engine.forward = prof.timed("forward", engine.forward)
         engine.backward = prof.timed("backward", engine.backward)
         engine.step = prof.timed("optimizer", engine.step)
-        import deepspeed.comm as ds_comm
-
-        # Every DeepSpeed collective is timed (and made blocking) from here on: ZeRO-2's gradient reduce-scatter
-        # inside backward and the all-gather of updated partitions inside step; the time is part of those parts.
-        ds_comm.configure(enabled=True, prof_all=True, verbose=False)
         return engine
 
     engine_mod.initialize = initialize  # type: ignore[assignment]
+    # ZeRO-2's gradient reductions (inside backward) and the all-gather of updated partitions (inside step): their
+    # time is part of those parts, shown apart as "comm".
+    time_collectives(prof)
     world_mod.all_reduce_max = prof.timed("vote", world_mod.all_reduce_max)  # type: ignore[assignment]
 
 

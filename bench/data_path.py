@@ -72,7 +72,8 @@ def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
     return wave.astype(np.float32)
 
 
-def make_corpus(root: Path, n: int, num_shards: int, seed: int) -> tuple[str, dict[str, int], float]:
+def make_corpus(root: Path, n: int, num_shards: int, seed: int,
+                row_group_size: int = shards.ROW_GROUP_SIZE) -> tuple[str, dict[str, int], float]:
     rng = np.random.default_rng(seed)
     durations = common_voice_like_durations(n, seed=seed)
     rows = []
@@ -82,7 +83,7 @@ def make_corpus(root: Path, n: int, num_shards: int, seed: int) -> tuple[str, di
                      "duration": float(d), "source": "synthetic"})
     split = root / "train"
     for s in range(num_shards):
-        shards.write_shard(split / shards.shard_name(s, num_shards), rows[s::num_shards])
+        shards.write_shard(split / shards.shard_name(s, num_shards), rows[s::num_shards], row_group_size)
     vocab = build_vocab(r["text"] for r in rows)
     return str(split), vocab, float(durations.sum())
 
@@ -220,9 +221,11 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--row_group_size", type=int, default=shards.ROW_GROUP_SIZE,
+                        help="utterances per Parquet row group of the bench shards (default: what prepare writes)")
     parser.add_argument("--skip_hf", action="store_true", help="only the floor and xlsr_dist")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one xlsr_dist epoch")
-    parser.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "data_path.json"))
+    parser.add_argument("--results", default="", help="JSON output (default bench/results/data_path_rgN.json)")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
@@ -231,15 +234,25 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="xlsr_data_bench_"))
     try:
         t = time.perf_counter()
-        location, vocab, audio_total = make_corpus(work / "corpus", args.utterances, args.shards, args.seed)
+        location, vocab, audio_total = make_corpus(work / "corpus", args.utterances, args.shards, args.seed,
+                                              args.row_group_size)
         save_vocab(vocab, work / "vocab.json")
         paths = shards.list_shards(location)
-        print(f"corpus: {args.utterances} utterances, {audio_total / 3600:.2f} h, {args.shards} shards, "
+        print(f"corpus: {args.utterances} utterances, {audio_total / 3600:.2f} h, {args.shards} shards of "
+              f"{args.row_group_size}-row groups, "
               f"{sum(os.path.getsize(p) for p in paths) / 1e6:.0f} MB (built in {time.perf_counter() - t:.0f} s)",
               flush=True)
         results: dict[str, Any] = {}
         results["floor"] = timed(lambda: floor_path(paths), args.repeats)
         print("floor", results["floor"], flush=True)
+        cpu = []
+        for _ in range(args.repeats):
+            shards.clear_cache()
+            clock = Clock()
+            shards.read_metadata(paths)
+            cpu.append(clock.read()[0])
+        # Every rank pays this at start-up: it grows with the number of row groups, not with the audio.
+        results["metadata_cpu_ms_per_1000_utterances"] = round(1e6 * min(cpu) / args.utterances, 1)
         results["xlsr_dist"] = timed(lambda: ours_path(location, vocab), args.repeats)
         print("xlsr_dist", results["xlsr_dist"], flush=True)
         results["xlsr_dist_rank0_of_8"] = timed(lambda: ours_path(location, vocab, 8, 0), args.repeats)
@@ -248,7 +261,7 @@ def main() -> None:
             import cProfile
             import pstats
 
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.process_time)  # CPU time: waits for a shared core excluded
             profiler.runcall(ours_path, location, vocab)
             pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
         if not args.skip_hf:
@@ -282,9 +295,11 @@ def main() -> None:
         results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         results["command"] = " ".join(["python", "bench/data_path.py", *sys.argv[1:]])
         results["corpus"] = {"utterances": args.utterances, "hours": round(audio_total / 3600, 3),
-                             "shards": args.shards, "row_group_size": shards.ROW_GROUP_SIZE}
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(json.dumps(results, indent=1))
+                             "shards": args.shards, "row_group_size": args.row_group_size}
+        out = Path(args.results or Path(__file__).resolve().parent / "results" /
+                   f"data_path_rg{args.row_group_size}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
         print(report(results))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -292,7 +307,10 @@ def main() -> None:
 
 def report(r: dict[str, Any]) -> str:
     floor = r["floor"]["cpu_best"]
-    lines = [f"machine: {r['machine']}; {r['date']}; `{r['command']}`", "",
+    c = r["corpus"]
+    lines = [f"machine: {r['machine']}; {r['date']}; `{r['command']}`",
+             f"corpus: {c['utterances']} utterances, {c['hours']} h, {c['shards']} shards, row groups of "
+             f"{c['row_group_size']}", "",
              "| path | audio-s per CPU-s (best) | median | audio-s per wall-s (best) | vs floor (CPU) |",
              "|---|---|---|---|---|"]
     for key in ("floor", "xlsr_dist", "xlsr_dist_rank0_of_8", "hf_map_preprocess", "hf_map_epoch_from_cache",
@@ -307,6 +325,7 @@ def report(r: dict[str, Any]) -> str:
         lines.append(f"xlsr_dist vs hf map preprocess: {ours / r['hf_map_preprocess']['cpu_best']:.2f}x; vs hf map "
                      f"first epoch: {ours / r['hf_map_first_epoch']['cpu_best']:.2f}x; vs hf stream: "
                      f"{ours / r['hf_stream']['cpu_best']:.2f}x")
+    lines += ["", f"read_metadata: {r['metadata_cpu_ms_per_1000_utterances']} CPU-ms per 1000 utterances"]
     lines += ["", "| padding (% of samples in micro-batches) | bucketed (x100) | random |", "|---|---|---|"]
     for k, v in r["padding_percent"].items():
         lines.append(f"| {k} | {v['bucketed_100']} | {v['random']} |")

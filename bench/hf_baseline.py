@@ -31,6 +31,7 @@ import copy
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -189,11 +190,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def is_audio_in_length_range(length: int) -> bool:
         return min_len < length < max_len
 
+    preprocess_started = time.perf_counter()
     with training_args.main_process_first(desc="dataset map preprocessing"):
         vectorized = raw.map(prepare_dataset, remove_columns=[c for c in raw.column_names if c != "id"],
                              num_proc=args.preprocessing_num_workers or None, desc="preprocess train dataset")
         vectorized = vectorized.filter(is_audio_in_length_range, input_columns=["input_length"],
                                        num_proc=args.preprocessing_num_workers or None)
+    preprocess_s = time.perf_counter() - preprocess_started
 
     set_seed(args.seed)
     model_cfg = ModelConfig(architecture=args.architecture, mask_time_prob=args.mask_time_prob,
@@ -220,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         recorder.extra.update(hf_world_size=training_args.world_size,
                               accelerate_processes=trainer.accelerator.num_processes,
                               deepspeed_train_batch_size=int(trainer.model_wrapped.train_batch_size()),
-                              precision=prec)
+                              precision=prec, preprocess_s=preprocess_s)
         recorder.write(training_args.device)
     return 0
 

@@ -83,6 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    "uniform:4-6 for xlsr-53 on cuda, uniform:1-1.5 for xlsr-53 on cpu)")
     p.add_argument("--utterances", type=int, default=640, help="training utterances in the corpus (default 640: "
                    "80 steps, so a run stays within one epoch)")
+    p.add_argument("--data_cache", default="", help=f"where corpora are generated (default: "
+                   f"{_corpus.cache_root()})")
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--lr_warmup_steps", type=int, default=10, help="linear warm-up steps of the schedule")
     p.add_argument("--seed", type=int, default=42)
@@ -266,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for arch, world in cases:
         case = f"{arch}:{world}"
         settings = case_settings(args, arch, device)
-        dirs = _corpus.ensure(settings["corpus"])
+        dirs = _corpus.ensure(settings["corpus"], Path(args.data_cache) if args.data_cache else None)
         flops_fn = flops_function(arch, dirs[0])
         print(f"{case}: {settings['corpus'].describe()}; {settings['steps']} steps/run, first "
               f"{settings['warmup']} left out; {args.repeats} run(s) per side", file=sys.stderr, flush=True)
@@ -325,6 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} s"
+
+
 def render(results: dict[str, Any], rows: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
     env = results["environment"]
     machine = ", ".join(env.get("gpus", [])) or f"{env['cpu']} ({env['cores']} cores)"
@@ -344,12 +350,17 @@ def render(results: dict[str, Any], rows: list[dict[str, Any]], ratios: list[dic
         extra = []
         for key, side in case["sides"].items():
             s = side["summary"]
+            name = SIDE_NAMES[key.split(":")[0]]
+            flops = ""
             if s.get("tflops_per_device") is not None:
                 peak = case.get("peak_tflops")
-                frac = f" = {s['tflops_per_device'] / peak:.1%} of {peak:g}" if peak else ""
-                extra.append(f"{key.split(':')[0]}: {s['tflops_per_device'] * 1e3:.2f} GFLOP/s per rank{frac}, "
-                             f"{s['audio_hours_per_device_hour']:.1f} audio-h per device-h, "
-                             f"run medians {', '.join(f'{m:.3f}' for m in s['run_medians_s'])} s")
+                frac = f" = {s['tflops_per_device'] / peak:.1%} of the card's {peak:g}" if peak else ""
+                flops = (f"{s['tflops_per_device']:.1f} TFLOP/s per GPU{frac}" if results["device"] == "cuda"
+                         else f"{s['tflops_per_device'] * 1e3:.1f} GFLOP/s per rank") + ", "
+            extra.append(f"{name}: {flops}{s['audio_hours_per_device_hour']:.1f} audio-h per "
+                         f"{'GPU' if results['device'] == 'cuda' else 'rank'}-h, start-up "
+                         f"{_fmt_s(s.get('startup_s'))} (excluded), run medians "
+                         f"{', '.join(f'{m:.3f}' for m in s['run_medians_s'])} s")
         if extra:
             lines += ["", f"{case['case']} ({case['corpus']}, {case['steps']} steps/run, first {case['warmup']} "
                       f"left out): " + "; ".join(extra)]

@@ -27,7 +27,8 @@ import pytest
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "scontrol", "scancel", "squeue")
-NODE_CPUS = 2
+# More CPUs than the machine has (config_overrides lets slurmd accept that): 3 or 4 one-CPU tasks fit on a node.
+NODE_CPUS = 4
 NODE_GPUS = 2
 START_TIMEOUT_S = 60.0
 
@@ -57,7 +58,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge/munge.socket
+AuthInfo=socket={root}/munge/munge.socket,cred_expire=10
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
@@ -72,6 +73,7 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+SchedulerParameters=bf_interval=1,sched_interval=2
 GresTypes=gpu
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
@@ -82,6 +84,7 @@ JobRequeue=1
 KillWait=10
 MinJobAge=3600
 SlurmdTimeout=60
+SlurmdParameters=config_overrides
 InactiveLimit=0
 NodeName={host} NodeAddr=127.0.0.1 CPUs={NODE_CPUS} Gres=gpu:{NODE_GPUS} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP

@@ -48,7 +48,7 @@ def test_credential_names_are_secret(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["pad_token_id", "learning_rate", "tokenizer_name", "max_tokens", "author",
                                   "deepspeed.zero_optimization.reduce_bucket_size", "keyword", "output_dir",
-                                  "tracking_uri", "word_delimiter_token"])
+                                  "tracking_uri", "word_delimiter_token", "PWD", "OLDPWD", "HOME"])
 def test_ordinary_names_are_not_secret(name: str) -> None:
     assert not is_secret_name(name)
 
@@ -282,3 +282,36 @@ def test_local_sqlite_store_keeps_artifacts_in_mlartifacts(tmp_path: Path, monke
     stored = list((tmp_path / "mlartifacts" / "local").rglob("note.txt"))
     assert len(stored) == 1 and run_id in str(stored[0])
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.slow
+def test_launch_script_serves_training_on_the_printed_uri(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW": str(Path(sys.executable).parent / "mlflow")}
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(["bash", str(REPO / "launch" / "mlflow_server.sh"), str(tmp_path / "store")],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        uri = ""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            printed = [line for line in log_path.read_text().splitlines() if line.startswith("MLFLOW_TRACKING_URI=")]
+            uri = printed[0].split("=", 1)[1] if printed else ""
+            if uri:
+                try:
+                    open_client(uri).search_experiments(max_results=1)
+                    break
+                except Exception:  # noqa: BLE001 - not up yet
+                    pass
+            time.sleep(0.5)
+        assert uri == f"http://127.0.0.1:{port}", log_path.read_text()
+        tracker = MlflowTracker(uri, "launched", tmp_path / "out")
+        run_id = tracker.start({"learning_rate": 1e-4}, {})
+        tracker.log_metrics({"loss": 1.0}, 1)
+        tracker.close()
+        assert _steps(open_client(uri), run_id, "loss") == [1]
+        assert (tmp_path / "store" / "mlflow.db").is_file()
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)

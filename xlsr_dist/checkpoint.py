@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,19 @@ MARKER = "COMPLETE.json"
 PREFIX = "step-"
 
 
+# Test hook (tests/test_faults.py): every rank sleeps this many seconds between DeepSpeed's files and the marker,
+# so a test can kill a rank inside a save deterministically. Never set it in real runs.
+SLOW_SAVE_ENV = "XLSR_TEST_SLOW_SAVE_S"
+
+
 class CheckpointError(RuntimeError):
     pass
+
+
+def _test_pause() -> None:
+    seconds = float(os.environ.get(SLOW_SAVE_ENV, "") or 0)
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def tag_for(step: int) -> str:
@@ -93,6 +105,7 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
     tag = tag_for(step)
     # DeepSpeed's own "latest" file is written before we know every rank finished; resume never reads it.
     engine.save_checkpoint(str(root), tag=tag, client_state={"xlsr_dist": client_state}, save_latest=False)
+    _test_pause()
     world_mod.barrier()
     path = root / tag
     if world.is_main:

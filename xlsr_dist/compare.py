@@ -24,7 +24,8 @@ from xlsr_dist.tracking import REFERENCE_TAG, open_client, redact_text, resolve_
 COMPARED = ("loss", "eval_loss", "eval_wer")
 LABELS = {"loss": "training loss", "eval_loss": "eval loss", "eval_wer": "WER"}
 # Which flag sets each metric's logging interval.
-INTERVAL_PARAM = {"loss": "logging_steps", "eval_loss": "eval_steps", "eval_wer": "eval_steps", "epoch": "logging_steps"}
+INTERVAL_PARAM = {"loss": "logging_steps", "eval_loss": "eval_steps", "eval_wer": "eval_steps",
+                  "epoch": "logging_steps"}
 ARTIFACT_DIR = "compare"
 
 

@@ -170,7 +170,8 @@ def model_card(name: str, cfg: dict[str, Any], metrics: dict[str, dict[int, floa
         origin = (f"This model was trained from randomly initialised weights (xlsr_dist architecture "
                   f"'{architecture}') on the {dataset} dataset.")
     else:
-        origin = f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset."
+        origin = (f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} "
+                  "dataset.")
     lines = ["---", "license: apache-2.0", "tags:", "- automatic-speech-recognition", "- generated_from_xlsr_dist",
              "model-index:", f"- name: {name}", "  results: []", "---", "",
              "<!-- This model card has been generated automatically by xlsr_dist.export from the training run's "
@@ -269,7 +270,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                      description="Export a training run as a Hugging Face model with a model card.")
     parser.add_argument("--output_dir", required=True, help="the training run's --output_dir")
     parser.add_argument("--checkpoint", default="",
-                        help="a checkpoint directory (default: <output_dir>/final, else the newest complete checkpoint)")
+                        help="a checkpoint directory (default: <output_dir>/final, else its newest complete "
+                             "checkpoint)")
     parser.add_argument("--export_dir", required=True, help="where to write the model directory")
     parser.add_argument("--model_name", default="", help="name in the card (default: the export dir's name)")
     parser.add_argument("--tracking_uri", default="", help="default: the one in <output_dir>/run_info.json")

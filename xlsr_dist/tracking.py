@@ -4,8 +4,10 @@ One MLflow run per training run (a resume or SLURM requeue continues it). ``log_
 queue and to ``<output_dir>/metrics.jsonl``; a background thread sends the queue with ``MlflowClient.log_batch``.
 When the server is away the rows stay queued and are retried with backoff (one warning per outage); ``close``
 waits a bounded time, then writes what is still unsent to ``<output_dir>/mlflow_unsent.jsonl`` for
-``python -m xlsr_dist.tracking replay --output_dir DIR``. Re-sending a row is harmless: MLflow's stores drop a
-metric identical in key, value, step and timestamp, and every row keeps the timestamp it was logged with.
+``python -m xlsr_dist.tracking replay --output_dir DIR`` (``--all`` resends metrics.jsonl, e.g. after a
+SIGKILL). Re-sending a row is harmless: MLflow's stores drop a metric identical in key, value, step and
+timestamp, and every row keeps the timestamp it was logged with. ``$XLSR_DIST_MLFLOW_FLUSH_TIMEOUT_S`` sets
+close()'s wait (default 60 s; at most 10 s when the run ends as KILLED, i.e. preempted).
 
 ``metrics.jsonl`` is only appended to; each tracker start writes a marker row, and readers take the rows after
 the last marker of a fresh (not resumed) start, so a new run in an old --output_dir does not mix with the old one.
@@ -45,6 +47,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 FLUSH_TIMEOUT_ENV = "XLSR_DIST_MLFLOW_FLUSH_TIMEOUT_S"
 DEFAULT_FLUSH_TIMEOUT_S = 60.0
+PREEMPTED_FLUSH_TIMEOUT_S = 10.0
 
 # MLflow's own limits (mlflow.utils.validation); exceeding them turns a whole batch into a permanent error.
 MAX_PARAM_VALUE = 6000
@@ -170,7 +173,7 @@ def short_error(exc: BaseException) -> str:
 # Secrets: dropped by name, redacted by value
 
 
-_SECRET_WORDS = frozenset({"token", "tokens", "password", "passwd", "pwd", "secret", "secrets", "credential",
+_SECRET_WORDS = frozenset({"token", "tokens", "password", "passwd", "secret", "secrets", "credential",
                            "credentials", "auth", "authorization", "apikey", "passphrase", "cookie", "privatekey",
                            "accesskey", "secretkey"})
 _SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key"),
@@ -562,8 +565,11 @@ class MlflowTracker:
             self._end_status = status
         self._wake.set()
         self._hurry.set()
+        # A preempted job (SLURM sends SIGTERM, then SIGKILL after KillWait, often 30 s) must get to write the
+        # unsent file before it is killed; the rows are in metrics.jsonl regardless.
+        timeout = min(self.flush_timeout_s, PREEMPTED_FLUSH_TIMEOUT_S) if status == "KILLED" else self.flush_timeout_s
         if self._thread is not None:
-            self._thread.join(self.flush_timeout_s)
+            self._thread.join(timeout)
         with self._lock:
             self._abandoned = True
             unsent = self._unsent_rows()
@@ -578,7 +584,7 @@ class MlflowTracker:
             n = sum(1 for r in unsent if r["kind"] == "metric")
             log.warning("MLflow at %s still unreachable after %.0f s: %d metric value(s) written to %s; send them "
                         "later with: python -m xlsr_dist.tracking replay --output_dir %s",
-                        redact_text(self.tracking_uri), self.flush_timeout_s, n, path, self.output_dir)
+                        redact_text(self.tracking_uri), timeout, n, path, self.output_dir)
         else:
             (self.output_dir / UNSENT_FILE).unlink(missing_ok=True)
             shutil.rmtree(self.output_dir / STAGING_DIR, ignore_errors=True)
@@ -651,7 +657,7 @@ class MlflowTracker:
                     self._ended = True
                 if self._down_since is not None:
                     log.info("MLflow at %s reachable again after %.0f s; buffered metrics sent (%d in the "
-                                "last batch)", redact_text(self.tracking_uri), time.time() - self._down_since, sent)
+                             "last batch)", redact_text(self.tracking_uri), time.time() - self._down_since, sent)
                     self._down_since = None
                 backoff = self.retry_initial_s
             except Exception as exc:  # noqa: BLE001 - tracking must never take training down
@@ -681,14 +687,21 @@ class MlflowTracker:
             with self._lock:
                 self._abandoned = True
             return
+        # Drop (into the unsent file) whatever was being sent, so the loop moves on instead of retrying forever.
         with self._lock:
             batch = self._pending[:MAX_METRICS_PER_BATCH]
             del self._pending[:len(batch)]
             self._failed.extend(batch)
-            if not batch and self._artifacts:
-                self._artifacts.pop(0)
-        log.error("MLflow refused a batch of %d metric value(s): %s; they stay in %s", len(batch),
-                  short_error(exc), self.output_dir / METRICS_FILE)
+            artifact = self._artifacts.pop(0) if not batch and self._artifacts else None
+            if not batch and artifact is None:
+                self._ended = True  # it was set_terminated that failed: leave the run's status as it is
+        if batch:
+            log.error("MLflow refused a batch of %d metric value(s): %s; they stay in %s", len(batch),
+                      short_error(exc), self.output_dir / METRICS_FILE)
+        elif artifact is not None:
+            log.error("MLflow refused artifact %s: %s", artifact[0], short_error(exc))
+        else:
+            log.error("MLflow refused to end run %s: %s", self.run_id, short_error(exc))
 
     def _create_run(self, client: Any) -> None:
         from mlflow.entities import Param, RunTag

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -152,7 +153,8 @@ def nonfinite_ids(micro_batches: Sequence[dict[str, Any]]) -> list[str]:
     return [uid for b in micro_batches for uid, bad in zip(b["ids"], b["nonfinite"].tolist()) if bad]
 
 
-def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_config: dict[str, Any]) -> int:
+def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_config: dict[str, Any],
+          stop: StopRequest | None = None) -> int:
     from transformers import set_seed
 
     from xlsr_dist import evaluate as evaluate_mod
@@ -210,8 +212,9 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
     run_id = tracker.start(params, {"xlsr_dist.kind": "training", "xlsr_dist.output_dir": str(output_dir.resolve())},
                            resume_run_id=run_id)
 
-    stop = StopRequest()
-    stop.install()
+    if stop is None:
+        stop = StopRequest()
+        stop.install()
     progress = _progress(world, t.disable_tqdm, step, total_steps)
     window = Window.fresh(device)
     consecutive_skips, last_eval_step, last_save_step = 0, -1, -1
@@ -328,6 +331,10 @@ def _log(engine: Any, tracker: Any, window: Window, step: int, steps_per_epoch: 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # First thing: USR1/TERM's default action kills the process, and a scheduler may send them while we are still
+    # loading; caught here, they stop training after its first step with a checkpoint instead.
+    stop = StopRequest()
+    stop.install()
     world = World.from_env()
     try:
         cfg = parse_args(argv)
@@ -345,14 +352,39 @@ def main(argv: Sequence[str] | None = None) -> None:
              engine_mod.precision(ds_config), device)
     world_mod.init(world, device, cfg.train.dist_timeout_s)
     try:
-        code = train(cfg, world, plan, device, ds_config)
+        code = train(cfg, world, plan, device, ds_config, stop)
+        # Leave together (rank 0 may still have been flushing MLflow): under `srun --kill-on-bad-exit` the first
+        # rank to exit non-zero (75) gets the others killed, which would turn their 75 into 143 and lose the requeue.
+        world_mod.barrier()
     except checkpoint.CheckpointError as exc:
         log.error("%s", exc)
         code = 2
+    except Exception as exc:
+        if world_mod.is_peer_failure(exc):
+            log.error("rank %d: a collective failed, a peer rank probably died or was killed (%s); exiting. The "
+                      "launcher's message or the first failing rank's log names the cause.", world.rank,
+                      world_mod.describe_peer_failure(exc))
+        raise
     finally:
         world_mod.shutdown()
     sys.exit(code)
 
 
+def exit_now(code: int) -> None:
+    """Exit without the interpreter's teardown, once main() has returned on every rank (the final barrier): every
+    result is on disk and the tracker is closed, and tearing down torch/DeepSpeed/MLflow takes seconds (7 s on a
+    loaded 2-core CPU) during which ranks would leave one by one, with Python already back on SIGTERM's default
+    action, so `srun --kill-on-bad-exit` would kill the laggards and turn their status 75 into 143."""
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # nothing is left to stop; a late signal must not change the status
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as done:
+        exit_now(done.code if isinstance(done.code, int) else 1)

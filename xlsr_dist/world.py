@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 from dataclasses import dataclass
 from typing import Mapping, MutableMapping, Sequence
@@ -143,6 +144,28 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
+
+
+# What gloo and NCCL say when the process at the other end of a collective is gone or stuck.
+_PEER_FAILURE_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "third_party/gloo",
+                         "NCCL", "Timed out", "timed out", "Socket Timeout")
+_PEER_ADDRESS = re.compile(r"\[([0-9A-Za-z.:-]+)\]:(\d+)")
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """True for an error raised by a collective because another rank died, was killed or stopped answering."""
+    dist_error = getattr(torch.distributed, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _PEER_FAILURE_MARKERS)
+
+
+def describe_peer_failure(exc: BaseException) -> str:
+    """One line for the log: the backend's message, led by the peer's host when the message names it (gloo does;
+    the port is the connection's, so the host is what tells nodes apart)."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+    match = _PEER_ADDRESS.search(first)
+    return f"peer host {match.group(1)}: {first}" if match else first
 
 
 def shutdown() -> None:

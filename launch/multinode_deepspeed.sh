@@ -1,0 +1,55 @@
+#!/bin/bash
+# Multi-node training without SLURM: DeepSpeed's launcher reads a hostfile and starts every node's ranks over ssh
+# (pdsh). Run it on the first host of the hostfile, from the repository root:
+#
+#   HOSTFILE=launch/hostfile launch/multinode_deepspeed.sh --config my.yaml --output_dir /shared/run1
+#
+# Requirements, checked by nothing but your cluster:
+#   - passwordless ssh from this node to every host (and to itself), and `pdsh` installed on this node
+#     (or LAUNCHER=openmpi with OpenMPI's mpirun);
+#   - the same repository path and virtualenv on every node (a shared filesystem, or identical copies);
+#   - --output_dir on a filesystem every node sees: each rank writes its own optimizer partition into the
+#     checkpoint, and a checkpoint only counts once rank 0 has marked it complete;
+#   - nodes x slots = 1, 2, 4 or 8 (xlsr_dist refuses other rank counts before any work starts).
+# Environment: DeepSpeed forwards variables starting with MLFLOW_, PYTHON and (on GPUs) NCCL_ to the other nodes;
+# the names in DS_FORWARD_ENV are forwarded too (through a temporary DS_ENV_FILE, DeepSpeed's NAME=value list).
+#
+# Failure handling: when any rank exits non-zero, the launcher on its node terminates that node's other ranks, the
+# remaining nodes' ranks see their peers' sockets close and exit within seconds (xlsr_dist logs "a collective failed,
+# a peer rank probably died"), and pdsh returns non-zero. SIGTERM/SIGINT to this launcher reach every rank (SIGTERM,
+# SIGKILL 30 s later): ranks that finish their step and the checkpoint within those 30 s save it; then rerun this
+# same command, it resumes from the newest complete checkpoint (--resume_from_checkpoint latest is passed below).
+# Unlike slurm/train.sbatch nothing requeues automatically: the launcher's exit status is 1, not the ranks' 75.
+set -euo pipefail
+
+HOSTFILE="${HOSTFILE:-launch/hostfile}"
+LAUNCHER="${LAUNCHER:-pdsh}"
+MASTER_PORT="${MASTER_PORT:-29500}"
+[ -f "$HOSTFILE" ] || { echo "error: HOSTFILE=$HOSTFILE not found (copy launch/hostfile.example)" >&2; exit 2; }
+# Rank 0 runs on the first host listed; all nodes must reach it by this name.
+MASTER_ADDR="${MASTER_ADDR:-$(awk '!/^[[:space:]]*(#|$)/ {print $1; exit}' "$HOSTFILE")}"
+
+# The ranks are counted here too, so a wrong hostfile fails in a second with a message instead of after ssh.
+WORLD_SIZE=$(awk '!/^[[:space:]]*(#|$)/ { for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { split($i, a, "="); n += a[2] } }
+                  END { print n + 0 }' "$HOSTFILE")
+case "$WORLD_SIZE" in
+    1|2|4|8) ;;
+    *) echo "error: $HOSTFILE has $WORLD_SIZE slots in all; the global batch of 8 needs 1, 2, 4 or 8 ranks" >&2
+       exit 2;;
+esac
+
+DS_FORWARD_ENV="${DS_FORWARD_ENV:-OMP_NUM_THREADS TORCH_NCCL_ASYNC_ERROR_HANDLING HF_HOME HF_HUB_OFFLINE}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
+# A dead peer must raise on every rank instead of leaving NCCL waiting.
+export TORCH_NCCL_ASYNC_ERROR_HANDLING="${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}"
+DS_ENV_FILE="$(mktemp "${TMPDIR:-/tmp}/xlsr_deepspeed_env.XXXXXX")"
+export DS_ENV_FILE   # an absolute path: DeepSpeed joins it to its search dirs, which keeps it as it is
+trap 'rm -f "$DS_ENV_FILE"' EXIT
+for name in $DS_FORWARD_ENV; do
+    if [ -n "${!name:-}" ]; then echo "$name=${!name}" >> "$DS_ENV_FILE"; fi
+done
+
+set -x
+deepspeed --hostfile "$HOSTFILE" --launcher "$LAUNCHER" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
+    --module xlsr_dist.train --resume_from_checkpoint latest "$@"
