@@ -42,7 +42,7 @@ METRICS_FILE = "metrics.jsonl"
 UNSENT_FILE = "mlflow_unsent.jsonl"
 STAGING_DIR = ".mlflow_staging"
 REFERENCE_TAG = "xlsr_dist.reference"
-# Without it MLflow 3's UI opens a new experiment on its GenAI (traces) pages instead of the runs and their charts.
+# MLflow 3 sorts experiments into GenAI and model training by this tag (its UI still opens on the last-used mode).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 FLUSH_TIMEOUT_ENV = "XLSR_DIST_MLFLOW_FLUSH_TIMEOUT_S"
