@@ -221,7 +221,9 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
     status, exit_code = "FINISHED", 0
 
     def client_state() -> dict[str, Any]:
-        return {"step": step, "data_state": state.to_dict(), "mlflow_run_id": tracker.run_id or run_id, "world_size": world.world_size}
+        # tracker.run_id, not start()'s answer: with the server away at start the run is created later.
+        return {"step": step, "data_state": state.to_dict(), "mlflow_run_id": tracker.run_id or run_id,
+                "world_size": world.world_size}
 
     def run_eval() -> None:
         metrics, examples = evaluate_mod.evaluate(engine, eval_stream, inverse_vocab, blank_id,
