@@ -53,6 +53,7 @@ class StepRecorder:
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.boundaries: list[float] = []
+        self.data_ready: list[float] = []
         self.micro: list[dict[str, Any]] = []
         self.profile: list[dict[str, float]] = []
         self.extra: dict[str, Any] = {}
@@ -74,6 +75,10 @@ class StepRecorder:
     def boundary(self) -> None:
         self.boundaries.append(time.perf_counter())
 
+    def batches_ready(self) -> None:
+        """The step's micro-batches are in hand: boundary -> here is the step's data wait."""
+        self.data_ready.append(time.perf_counter())
+
     def add_micro(self, step: int, ids: Sequence[str], real_samples: int, batch_size: int, max_samples: int,
                   max_label_length: int) -> None:
         """One micro-batch of optimizer step ``step``: its utterance ids, real audio samples and padded shape."""
@@ -87,6 +92,7 @@ class StepRecorder:
             "rank": self.rank,
             "world_size": self.world_size,
             "boundaries": self.boundaries,
+            "data_ready": self.data_ready,
             # Process start (this module's import) to the first step: imports, model, DeepSpeed, data set-up.
             "startup_s": (self.boundaries[0] - _IMPORTED) if self.boundaries else None,
             "micro": self.micro,

@@ -139,11 +139,15 @@ def summarize_run(records: Sequence[dict[str, Any]], warmup: int, global_batch: 
             if flops_fn is not None:
                 flops += flops_fn(int(m["batch"]), int(m["max_samples"]))
     wall = sum(times[s] for s in measured)
+    ready = recs[0].get("data_ready") or []
+    waits = [ready[s] - recs[0]["boundaries"][s] for s in measured if s < len(ready)]
     out: dict[str, Any] = {
         "steps": steps,
         "measured_steps": len(measured),
         "step_times": [times[s] for s in measured],
         "median_step_s": median([times[s] for s in measured]),
+        "data_waits": waits,
+        "median_data_wait_s": median(waits) if waits else None,
         "wall_s": wall,
         "audio_s": real / SAMPLE_RATE,
         "audio_s_per_s": real / SAMPLE_RATE / wall if wall > 0 else float("nan"),
@@ -174,6 +178,7 @@ def profile_summary(per_step: Sequence[dict[str, float]], warmup: int) -> dict[s
 def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str, Any]:
     """Runs of one side of one case -> pooled figures (median over all measured steps of all runs)."""
     times = [t for r in runs for t in r["step_times"]]
+    waits = [w for r in runs for w in r.get("data_waits", [])]
     wall = sum(r["wall_s"] for r in runs)
     audio = sum(r["audio_s"] for r in runs)
     rss = [max(v for v in r["peak_rss_steps"] if v is not None) for r in runs
@@ -191,6 +196,7 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
         "measured_steps": len(times),
         "median_step_s": median(times),
         "run_medians_s": [r["median_step_s"] for r in runs],
+        "median_data_wait_s": median(waits) if waits else None,
         "audio_s_per_s": audio / wall if wall > 0 else float("nan"),
         "utterances_per_s": sum(r["utterances_per_s"] * r["wall_s"] for r in runs) / wall if wall > 0 else 0.0,
         "padding_fraction": 1.0 - audio / computed if computed else 0.0,
@@ -222,14 +228,16 @@ def _fmt(value: Any, spec: str) -> str:
 
 def table(rows: Iterable[dict[str, Any]]) -> str:
     """Markdown table: one row per (case, side) plus the ratio row of each case."""
-    header = ("| case | side | median step (s) | audio s/s | utt/s | padding | peak mem/rank (MB) | runs x steps |\n"
-              "|---|---|---|---|---|---|---|---|")
+    header = ("| case | side | median step (s) | data wait (ms) | audio s/s | utt/s | padding | peak mem/rank (MB) "
+              "| runs x steps |\n|---|---|---|---|---|---|---|---|---|")
     lines = [header]
     for row in rows:
         s = row["summary"]
         mem = s.get("cuda_max_allocated_mb") if s.get("cuda_max_allocated_mb") is not None else s.get(
             "peak_rss_steps_mb")
+        wait = s.get("median_data_wait_s")
         lines.append(f"| {row['case']} | {row['side']} | {_fmt(s.get('median_step_s'), '.3f')} | "
+                     f"{_fmt(wait * 1e3 if wait is not None else None, '.1f')} | "
                      f"{_fmt(s.get('audio_s_per_s'), '.1f')} | {_fmt(s.get('utterances_per_s'), '.2f')} | "
                      f"{_fmt(s.get('padding_fraction'), '.1%')} | {_fmt(mem, '.0f')} | "
                      f"{s.get('runs', 0)} x {s.get('measured_steps', 0) // max(1, s.get('runs', 1))} |")

@@ -129,6 +129,7 @@ def install(recorder: StepRecorder, profile: bool) -> None:
                 new_state, micro = next(inner)
             except StopIteration:
                 return
+            recorder.batches_ready()
             if prof is not None:
                 prof.current["data"] = time.perf_counter() - t0
             for b in micro:

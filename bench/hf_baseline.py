@@ -10,7 +10,7 @@ What it does, as the example does it:
   decoded with soundfile because datasets 5 decodes Audio only through torchcodec) -> .filter(length range), under
   main_process_first -> Trainer(args=TrainingArguments(deepspeed=<the same JSON as a dict>, ...),
   data_collator=DataCollatorCTCWithPadding, train_dataset=...) -> trainer.train().
-Differences, each needed to measure and none on the step's path:
+Where it differs from the example, and why:
   - the model is xlsr_dist.model.build_model (same constructor, same seed, so the same initial weights; the example
     calls from_pretrained) and the vocabulary is xlsr_dist.text.build_vocab over the same transcripts (the example's
     extract_all_chars gives the same characters; the head must have the same size on both sides);
@@ -19,9 +19,10 @@ Differences, each needed to measure and none on the step's path:
     asserts at world size 2 (4 != 4 x 1 x 2); with train_batch_size left out it runs, but every rank then trains on
     the same batches (seen: identical utterance ids on both ranks), i.e. a global batch of 4 distinct utterances.
     With use_cpu=True, world_size is 2, the DeepSpeed JSON is used unchanged ("auto" -> 8) and the ranks split data;
-  - the collator also records each micro-batch's utterance ids and lengths, so remove_unused_columns is off and the
-    collator drops the "id"/"input_length" columns itself (Trainer would otherwise drop them before the collator);
-  - a TrainerCallback records the time at every on_step_end (see bench/_record.py).
+  - the collator also records each micro-batch's utterance ids and sizes, so the "id" column is kept and
+    remove_unused_columns is off (the collator builds the model inputs from input_values and labels only, as the
+    example's does; Trainer would otherwise drop "id" before the collator);
+  - a TrainerCallback records the time at on_step_begin (batches fetched) and on_step_end (see bench/_record.py).
 """
 
 from __future__ import annotations
@@ -211,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if recorder is not None:
                 recorder.start_memory_window(training_args.device)
                 recorder.boundary()  # before the first batch is fetched
+
+        def on_step_begin(self, _args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if recorder is not None:
+                recorder.batches_ready()  # Trainer fetched and collated this step's micro-batches just before
 
         def on_step_end(self, _args: Any, state: Any, control: Any, **kw: Any) -> None:
             if recorder is not None:

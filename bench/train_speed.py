@@ -72,10 +72,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: cuda when available, else cpu")
     p.add_argument("--cases", default="", help="ARCH:RANKS,... (default: cpu tiny:1,tiny:2; cuda xlsr-53:1[,xlsr-53:N])")
-    p.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default: 40 tiny, 30 xlsr-53 "
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default: 30 tiny, 40 xlsr-53 "
                    "on cuda, 4 xlsr-53 on cpu)")
-    p.add_argument("--warmup", type=int, default=-1, help="first steps of each run left out (default 5; 1 for "
-                   "xlsr-53 on cpu)")
+    p.add_argument("--warmup", type=int, default=-1, help="first steps of each run left out (default: 5 tiny, 10 "
+                   "xlsr-53 on cuda (fp16 loss-scale search skips steps), 1 xlsr-53 on cpu)")
     p.add_argument("--repeats", type=int, default=3, help="runs per side and case, alternating (default 3)")
     p.add_argument("--deepspeed", default="", help="DeepSpeed JSON for both sides (default: ds_configs/"
                    "zero2_fp16.json on cuda, zero2_fp32.json on cpu)")
@@ -88,8 +88,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--lr_warmup_steps", type=int, default=10, help="linear warm-up steps of the schedule")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--baseline_sampler", default="random", choices=["random", "group_by_length", "both"],
-                   help="the baseline's TrainingArguments.train_sampling_strategy (HF default: random)")
+    p.add_argument("--baseline_sampler", default="both", choices=["random", "group_by_length", "both"],
+                   help="the baseline's TrainingArguments.train_sampling_strategy: random is TrainingArguments' "
+                        "default, group_by_length what the example's README commands pass (default: both)")
     p.add_argument("--xlsr_args", default="", help="extra flags for xlsr_dist, e.g. '--dataloader_num_workers 0'")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank (default 1)")
     p.add_argument("--profile", action="store_true",
@@ -126,8 +127,8 @@ def resolve_device(choice: str) -> tuple[str, int]:
 def case_settings(args: argparse.Namespace, arch: str, device: str) -> dict[str, Any]:
     """Steps, warm-up and corpus of one case (flags win over the per-size defaults)."""
     big_on_cpu = arch == "xlsr-53" and device == "cpu"
-    steps = args.steps or (40 if arch == "tiny" else 4 if big_on_cpu else 30)
-    warmup = args.warmup if args.warmup >= 0 else (1 if big_on_cpu else 5)
+    steps = args.steps or (30 if arch == "tiny" else 4 if big_on_cpu else 40)
+    warmup = args.warmup if args.warmup >= 0 else (5 if arch == "tiny" else 1 if big_on_cpu else 10)
     if warmup >= steps - 1:
         raise SystemExit(f"--warmup {warmup}: leaves fewer than 2 measured steps of --steps {steps}")
     corpus = args.corpus or ("demo" if arch == "tiny" else "uniform:1-1.5" if big_on_cpu else "uniform:4-6")

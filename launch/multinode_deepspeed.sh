@@ -1,12 +1,16 @@
 #!/bin/bash
-# Multi-node training without SLURM: DeepSpeed's launcher reads a hostfile and starts every node's ranks over ssh
-# (pdsh). Run it on the first host of the hostfile, from the repository root:
+# Multi-node training without SLURM through DeepSpeed's launcher and a hostfile (see launch/hostfile.example), from
+# the repository root. Two ways:
 #
-#   HOSTFILE=launch/hostfile launch/multinode_deepspeed.sh --config my.yaml --output_dir /shared/run1
+#   ssh mode (default): run once, on the first host of the hostfile; DeepSpeed starts every node's ranks over ssh:
+#     HOSTFILE=launch/hostfile launch/multinode_deepspeed.sh --config my.yaml --output_dir /shared/run1
+#   no-ssh mode: run the same command on every node (by hand or from any scheduler), each with its NODE_RANK (the
+#   line number of its host in the hostfile, from 0):
+#     HOSTFILE=launch/hostfile NODE_RANK=1 launch/multinode_deepspeed.sh --config my.yaml --output_dir /shared/run1
 #
 # Requirements, checked by nothing but your cluster:
-#   - passwordless ssh from this node to every host (and to itself), and `pdsh` installed on this node
-#     (or LAUNCHER=openmpi with OpenMPI's mpirun);
+#   - ssh mode: passwordless ssh from this node to every host (itself included; DeepSpeed checks it even for one
+#     host), and `pdsh` on this node (or LAUNCHER=openmpi with OpenMPI's mpirun);
 #   - the same repository path and virtualenv on every node (a shared filesystem, or identical copies);
 #   - --output_dir on a filesystem every node sees: each rank writes its own optimizer partition into the
 #     checkpoint, and a checkpoint only counts once rank 0 has marked it complete;
@@ -49,7 +53,10 @@ for name in $DS_FORWARD_ENV; do
     if [ -n "${!name:-}" ]; then echo "$name=${!name}" >> "$DS_ENV_FILE"; fi
 done
 
+MODE=(--launcher "$LAUNCHER")
+[ -n "${NODE_RANK:-}" ] && MODE=(--no_ssh --node_rank "$NODE_RANK")
+
 set -x
-deepspeed --hostfile "$HOSTFILE" --launcher "$LAUNCHER" \
+deepspeed --hostfile "$HOSTFILE" "${MODE[@]}" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
     --module xlsr_dist.train --resume_from_checkpoint latest "$@"

@@ -43,8 +43,10 @@ def test_run_summary_drops_warmup_and_counts_real_audio_and_padding() -> None:
     b = [0.0, 1.0, 3.0, 5.0, 7.0]
     r0 = _record_of(0, b, [(s, [f"a{s}", f"b{s}"], 16000 * 3, 2, 32000) for s in range(4)])
     r1 = _record_of(1, b, [(s, [f"c{s}", f"d{s}"], 16000 * 4, 2, 32000) for s in range(4)])
+    r0["data_ready"] = [t + 0.01 * (k + 1) for k, t in enumerate(b[:-1])]  # batches in hand 10, 20, 30, 40 ms in
     run = _stats.summarize_run([r1, r0], warmup=1, global_batch=4)
     assert run["split_problems"] == []
+    assert run["median_data_wait_s"] == pytest.approx(0.03)
     assert run["measured_steps"] == 3 and run["median_step_s"] == 2.0 and run["wall_s"] == 6.0
     # 3 steps x (3 + 4) s of real audio over 6 s; padding: 3 steps x (1 + 0) s of 8 s computed per step.
     assert run["audio_s"] == pytest.approx(21.0)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from datetime import datetime
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def _assert_all_down(results: list[RankResult], victim: int, elapsed: float) -> 
     survivors = [r for r in results if r.rank != victim]
     assert all(r.returncode not in (0, None) for r in survivors), [r.returncode for r in results]
     assert elapsed < FAIL_WITHIN_S, f"ranks took {elapsed:.1f} s to exit after the kill"
+    print(f"{len(results)} ranks: all exited {elapsed:.1f} s after rank {victim} was killed")  # shown with -s
     for r in survivors:
         assert "a collective failed, a peer rank probably died" in r.output, f"rank {r.rank}:\n{r.output[-2000:]}"
 
@@ -122,3 +124,34 @@ def test_kill_one_of_four_ranks_takes_all_down_within_a_minute(tmp_path: Path) -
         _wait_for(lambda: _last_step(out) >= 2, "training (step 2 logged)", run)
         results, elapsed = _kill_and_time(out, victim=2, run=run)
     _assert_all_down(results, victim=2, elapsed=elapsed)
+
+
+# Rank 1 raises inside its second training step, as a CUDA out-of-memory or a bug on one rank would: the code path
+# is the real one, only the exception is injected.
+_RAISE_ON_RANK_1 = """
+import os, sys
+import xlsr_dist.train as train
+real_step, calls = train.train_step, [0]
+def failing_step(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 2 and os.environ["RANK"] == "1":
+        train.log.error("injecting a failure")
+        raise RuntimeError("injected failure on rank 1")
+    return real_step(*args, **kwargs)
+train.train_step = failing_step
+train.main(sys.argv[1:])
+"""
+
+
+def test_rank_that_raises_takes_the_other_down_within_a_minute(tmp_path: Path) -> None:
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
+    flags = tiny_flags(out, uri, max_steps=4, save_steps=100, eval_steps=100, report_to="none")
+    results = run_ranks(["-c", _RAISE_ON_RANK_1, *flags], 2, 600, log_dir=tmp_path / "logs")
+    all_exited = time.time()
+    assert results[1].returncode == 1 and "injected failure on rank 1" in results[1].output
+    assert results[0].returncode not in (0, None)
+    assert "a collective failed, a peer rank probably died" in results[0].output, results[0].output[-2000:]
+    raised = next(line for line in results[1].output.splitlines() if "injecting a failure" in line)
+    elapsed = all_exited - datetime.strptime(raised[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    assert elapsed < FAIL_WITHIN_S, f"ranks took {elapsed:.1f} s to exit after rank 1 raised"
+    print(f"2 ranks: all exited {elapsed:.1f} s after rank 1 raised")  # shown with -s

@@ -19,6 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+# `python -m xlsr_dist.train`: catch SIGUSR1/SIGTERM before the imports below (seconds), whose default action would
+# kill a rank signalled while it loads; StopRequest picks up what arrived meanwhile.
+_EARLY_STOP: list[str] = []
+if __name__ == "__main__":
+    for _sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(_sig, lambda signum, _frame: _EARLY_STOP.append(signal.Signals(signum).name))
+
 import torch
 
 from xlsr_dist import checkpoint, ctc, engine as engine_mod, text, world as world_mod
@@ -36,7 +43,7 @@ class StopRequest:
     """Set by SIGUSR1/SIGTERM on any rank; ranks agree on it through the per-step vote."""
 
     def __init__(self) -> None:
-        self.signal_name = ""
+        self.signal_name = _EARLY_STOP[-1] if _EARLY_STOP else ""
 
     def install(self) -> None:
         for sig in (signal.SIGUSR1, signal.SIGTERM):
@@ -212,9 +219,9 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
     run_id = tracker.start(params, {"xlsr_dist.kind": "training", "xlsr_dist.output_dir": str(output_dir.resolve())},
                            resume_run_id=run_id)
 
-    if stop is None:
-        stop = StopRequest()
-        stop.install()
+    # main() installed it before loading anything; installed again in case a library replaced the handlers since.
+    stop = stop if stop is not None else StopRequest()
+    stop.install()
     progress = _progress(world, t.disable_tqdm, step, total_steps)
     window = Window.fresh(device)
     consecutive_skips, last_eval_step, last_save_step = 0, -1, -1
