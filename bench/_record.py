@@ -44,6 +44,23 @@ def peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's live descendants (read twice per run, never per step)."""
+    try:
+        import psutil
+
+        total = 0.0
+        for child in psutil.Process().children(recursive=True):
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                continue
+        return total
+    except ImportError:
+        return 0.0
+
+
 class StepRecorder:
     """Collects one rank's record and writes it as JSON when the run ends."""
 
@@ -53,7 +70,9 @@ class StepRecorder:
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.boundaries: list[float] = []
+        self.cpu_boundaries: list[float] = []
         self.data_ready: list[float] = []
+        self.children_cpu: list[float] = []
         self.micro: list[dict[str, Any]] = []
         self.profile: list[dict[str, float]] = []
         self.extra: dict[str, Any] = {}
@@ -67,13 +86,19 @@ class StepRecorder:
         if self.memory_window_started:
             return
         self.memory_window_started = True
+        self.children_cpu.append(children_cpu_seconds())
         self.process_peak_rss_before_steps = peak_rss_bytes()
         self.rss_reset_ok = reset_peak_rss()
         if device is not None and device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-    def boundary(self) -> None:
+    def boundary(self, last: bool = False) -> None:
+        """A step starts (or, with ``last``, the last step ended). Process CPU time too: on a shared CPU it is the
+        figure other users' load inflates least."""
         self.boundaries.append(time.perf_counter())
+        self.cpu_boundaries.append(time.process_time())
+        if last:
+            self.children_cpu.append(children_cpu_seconds())
 
     def batches_ready(self) -> None:
         """The step's micro-batches are in hand: boundary -> here is the step's data wait."""
@@ -93,6 +118,9 @@ class StepRecorder:
             "world_size": self.world_size,
             "boundaries": self.boundaries,
             "data_ready": self.data_ready,
+            "cpu_boundaries": self.cpu_boundaries,
+            # CPU seconds of this rank's live child processes (DataLoader workers) at the first and last boundary.
+            "children_cpu": self.children_cpu,
             # Process start (this module's import) to the first step: imports, model, DeepSpeed, data set-up.
             "startup_s": (self.boundaries[0] - _IMPORTED) if self.boundaries else None,
             "micro": self.micro,

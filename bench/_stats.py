@@ -139,6 +139,8 @@ def summarize_run(records: Sequence[dict[str, Any]], warmup: int, global_batch: 
             if flops_fn is not None:
                 flops += flops_fn(int(m["batch"]), int(m["max_samples"]))
     wall = sum(times[s] for s in measured)
+    cpu = cpu_per_step(recs, steps)
+    cpu_measured = [cpu[s] for s in measured] if cpu else []
     ready = recs[0].get("data_ready") or []
     waits = [ready[s] - recs[0]["boundaries"][s] for s in measured if s < len(ready)]
     out: dict[str, Any] = {
@@ -153,6 +155,11 @@ def summarize_run(records: Sequence[dict[str, Any]], warmup: int, global_batch: 
         "audio_s_per_s": real / SAMPLE_RATE / wall if wall > 0 else float("nan"),
         "utterances_per_s": utterances / wall if wall > 0 else float("nan"),
         "padding_fraction": padding_fraction(real, padded),
+        "cpu_step_times": cpu_measured,
+        "median_cpu_step_s": median(cpu_measured) if cpu_measured else None,
+        "cpu_s": sum(cpu_measured),
+        "audio_s_per_cpu_s": real / SAMPLE_RATE / sum(cpu_measured) if cpu_measured and sum(cpu_measured) > 0
+        else None,
         "flops": flops,
         "peak_rss_steps": [r.get("peak_rss_steps") for r in recs],
         "peak_rss_process": [r.get("peak_rss_process") for r in recs],
@@ -168,6 +175,22 @@ def summarize_run(records: Sequence[dict[str, Any]], warmup: int, global_batch: 
     return out
 
 
+def cpu_per_step(records: Sequence[dict[str, Any]], steps: int) -> list[float]:
+    """CPU seconds each step cost, all ranks together, their DataLoader workers' share included (spread evenly
+    over the run's steps); [] when a record has no CPU clock. Wall time on a shared machine counts other users'
+    load; CPU time mostly does not."""
+    total = [0.0] * steps
+    for rec in records:
+        cpu = intervals(rec.get("cpu_boundaries") or [])
+        if len(cpu) < steps:
+            return []
+        children = rec.get("children_cpu") or []
+        worker = (children[-1] - children[0]) / steps if len(children) >= 2 and steps else 0.0
+        for s in range(steps):
+            total[s] += cpu[s] + worker
+    return total
+
+
 def profile_summary(per_step: Sequence[dict[str, float]], warmup: int) -> dict[str, float]:
     """Median seconds per part over the steps after ``warmup`` (``other`` = the step minus the named parts)."""
     steps = list(per_step)[warmup:] or list(per_step)
@@ -179,6 +202,8 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
     """Runs of one side of one case -> pooled figures (median over all measured steps of all runs)."""
     times = [t for r in runs for t in r["step_times"]]
     waits = [w for r in runs for w in r.get("data_waits", [])]
+    cpu_times = [t for r in runs for t in r.get("cpu_step_times", [])]
+    cpu_total = sum(r.get("cpu_s", 0.0) for r in runs)
     wall = sum(r["wall_s"] for r in runs)
     audio = sum(r["audio_s"] for r in runs)
     rss = [max(v for v in r["peak_rss_steps"] if v is not None) for r in runs
@@ -198,6 +223,8 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
         "run_medians_s": [r["median_step_s"] for r in runs],
         "median_data_wait_s": median(waits) if waits else None,
         "audio_s_per_s": audio / wall if wall > 0 else float("nan"),
+        "median_cpu_step_s": median(cpu_times) if cpu_times else None,
+        "audio_s_per_cpu_s": audio / cpu_total if cpu_total > 0 else None,
         "utterances_per_s": sum(r["utterances_per_s"] * r["wall_s"] for r in runs) / wall if wall > 0 else 0.0,
         "padding_fraction": 1.0 - audio / computed if computed else 0.0,
         "peak_rss_steps_mb": median(rss) / 2**20 if rss else None,
@@ -226,21 +253,24 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def table(rows: Iterable[dict[str, Any]]) -> str:
-    """Markdown table: one row per (case, side) plus the ratio row of each case."""
-    header = ("| case | side | median step (s) | data wait (ms) | audio s/s | utt/s | padding | peak mem/rank (MB) "
-              "| runs x steps |\n|---|---|---|---|---|---|---|---|---|")
-    lines = [header]
+def table(rows: Iterable[dict[str, Any]], cpu: bool = True) -> str:
+    """Markdown table, one row per (case, side); ``cpu`` adds the CPU-time columns (CPU runs only)."""
+    cols = ["case", "side", "median step (s)"] + (["CPU s/step"] if cpu else []) + [
+        "data wait (ms)", "audio s/s"] + (["audio s/CPU-s"] if cpu else []) + [
+        "utt/s", "padding", "peak mem/rank (MB)", "runs x steps"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         s = row["summary"]
         mem = s.get("cuda_max_allocated_mb") if s.get("cuda_max_allocated_mb") is not None else s.get(
             "peak_rss_steps_mb")
         wait = s.get("median_data_wait_s")
-        lines.append(f"| {row['case']} | {row['side']} | {_fmt(s.get('median_step_s'), '.3f')} | "
-                     f"{_fmt(wait * 1e3 if wait is not None else None, '.1f')} | "
-                     f"{_fmt(s.get('audio_s_per_s'), '.1f')} | {_fmt(s.get('utterances_per_s'), '.2f')} | "
-                     f"{_fmt(s.get('padding_fraction'), '.1%')} | {_fmt(mem, '.0f')} | "
-                     f"{s.get('runs', 0)} x {s.get('measured_steps', 0) // max(1, s.get('runs', 1))} |")
+        cells = [row["case"], row["side"], _fmt(s.get("median_step_s"), ".3f")]
+        cells += [_fmt(s.get("median_cpu_step_s"), ".3f")] if cpu else []
+        cells += [_fmt(wait * 1e3 if wait is not None else None, ".1f"), _fmt(s.get("audio_s_per_s"), ".1f")]
+        cells += [_fmt(s.get("audio_s_per_cpu_s"), ".1f")] if cpu else []
+        cells += [_fmt(s.get("utterances_per_s"), ".2f"), _fmt(s.get("padding_fraction"), ".1%"), _fmt(mem, ".0f"),
+                  f"{s.get('runs', 0)} x {s.get('measured_steps', 0) // max(1, s.get('runs', 1))}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -255,13 +285,20 @@ def ratio_line(case: str, xlsr: dict[str, Any], base: dict[str, Any]) -> dict[st
         "step_time": ratio(xlsr.get("median_step_s"), base.get("median_step_s")),
         "audio_throughput": ratio(xlsr.get("audio_s_per_s"), base.get("audio_s_per_s")),
         "peak_memory": ratio(mem(xlsr), mem(base)),
+        "cpu_step_time": ratio(xlsr.get("median_cpu_step_s"), base.get("median_cpu_step_s")),
+        "audio_per_cpu_s": ratio(xlsr.get("audio_s_per_cpu_s"), base.get("audio_s_per_cpu_s")),
     }
 
 
-def ratio_table(lines: Iterable[dict[str, Any]]) -> str:
-    out = ["| case | step time xlsr_dist/baseline | audio s/s xlsr_dist/baseline | peak mem xlsr_dist/baseline |",
-           "|---|---|---|---|"]
+def ratio_table(lines: Iterable[dict[str, Any]], cpu: bool = True) -> str:
+    """xlsr_dist / baseline per case: time ratios < 1 and throughput ratios > 1 mean xlsr_dist is faster."""
+    cols = ["case (xlsr_dist / baseline)", "median step time", "audio s/s"] + (["CPU s/step", "audio s per CPU-s"] if cpu else []) + [
+        "peak mem/rank"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in lines:
-        out.append(f"| {r['case']} | {_fmt(r['step_time'], '.2f')}x | {_fmt(r['audio_throughput'], '.2f')}x | "
-                   f"{_fmt(r['peak_memory'], '.2f')}x |")
+        cells = [r["case"], f"{_fmt(r['step_time'], '.2f')}x", f"{_fmt(r['audio_throughput'], '.2f')}x"]
+        if cpu:
+            cells += [f"{_fmt(r.get('cpu_step_time'), '.2f')}x", f"{_fmt(r.get('audio_per_cpu_s'), '.2f')}x"]
+        cells.append(f"{_fmt(r['peak_memory'], '.2f')}x")
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)

@@ -152,7 +152,7 @@ def install(recorder: StepRecorder, profile: bool) -> None:
         if prof is not None:
             prof.sync()
             _close_profile_step()
-        recorder.boundary()
+        recorder.boundary(last=True)
         return original_log(*args, **kwargs)
 
     train_mod._log = log_tap  # type: ignore[assignment]

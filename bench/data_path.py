@@ -3,10 +3,12 @@
     OMP_NUM_THREADS=1 flock /tmp/xlsr_cpu.lock python bench/data_path.py [--utterances 1500] [--repeats 3]
 
 Paths measured on the same FLAC shards (a Common-Voice-like synthetic corpus: lognormal durations, median 4.8 s,
-sigma 0.35, clipped to [1, 15] s), all in this one process on one core:
+sigma 0.95, clipped to [1, 30] s -- calibrated so random batches of 8 (micro-batch 4) pad 39.7 %, the figure the
+issue measured on Common Voice), all in this one process on one core:
   floor        pyarrow reads each shard's audio column whole + soundfile decodes every clip; nothing else
   xlsr_dist    TrainStream (world 1: micro-batch 4 x 2 accumulation, dataloader_num_workers 0) for one epoch:
-               metadata + filtering + plan, per-micro-batch row-group reads, decode, normalise, bucket, collate
+               metadata + filtering + plan, per-row ranged reads through the shards' byte index, decode,
+               normalise, bucket, collate (--no_index: the Parquet row-group reads it falls back to)
   hf map       run_speech_recognition_ctc.py's preprocessing: load_dataset("parquet") -> map(text clean-up) ->
                map(decode with soundfile [datasets 5 needs torchcodec to decode] + Wav2Vec2FeatureExtractor +
                tokenizer) -> filter(length), each writing its Arrow cache; then one epoch of
@@ -53,6 +55,11 @@ from xlsr_dist.data.stream import TrainStream  # noqa: E402
 from xlsr_dist.text import build_vocab, save_vocab  # noqa: E402
 from xlsr_dist.world import World  # noqa: E402
 
+# Durations: Common Voice's median with a spread wide enough that random batching pads like the issue measured.
+CV_MEDIAN_S, CV_SIGMA, CV_LO_S, CV_HI_S = 4.8, 0.95, 1.0, 30.0
+MAX_SECONDS = CV_HI_S  # every path keeps every clip: they all process the same audio
+MULTIPLIERS = (1, 10, 25, 50, 100, 200)
+
 WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly vexing bumpkins near "
          "old mills and rivers").split()
 
@@ -74,10 +81,14 @@ def speech_like(seconds: float, rng: np.random.Generator) -> np.ndarray:
     return wave.astype(np.float32)
 
 
-def make_corpus(root: Path, n: int, num_shards: int, seed: int,
-                row_group_size: int = shards.ROW_GROUP_SIZE) -> tuple[str, dict[str, int], float]:
+def cv_durations(n: int, seed: int) -> np.ndarray:
+    return common_voice_like_durations(n, seed=seed, median_s=CV_MEDIAN_S, sigma=CV_SIGMA, lo=CV_LO_S, hi=CV_HI_S)
+
+
+def make_corpus(root: Path, n: int, num_shards: int, seed: int, row_group_size: int = shards.ROW_GROUP_SIZE,
+                index: bool = True) -> tuple[str, dict[str, int], float]:
     rng = np.random.default_rng(seed)
-    durations = common_voice_like_durations(n, seed=seed)
+    durations = cv_durations(n, seed)
     rows = []
     for i, d in enumerate(durations):
         words = " ".join(rng.choice(WORDS, size=max(1, int(d * 2.5))))
@@ -85,7 +96,10 @@ def make_corpus(root: Path, n: int, num_shards: int, seed: int,
                      "duration": float(d), "source": "synthetic"})
     split = root / "train"
     for s in range(num_shards):
-        shards.write_shard(split / shards.shard_name(s, num_shards), rows[s::num_shards], row_group_size)
+        path = split / shards.shard_name(s, num_shards)
+        shards.write_shard(path, rows[s::num_shards], row_group_size)
+        if not index:
+            os.unlink(shards.index_path(path))
     vocab = build_vocab(r["text"] for r in rows)
     return str(split), vocab, float(durations.sum())
 
@@ -131,7 +145,7 @@ def floor_path(paths: list[str]) -> float:
 def ours_path(location: str, vocab: dict[str, int], world_size: int = 1, rank: int = 0) -> float:
     shards.clear_cache()  # every repeat opens its files again, as a fresh run does
     plan = plan_batches(8, world_size)
-    cfg = DataConfig(dataloader_num_workers=0, max_duration_in_seconds=20.0)
+    cfg = DataConfig(dataloader_num_workers=0, max_duration_in_seconds=MAX_SECONDS)
     stream = TrainStream(location, World(rank=rank, world_size=world_size), plan, 42, vocab, cfg, frames)
     total = 0.0
     gen = stream.steps(stream.initial_state())
@@ -179,7 +193,7 @@ def hf_map_path(paths: list[str], vocab_dir: Path, cache_root: Path, timings: di
     raw = datasets.load_dataset("parquet", data_files=paths, split="train", cache_dir=str(cache))
     raw = raw.map(remove_special_characters, remove_columns=["text"])
     vectorized = raw.map(hf_prepare_fn(tokenizer, feature_extractor), remove_columns=raw.column_names)
-    max_len, min_len = 20.0 * SAMPLE_RATE, 0.0
+    max_len, min_len = MAX_SECONDS * SAMPLE_RATE + 1, 0.0
     vectorized = vectorized.filter(lambda n: min_len < n < max_len, input_columns=["input_length"])
     pre_cpu, pre_wall = clock.read()
     audio = float(np.sum(vectorized["input_length"])) / SAMPLE_RATE
@@ -225,6 +239,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--row_group_size", type=int, default=shards.ROW_GROUP_SIZE,
                         help="utterances per Parquet row group of the bench shards (default: what prepare writes)")
+    parser.add_argument("--no_index", action="store_true",
+                        help="write shards without their byte index (xlsr_dist reads Parquet row groups)")
     parser.add_argument("--skip_hf", action="store_true", help="only the floor and xlsr_dist")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one xlsr_dist epoch")
     parser.add_argument("--results", default="", help="JSON output (default bench/results/data_path_rgN.json)")
@@ -237,7 +253,7 @@ def main() -> None:
     try:
         t = time.perf_counter()
         location, vocab, audio_total = make_corpus(work / "corpus", args.utterances, args.shards, args.seed,
-                                              args.row_group_size)
+                                                   args.row_group_size, index=not args.no_index)
         save_vocab(vocab, work / "vocab.json")
         paths = shards.list_shards(location)
         print(f"corpus: {args.utterances} utterances, {audio_total / 3600:.2f} h, {args.shards} shards of "
@@ -283,23 +299,24 @@ def main() -> None:
             print("hf stream", results["hf_stream"], flush=True)
 
         durations = shards.read_metadata(paths).column("duration").to_numpy()
-        big = common_voice_like_durations(20000, seed=1)
+        big = cv_durations(20000, seed=1)
         padding = {}
         for name, d in (("bench corpus", durations), ("20000 CV-like", big)):
-            for world in (1, 8):
+            for world in (1, 4, 8):
                 p = plan_batches(8, world)
                 padding[f"{name}, world {world} (micro {p.micro_batch})"] = {
-                    "bucketed_100": round(100 * padding_fraction(d, epoch_batches(d, 0, 0, 8, 100), p), 2),
-                    "random": round(100 * padding_fraction(d, epoch_batches(d, 0, 0, 8, 1), p), 2),
-                }
+                    str(m): round(100 * padding_fraction(d, epoch_batches(d, 0, 0, 8, m), p), 2)
+                    for m in MULTIPLIERS}
         results["padding_percent"] = padding
+        results["durations"] = {"median_s": CV_MEDIAN_S, "sigma": CV_SIGMA, "clip_s": [CV_LO_S, CV_HI_S]}
         results["machine"] = machine()
         results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         results["command"] = " ".join(["python", "bench/data_path.py", *sys.argv[1:]])
         results["corpus"] = {"utterances": args.utterances, "hours": round(audio_total / 3600, 3),
-                             "shards": args.shards, "row_group_size": args.row_group_size}
+                             "shards": args.shards, "row_group_size": args.row_group_size,
+                             "byte_index": not args.no_index}
         out = Path(args.results or Path(__file__).resolve().parent / "results" /
-                   f"data_path_rg{args.row_group_size}.json")
+                   f"data_path_rg{args.row_group_size}{'_noindex' if args.no_index else ''}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
         print(report(results))
@@ -312,7 +329,7 @@ def report(r: dict[str, Any]) -> str:
     c = r["corpus"]
     lines = [f"machine: {r['machine']}; {r['date']}; `{r['command']}`",
              f"corpus: {c['utterances']} utterances, {c['hours']} h, {c['shards']} shards, row groups of "
-             f"{c['row_group_size']}", "",
+             f"{c['row_group_size']}, byte index {'on' if c.get('byte_index', True) else 'off'}", "",
              "| path | audio-s per CPU-s (best) | median | audio-s per wall-s (best) | vs floor (CPU) |",
              "|---|---|---|---|---|"]
     for key in ("floor", "xlsr_dist", "xlsr_dist_rank0_of_8", "hf_map_preprocess", "hf_map_epoch_from_cache",
@@ -328,9 +345,11 @@ def report(r: dict[str, Any]) -> str:
                      f"first epoch: {ours / r['hf_map_first_epoch']['cpu_best']:.2f}x; vs hf stream: "
                      f"{ours / r['hf_stream']['cpu_best']:.2f}x")
     lines += ["", f"read_metadata: {r['metadata_cpu_ms_per_1000_utterances']} CPU-ms per 1000 utterances"]
-    lines += ["", "| padding (% of samples in micro-batches) | bucketed (x100) | random |", "|---|---|---|"]
+    lines += ["", "| padding (% of samples in micro-batches) by bucket_size_multiplier | " +
+              " | ".join("1 (random)" if m == 1 else str(m) for m in MULTIPLIERS) + " |",
+              "|---|" + "---|" * len(MULTIPLIERS)]
     for k, v in r["padding_percent"].items():
-        lines.append(f"| {k} | {v['bucketed_100']} | {v['random']} |")
+        lines.append(f"| {k} | " + " | ".join(str(v[str(m)]) for m in MULTIPLIERS) + " |")
     return "\n".join(lines)
 
 

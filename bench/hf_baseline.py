@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         def on_step_end(self, _args: Any, state: Any, control: Any, **kw: Any) -> None:
             if recorder is not None:
-                recorder.boundary()
+                recorder.boundary(last=state.global_step >= state.max_steps)
 
     trainer = Trainer(model=model, data_collator=collator, args=training_args, train_dataset=vectorized,
                       processing_class=processor, callbacks=[StepTimes()])

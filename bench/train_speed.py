@@ -276,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sides = [("xlsr_dist", "random")] + [("hf", s) for s in samplers]
         raw: dict[str, list[list[dict[str, Any]]]] = {f"{s}:{m}": [] for s, m in sides}
         for rep in range(args.repeats):
-            for side, sampler in sides:
+            # a b c, c b a, a b c ...: a load that drifts during the case weighs on every side alike.
+            for side, sampler in (sides if rep % 2 == 0 else sides[::-1]):
                 raw[f"{side}:{sampler}"].append(one_run(side, case, arch, world, rep, settings, args, dirs,
                                                         ds_path, run_root, sampler, device))
         profile_summary = None
@@ -343,9 +344,9 @@ def render(results: dict[str, Any], rows: list[dict[str, Any]], ratios: list[dic
         f"{env['accelerate']}, datasets {env['datasets']}; load average before/after "
         f"{results['load_before'][0]:.2f}/{results['load_after'][0]:.2f}; {results['wall_s'] / 60:.1f} min.",
         "",
-        _stats.table(rows),
+        _stats.table(rows, cpu=results["device"] == "cpu"),
         "",
-        _stats.ratio_table(ratios),
+        _stats.ratio_table(ratios, cpu=results["device"] == "cpu"),
     ]
     for case in results["cases"]:
         extra = []

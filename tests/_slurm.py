@@ -1,13 +1,14 @@
-"""A real one-node SLURM for tests: munged, slurmctld and slurmd from Debian's packages, everything (config, munge
-key and socket, state, spool, logs, pids) in one temporary directory, on free ports.
+"""A real one-node SLURM for tests: munged, slurmctld and slurmd from Debian's packages, config, state, spool, logs
+and pids in one temporary directory (munge's key and socket in a /tmp directory of their own), on free ports.
 
 Use it from a test module with ``from tests._slurm import slurm_cluster  # noqa: F401`` (session-scoped). It
 installs nothing: without the binaries (``make system-deps`` installs them) or without root, the tests skip and
 say why. The daemons are stopped by pid at the end of the session, also when a test failed.
 
-The node is this machine under its short hostname with CPUs=2 and two count-only GPUs (``Gres=gpu:2``, no device
-files), so scripts can ask for ``--gpus-per-node`` exactly as on a GPU cluster. There is no slurmdbd (sacct needs
-MariaDB), so job states come from ``scontrol show job`` and the job-completion text file.
+The node is this machine under its short hostname with CPUs=4 (more than it has, so 3 or 4 one-CPU tasks fit) and
+two GPUs that are /dev/null and /dev/zero (``Gres=gpu:2``), so scripts ask for ``--gpus-per-node`` exactly as on a
+GPU cluster. ``cred_expire=10`` lets a requeued job start again after 11 s instead of 121 s. There is no slurmdbd
+(sacct needs MariaDB), so job states come from ``scontrol show job`` and the job-completion text file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def slurm_conf(root: Path, host: str, ctld_port: int, slurmd_port: int) -> str:
+def slurm_conf(root: Path, munge_socket: Path, host: str, ctld_port: int, slurmd_port: int) -> str:
     return f"""\
 ClusterName=xlsrtest
 SlurmctldHost={host}
@@ -58,7 +60,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket={root}/munge/munge.socket,cred_expire=10
+# cred_expire also sets how long a requeued job is held before it may start again (cred_expire + 1 s, default 121).
+AuthInfo=socket={munge_socket},cred_expire=10
 StateSaveLocation={root}/state
 SlurmdSpoolDir={root}/spool/%n
 SlurmctldPidFile={root}/run/slurmctld.pid
@@ -66,7 +69,7 @@ SlurmdPidFile={root}/run/slurmd.pid
 SlurmctldLogFile={root}/log/slurmctld.log
 SlurmdLogFile={root}/log/slurmd.log
 SlurmctldDebug=info
-SlurmdDebug=debug
+SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -95,6 +98,7 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 class SlurmCluster:
     root: Path
     host: str
+    munge_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -198,29 +202,16 @@ class SlurmCluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        shutil.rmtree(self.munge_dir, ignore_errors=True)
 
 
 def start_cluster(root: Path) -> SlurmCluster:
     host = socket.gethostname().split(".")[0]
-    cluster = SlurmCluster(root=root, host=host)
-    for sub in ("etc", "munge", "state", f"spool/{host}", "run", "log"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    munge_dir = root / "munge"
-    # munged runs as the munge user (it refuses root) and checks that its key and socket dir are not writable
-    # by others; the path above it must be traversable.
+    # munged runs as the munge user (it refuses root) and checks that its key and socket dir are not writable by
+    # others; pytest's tmp dirs are private to root, so its dir lives directly under /tmp.
+    munge_dir = Path(tempfile.mkdtemp(prefix="xlsr-munge-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    cluster = SlurmCluster(root=root, host=host, munge_dir=munge_dir)
     pw = pwd.getpwnam("munge")
-    subprocess.run([_binary("mungekey"), "--create", "--keyfile", str(munge_dir / "munge.key")], check=True,
-                   capture_output=True)
-    for p in (munge_dir, munge_dir / "munge.key"):
-        os.chown(p, pw.pw_uid, pw.pw_gid)
-    os.chmod(munge_dir, 0o755)
-    os.chmod(munge_dir / "munge.key", 0o400)
-    for parent in [root, *root.parents]:
-        if parent == Path("/"):
-            break
-        os.chmod(parent, os.stat(parent).st_mode | 0o111)
-    cluster.conf.write_text(slurm_conf(root, host, _free_port(), _free_port()))
-    (root / "etc" / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null,/dev/zero\n")
 
     def spawn(name: str, cmd: list[str], user: str | None = None) -> None:
         log = open(root / "log" / f"{name}.out", "ab")
@@ -236,6 +227,16 @@ def start_cluster(root: Path) -> SlurmCluster:
         log.close()
 
     try:
+        for sub in ("etc", "state", f"spool/{host}", "run", "log"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        subprocess.run([_binary("mungekey"), "--create", "--keyfile", str(munge_dir / "munge.key")], check=True,
+                       capture_output=True)
+        for path in (munge_dir, munge_dir / "munge.key"):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        os.chmod(munge_dir, 0o755)
+        os.chmod(munge_dir / "munge.key", 0o400)
+        cluster.conf.write_text(slurm_conf(root, munge_dir / "munge.socket", host, _free_port(), _free_port()))
+        (root / "etc" / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null,/dev/zero\n")
         spawn("munged", [_binary("munged"), "--foreground", "--key-file", str(munge_dir / "munge.key"),
                          "--socket", str(munge_dir / "munge.socket"), "--pid-file", str(munge_dir / "munged.pid"),
                          "--log-file", str(munge_dir / "munged.log"), "--seed-file", str(munge_dir / "munged.seed")],

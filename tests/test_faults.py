@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -41,7 +42,7 @@ def _rank_pids(output_dir: Path) -> dict[int, int]:
     return found
 
 
-def _wait_for(condition, what: str, run: Future[list[RankResult]], timeout: float = 420) -> None:
+def _wait_for(condition: Callable[[], bool], what: str, run: Future[list[RankResult]], timeout: float = 420) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if run.done():

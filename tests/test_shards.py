@@ -37,7 +37,8 @@ def split(tmp_path) -> tuple[Path, list[dict]]:
 def test_write_shard_layout(split):
     d, rows = split
     names = sorted(os.listdir(d))
-    assert names == [S.shard_name(k, 3) for k in range(3)]  # no temp files left behind
+    # each shard with its byte index, no temp files left behind
+    assert names == sorted(n for k in range(3) for n in (S.shard_name(k, 3), S.shard_name(k, 3) + ".idx"))
     pf = pq.ParquetFile(d / S.shard_name(0, 3))
     assert pf.schema_arrow.equals(S.SCHEMA)
     assert pf.metadata.num_row_groups == 3  # 40 rows in groups of 16: a reader can fetch a few rows
@@ -64,6 +65,7 @@ def test_list_shards_and_metadata(split):
 def test_read_rows_returns_asked_rows_in_order_reading_only_their_row_groups(split):
     d, rows = split
     path = S.list_shards(d)[0]
+    os.unlink(S.index_path(path))  # the Parquet path (the byte index has its own tests below)
     S.clear_cache()
     before = dict(S.IO_STATS)
     got = S.read_rows(path, [33, 2, 17, 2])
@@ -134,3 +136,124 @@ def test_manifest(split):
     assert [s["rows"] for s in m["shards"]] == [40, 30, 30]
     with pytest.raises(S.ShardError, match="manifest"):
         S.read_manifest(d / "nope")
+
+
+def _all_rows(path: str, n: int) -> list[dict]:
+    # Asked out of order and with a repeat: the order asked must come back whichever path serves it.
+    order = list(range(n - 1, -1, -2)) + list(range(0, n, 2)) + [0]
+    return S.read_rows(path, order)
+
+
+def test_byte_index_serves_rows_without_row_groups_identical_to_parquet(split):
+    d, rows = split
+    path = S.list_shards(d)[0]
+    S.clear_cache()
+    before = dict(S.IO_STATS)
+    indexed = _all_rows(path, 40)
+    assert S.IO_STATS["row_groups_read"] == before["row_groups_read"]  # no row group decoded
+    assert S.IO_STATS["blobs_read"] - before["blobs_read"] == len(indexed)
+    assert S.IO_STATS["index_fallbacks"] == before["index_fallbacks"]
+    os.unlink(S.index_path(path))
+    S.clear_cache()
+    assert _all_rows(path, 40) == indexed  # byte-identical audio, same id/text/duration, same order
+    assert S.IO_STATS["row_groups_read"] > before["row_groups_read"]
+    assert [r["id"] for r in indexed[:2]] == ["utt0039", "utt0037"]
+    assert indexed[0]["audio"] == rows[39]["audio"]
+
+
+def test_index_of_other_content_is_ignored(split):
+    d, rows = split
+    p0, p1 = S.list_shards(d)[:2]
+    want = _all_rows(p0, 40)
+    # another shard's index (valid JSON, plausible offsets) copied over this one's: its footer hash differs
+    Path(S.index_path(p0)).write_bytes(Path(S.index_path(p1)).read_bytes())
+    S.clear_cache()
+    before = dict(S.IO_STATS)
+    assert _all_rows(p0, 40) == want
+    assert S.IO_STATS["blobs_read"] == before["blobs_read"]
+    assert S.IO_STATS["index_fallbacks"] - before["index_fallbacks"] == 1
+
+
+def test_stale_index_after_rewrite_is_ignored_and_rebuilt_by_write_manifest(split):
+    d, _ = split
+    path = S.list_shards(d)[2]
+    old_index = Path(S.index_path(path)).read_bytes()
+    S.write_shard(path, _rows(500, 30))
+    Path(S.index_path(path)).write_bytes(old_index)  # as if the new index never landed
+    S.clear_cache()
+    before = dict(S.IO_STATS)
+    got = S.read_rows(path, [0, 29])
+    assert [g["id"] for g in got] == ["utt0500", "utt0529"]
+    assert got[0]["audio"] == _rows(500, 1)[0]["audio"]
+    assert S.IO_STATS["blobs_read"] == before["blobs_read"]  # served from Parquet
+    os.unlink(S.index_path(S.list_shards(d)[0]))
+    m = S.write_manifest(d)
+    assert [s["index"] for s in m["shards"]] == [S.shard_name(k, 3) + ".idx" for k in range(3)]
+    S.clear_cache()
+    before = dict(S.IO_STATS)
+    assert S.read_rows(path, [0, 29]) == got
+    assert S.read_rows(S.list_shards(d)[0], [5])[0]["id"] == "utt0005"
+    assert S.IO_STATS["blobs_read"] - before["blobs_read"] == 3 and S.IO_STATS["row_groups_read"] == before[
+        "row_groups_read"]
+
+
+def test_corrupt_index_offsets_fall_back_to_parquet(split):
+    d, rows = split
+    path = S.list_shards(d)[1]
+    idx = json.loads(Path(S.index_path(path)).read_text())
+    idx["offsets"] = [o + 1 for o in idx["offsets"]]  # footer still matches; the blobs are not there
+    Path(S.index_path(path)).write_text(json.dumps(idx))
+    S.clear_cache()
+    before = dict(S.IO_STATS)
+    got = _all_rows(path, 30)
+    assert [g["audio"] for g in got[-1:]] == [rows[40]["audio"]]
+    assert got == [{k: rows[40 + i][k] for k in ("id", "audio", "text", "duration")}
+                   for i in list(range(29, -1, -2)) + list(range(0, 30, 2)) + [0]]
+    assert S.IO_STATS["index_fallbacks"] - before["index_fallbacks"] == 1
+    Path(S.index_path(path)).write_text("{not json")
+    S.clear_cache()
+    assert _all_rows(path, 30) == got
+
+
+def test_orphan_indexes_are_removed_by_write_manifest(split):
+    d, _ = split
+    orphan = d / (S.shard_name(7, 9) + ".idx")
+    orphan.write_text("{}")
+    S.write_manifest(d)
+    assert not orphan.exists()
+    assert all(Path(S.index_path(p)).exists() for p in S.list_shards(d))
+
+
+def test_locate_blobs_finds_duplicate_blobs_in_their_own_rows(tmp_path):
+    rows = _rows(0, 6)
+    for r in rows[3:]:
+        r["audio"] = rows[0]["audio"]  # identical audio in four rows
+    S.write_shard(tmp_path / S.shard_name(0, 1), rows, row_group_size=2)
+    idx = json.loads((tmp_path / (S.shard_name(0, 1) + ".idx")).read_text())
+    assert len(set(idx["offsets"])) == 6 and idx["offsets"] == sorted(idx["offsets"])
+    got = S.read_rows(str(tmp_path / S.shard_name(0, 1)), [5, 0, 4])
+    assert [g["id"] for g in got] == ["utt0005", "utt0000", "utt0004"]
+    assert all(g["audio"] == rows[0]["audio"] for g in got)
+
+
+def test_byte_index_through_fsspec_memory(split):
+    d, rows = split
+    fs = fsspec.filesystem("memory")
+    for k in range(3):
+        for name in (S.shard_name(k, 3), S.shard_name(k, 3) + ".idx"):
+            fs.pipe(f"/xlsr-idx-split/{name}", (d / name).read_bytes())
+    try:
+        paths = S.list_shards("memory://xlsr-idx-split")
+        S.clear_cache()
+        before = dict(S.IO_STATS)
+        indexed = _all_rows(paths[1], 30)
+        assert S.IO_STATS["blobs_read"] - before["blobs_read"] == len(indexed)
+        assert S.IO_STATS["row_groups_read"] == before["row_groups_read"]
+        assert indexed[-1]["audio"] == rows[40]["audio"]
+        fs.rm(f"/xlsr-idx-split/{S.shard_name(1, 3)}.idx")
+        S.clear_cache()
+        assert _all_rows(paths[1], 30) == indexed
+        assert S.IO_STATS["row_groups_read"] > before["row_groups_read"]
+    finally:
+        fs.rm("/xlsr-idx-split", recursive=True)
+        S.clear_cache()

@@ -30,9 +30,8 @@ def _train_flags(out: Path) -> list[str]:
     return flags[:i] + flags[i + 2:]
 
 
-def _submit(cluster: SlurmCluster, tmp_path: Path, out: Path, uri: str, sbatch_opts: list[str] | None = None,
-            **env: str) -> int:
-    job_env = base_env(XLSR_PYTHON=sys.executable, MLFLOW_TRACKING_URI=uri, **env)
+def _submit(cluster: SlurmCluster, tmp_path: Path, out: Path, uri: str, sbatch_opts: list[str] | None = None) -> int:
+    job_env = base_env(XLSR_PYTHON=sys.executable, MLFLOW_TRACKING_URI=uri)
     opts = sbatch_opts or ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
     # Submitted from the repository root like a user would; the log goes to tmp, not into the repo tree.
     return cluster.sbatch([*opts, "--job-name=xlsr-test", f"--output={tmp_path}/%x-%j.out", "slurm/train.sbatch",
