@@ -113,6 +113,11 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
         if keep > 0:
             for old in complete_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
+        # Saves interrupted before this one (no marker, older step) can never be resumed from: reclaim their space.
+        for stale in root.iterdir():
+            if (stale.name.startswith(PREFIX) and stale.is_dir() and not (stale / MARKER).is_file()
+                    and stale.name[len(PREFIX):].isdigit() and int(stale.name[len(PREFIX):]) < step):
+                shutil.rmtree(stale, ignore_errors=True)
     world_mod.barrier()
     return path
 

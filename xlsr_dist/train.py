@@ -282,6 +282,9 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
                 checkpoint.save(engine, output_dir, step, client_state(), t.save_total_limit, world)
                 last_save_step = step
             if vote[0]:
+                if window.steps:  # the partial window's loss is not lost when the stop falls between log steps
+                    window = _log(engine, tracker, window, step, train_stream.steps_per_epoch, device, progress,
+                                  world)
                 if last_save_step != step:
                     checkpoint.save(engine, output_dir, step, client_state(), t.save_total_limit, world)
                 log.warning("stop requested (%s): checkpoint saved at step %d; exiting with status %d so the "
@@ -392,8 +395,13 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry (`xlsr-train`): the same fast, simultaneous exit as `python -m xlsr_dist.train`."""
     try:
         main()
     except SystemExit as done:
         exit_now(done.code if isinstance(done.code, int) else 1)
+
+
+if __name__ == "__main__":
+    cli()
