@@ -153,6 +153,7 @@ def summarize_run(records: Sequence[dict[str, Any]], warmup: int, global_batch: 
         "wall_s": wall,
         "audio_s": real / SAMPLE_RATE,
         "audio_s_per_s": real / SAMPLE_RATE / wall if wall > 0 else float("nan"),
+        "utterances": utterances,
         "utterances_per_s": utterances / wall if wall > 0 else float("nan"),
         "padding_fraction": padding_fraction(real, padded),
         "cpu_step_times": cpu_measured,
@@ -225,6 +226,8 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
         "audio_s_per_s": audio / wall if wall > 0 else float("nan"),
         "median_cpu_step_s": median(cpu_times) if cpu_times else None,
         "audio_s_per_cpu_s": audio / cpu_total if cpu_total > 0 else None,
+        "mean_utterance_s": audio / sum(r["utterances"] for r in runs) if sum(r["utterances"] for r in runs)
+        else None,
         "utterances_per_s": sum(r["utterances_per_s"] * r["wall_s"] for r in runs) / wall if wall > 0 else 0.0,
         "padding_fraction": 1.0 - audio / computed if computed else 0.0,
         "peak_rss_steps_mb": median(rss) / 2**20 if rss else None,
@@ -233,6 +236,8 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
         "tflops_per_device": flops / wall / world_size / 1e12 if wall > 0 and flops else None,
         "audio_hours_per_device_hour": audio / wall / world_size if wall > 0 else float("nan"),
     }
+    preprocess = [r["preprocess_s"] for r in runs if r.get("preprocess_s") is not None]
+    out["preprocess_s_max"] = max(preprocess) if preprocess else None
     startup = [r["startup_s"] for r in runs if r.get("startup_s") is not None]
     out["startup_s"] = median(startup) if startup else None
     profiles = [r["profile"] for r in runs if "profile" in r]
@@ -257,7 +262,7 @@ def table(rows: Iterable[dict[str, Any]], cpu: bool = True) -> str:
     """Markdown table, one row per (case, side); ``cpu`` adds the CPU-time columns (CPU runs only)."""
     cols = ["case", "side", "median step (s)"] + (["CPU s/step"] if cpu else []) + [
         "data wait (ms)", "audio s/s"] + (["audio s/CPU-s"] if cpu else []) + [
-        "utt/s", "padding", "peak mem/rank (MB)", "runs x steps"]
+        "utt/s", "mean utt (s)", "padding", "peak mem/rank (MB)", "runs x steps"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         s = row["summary"]
@@ -268,7 +273,8 @@ def table(rows: Iterable[dict[str, Any]], cpu: bool = True) -> str:
         cells += [_fmt(s.get("median_cpu_step_s"), ".3f")] if cpu else []
         cells += [_fmt(wait * 1e3 if wait is not None else None, ".1f"), _fmt(s.get("audio_s_per_s"), ".1f")]
         cells += [_fmt(s.get("audio_s_per_cpu_s"), ".1f")] if cpu else []
-        cells += [_fmt(s.get("utterances_per_s"), ".2f"), _fmt(s.get("padding_fraction"), ".1%"), _fmt(mem, ".0f"),
+        cells += [_fmt(s.get("utterances_per_s"), ".2f"), _fmt(s.get("mean_utterance_s"), ".2f"),
+                  _fmt(s.get("padding_fraction"), ".1%"), _fmt(mem, ".0f"),
                   f"{s.get('runs', 0)} x {s.get('measured_steps', 0) // max(1, s.get('runs', 1))}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -292,8 +298,8 @@ def ratio_line(case: str, xlsr: dict[str, Any], base: dict[str, Any]) -> dict[st
 
 def ratio_table(lines: Iterable[dict[str, Any]], cpu: bool = True) -> str:
     """xlsr_dist / baseline per case: time ratios < 1 and throughput ratios > 1 mean xlsr_dist is faster."""
-    cols = ["case (xlsr_dist / baseline)", "median step time", "audio s/s"] + (["CPU s/step", "audio s per CPU-s"] if cpu else []) + [
-        "peak mem/rank"]
+    cols = ["case (xlsr_dist / baseline)", "median step time", "audio s/s"]
+    cols += (["CPU s/step", "audio s per CPU-s"] if cpu else []) + ["peak mem/rank"]
     out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in lines:
         cells = [r["case"], f"{_fmt(r['step_time'], '.2f')}x", f"{_fmt(r['audio_throughput'], '.2f')}x"]

@@ -27,9 +27,6 @@ import torch  # noqa: E402
 
 from _record import PROFILE_ENV, RECORD_ENV, StepRecorder  # noqa: E402
 
-PROFILE_PARTS = ("data", "forward", "backward", "optimizer", "vote", "comm")
-
-
 def rank_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -230,6 +230,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                               deepspeed_train_batch_size=int(trainer.model_wrapped.train_batch_size()),
                               precision=prec, preprocess_s=preprocess_s)
         recorder.write(training_args.device)
+    if torch.distributed.is_initialized():
+        # Left to interpreter exit, gloo's threads sometimes abort a rank ("terminate called without an active
+        # exception", exit -6) after training has finished.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 

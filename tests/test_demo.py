@@ -119,3 +119,14 @@ def test_concurrent_generation_from_two_processes_gives_one_valid_corpus(tmp_pat
     train = rows_of(train_dir)
     assert len(train) == 300 and len({r["id"] for r in train}) == 300
     assert shards.read_manifest(train_dir)["num_utterances"] == 300
+
+
+def test_demo_launch_config_is_valid_and_trains_the_whole_tiny_model() -> None:
+    from xlsr_dist.config import REFERENCE_GLOBAL_BATCH, parse_args
+
+    cfg = parse_args(["--config", str(REPO / "launch" / "demo.yaml")])  # unknown keys would raise ConfigError
+    assert cfg.model.architecture == "tiny" and cfg.data.train_data == "demo"
+    # A randomly initialised front end frozen would never learn to hear anything.
+    assert cfg.model.freeze_feature_encoder is False
+    assert cfg.train.global_batch_size == REFERENCE_GLOBAL_BATCH
+    assert cfg.train.deepspeed.endswith("zero2_fp32.json")

@@ -76,12 +76,15 @@ def test_rerun_keeps_finished_shards_and_rebuilds_missing_or_damaged_ones(tmp_pa
     assert first["shards_built"] == 4
     before = _shard_state(out / "train")
 
+    names = list(before)
+    lost_index = out / "train" / (names[0] + S.INDEX_SUFFIX)
+    lost_index.unlink()  # e.g. a copy that kept only *.parquet: the shard is still good, its index is rebuilt
     again = _prepare(*args)[0]
     assert (again["shards_reused"], again["shards_built"]) == (4, 0)
     assert _shard_state(out / "train") == before
+    assert lost_index.is_file() and S.read_manifest(out / "train")["shards"][0]["index"] == lost_index.name
     assert again["skipped"] == first["skipped"]  # the report still names items skipped in reused shards
 
-    names = list(before)
     (out / "train" / names[1]).unlink()
     damaged = out / "train" / names[2]
     damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")  # same size, wrong checksum
@@ -94,6 +97,8 @@ def test_rerun_keeps_finished_shards_and_rebuilds_missing_or_damaged_ones(tmp_pa
     fewer = _prepare("--input", str(tsv), "--output", str(out), "--num_shards", "2", "--num_workers", "1")[0]
     assert fewer["shards_built"] == 2
     assert len(S.list_shards(out / "train")) == 2  # shards of the old plan were removed
+    assert sorted(p.name for p in (out / "train").glob("*.idx")) == [S.shard_name(k, 2) + S.INDEX_SUFFIX
+                                                                     for k in range(2)]  # and their indexes
     assert sorted(_split_rows(out / "train")) == good_ids
 
 

@@ -249,3 +249,19 @@ def test_eval_stream_sees_every_utterance_once_with_equal_batch_counts(
     assert streams[0].num_samples == N_UTTERANCES
     capped = EvalStream(corpora[5], World(), 4, vocab, cfg(), frames, max_utterances=10)
     assert capped.num_samples == 10 and sum(len(b["ids"]) for b in capped) == 10
+
+
+def test_transcripts_taken_as_already_normalised_are_fixed_points_of_normalize() -> None:
+    from xlsr_dist import text as text_mod
+    from xlsr_dist.data.stream import _ALREADY_NORMAL
+
+    rng = np.random.default_rng(0)
+    alphabet = list("ab'  Z1é-") + ["’"]
+    accepted = 0
+    for _ in range(20000):
+        t = "".join(rng.choice(alphabet, size=int(rng.integers(0, 9))))
+        if _ALREADY_NORMAL.fullmatch(t):
+            accepted += 1
+            assert text_mod.normalize(t) == t, t  # skipping normalize changes nothing
+    assert accepted > 100
+    assert _ALREADY_NORMAL.fullmatch("don't stop") and not _ALREADY_NORMAL.fullmatch("'quoted'")

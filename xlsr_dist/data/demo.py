@@ -8,7 +8,8 @@ marks each letter so doubled letters stay two segments. Words are separated by s
 formant scale (vocal-tract length), letter duration and spectral tilt; utterances in speed, level and background
 noise (SNR). The eval split uses held-out speakers and its own random stream, over the same word list.
 
-Everything is a pure function of (seed, split, index), so the corpus is identical on every machine and rank.
+Every row is a pure function of (seed, split, index): ids, texts and durations are identical on every machine and
+rank, and so is the audio up to float rounding differences between CPUs' math libraries.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -48,6 +49,11 @@ TOO_LONG = "longer than --max_duration_in_seconds"
 EMPTY_TEXT = "empty transcript"
 UNALIGNABLE = "unalignable: transcript needs more CTC frames than the audio gives"
 DUPLICATE = "duplicate id"
+
+# Transcripts prepare wrote are already normalised, and text.normalize leaves such a string as it is (a fixed point:
+# lower-case words of a-z, apostrophes only between letters, single spaces). Recognising them skips its per-character
+# Unicode pass, the larger part of every rank's start-up.
+_ALREADY_NORMAL = re.compile(r"[a-z]+(?:'[a-z]+)*(?: [a-z]+(?:'[a-z]+)*)*")
 
 
 class DataStateError(ValueError):
@@ -159,7 +165,7 @@ def filter_metadata(
         elif dur > max_seconds:
             reason = TOO_LONG
         else:
-            normalised = text_mod.normalize(txt or "")
+            normalised = txt if txt and _ALREADY_NORMAL.fullmatch(txt) else text_mod.normalize(txt or "")
             if not normalised:
                 reason = EMPTY_TEXT
             else:
