@@ -170,6 +170,9 @@ def _hub_unreachable_reason() -> str:
     """'' when the hub's host answers a TCP connect, else why not (DNS failure, refused, timeout)."""
     import huggingface_hub.constants as hub_constants
 
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return ""  # behind a proxy a direct connect proves nothing; let the download itself try
+
     url = urlparse(hub_constants.ENDPOINT)
     host = url.hostname or "huggingface.co"
     port = url.port or (443 if url.scheme == "https" else 80)
