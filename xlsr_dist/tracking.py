@@ -250,12 +250,14 @@ def _valid_key(key: str) -> str:
     return key[:MAX_KEY]
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """Nested mappings -> dotted keys (deepspeed.zero_optimization.stage), the shape of params and train_config."""
     if isinstance(value, Mapping) and value:
         for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
     else:
         out[prefix] = value
+    return out
 
 
 def _as_text(value: Any) -> str:
@@ -271,7 +273,7 @@ def sanitize(values: Mapping[str, Any], limit: int) -> tuple[dict[str, str], lis
 
     Returns (clean, dropped names)."""
     flat: dict[str, Any] = {}
-    _flatten("", values, flat)
+    flatten("", values, flat)
     clean: dict[str, str] = {}
     dropped: list[str] = []
     for key, value in flat.items():

@@ -28,7 +28,7 @@ if __name__ == "__main__":
 
 import torch
 
-from xlsr_dist import checkpoint, ctc, engine as engine_mod, text, world as world_mod
+from xlsr_dist import checkpoint, ctc, engine as engine_mod, text, tracking, world as world_mod
 from xlsr_dist.config import BatchPlan, Config, ConfigError, parse_args, plan_batches
 from xlsr_dist.world import World
 
@@ -122,15 +122,6 @@ def save_model_config(model: Any, vocab: dict[str, int], output_dir: Path) -> No
     model.config.save_pretrained(target)
 
 
-def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = value
-    return out
-
-
 def train_step(engine: Any, micro_batches: Sequence[dict[str, Any]], device: torch.device, dtype: torch.dtype,
                blank_id: int, zero_infinity: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over grad_accum micro-batches.
@@ -167,7 +158,6 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
     from xlsr_dist import evaluate as evaluate_mod
     from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
     from xlsr_dist.model import build_model, output_frames
-    from xlsr_dist.tracking import build_tracker
 
     t = cfg.train
     output_dir = Path(t.output_dir)
@@ -209,13 +199,13 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
         save_model_config(model, vocab, output_dir)
     world_mod.barrier()
 
-    params = {**cfg.flat(), **flatten("deepspeed", ds_config, {}), "world_size": world.world_size,
+    params = {**cfg.flat(), **tracking.flatten("deepspeed", ds_config, {}), "world_size": world.world_size,
               "micro_batch": plan.micro_batch, "grad_accum": plan.grad_accum, "precision": prec,
               "num_train_utterances": train_stream.num_samples, "steps_per_epoch": train_stream.steps_per_epoch,
               "total_steps": total_steps, "num_parameters": sum(p.numel() for p in model.parameters())}
     if world.is_main:
         (output_dir / "train_config.json").write_text(json.dumps(params, indent=1, default=str))
-    tracker = build_tracker(world, cfg.tracking, str(output_dir))
+    tracker = tracking.build_tracker(world, cfg.tracking, str(output_dir))
     run_id = tracker.start(params, {"xlsr_dist.kind": "training", "xlsr_dist.output_dir": str(output_dir.resolve())},
                            resume_run_id=run_id)
 

@@ -138,14 +138,6 @@ def all_reduce_max(values: Sequence[float] | torch.Tensor, device: torch.device)
     return t
 
 
-def broadcast_object(obj: object, src: int = 0) -> object:
-    if not is_initialized():
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 # What gloo and NCCL say when the process at the other end of a collective is gone or stuck.
 _PEER_FAILURE_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "third_party/gloo",
                          "NCCL", "Timed out", "timed out", "Socket Timeout")
