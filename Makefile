@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-fast clean-outputs
+.PHONY: setup system-deps demo test test-fast lint clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,7 +28,11 @@ system-deps:
 demo: setup
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/deepspeed --num_gpus 2 --module xlsr_dist.train --config launch/demo.yaml
 
-test: setup system-deps
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: setup system-deps lint
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -rs
 
 # Without the multi-process runs (seconds, for editing).

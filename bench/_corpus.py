@@ -109,8 +109,15 @@ def _write_uniform(split_dir: Path, spec: CorpusSpec, split: str, count: int) ->
     for i in range(count):
         seconds = float(rng.uniform(spec.lo_s, spec.hi_s))
         wave = speech_like(seconds, rng)
-        rows.append({"id": f"bench-{split}-{i:06d}", "audio": encode_flac(wave), "text": transcript(seconds, rng),
-                     "duration": wave.shape[0] / SAMPLE_RATE, "source": f"bench:uniform:{spec.lo_s:g}-{spec.hi_s:g}"})
+        rows.append(
+            {
+                "id": f"bench-{split}-{i:06d}",
+                "audio": encode_flac(wave),
+                "text": transcript(seconds, rng),
+                "duration": wave.shape[0] / SAMPLE_RATE,
+                "source": f"bench:uniform:{spec.lo_s:g}-{spec.hi_s:g}",
+            }
+        )
     per_shard = 250
     num = max(1, -(-count // per_shard))
     bounds = np.linspace(0, count, num + 1).astype(int)

@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -33,23 +33,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rank_env(base: dict[str, str], rank: int, world_size: int, port: int, threads: int,
-             extra: dict[str, str]) -> dict[str, str]:
+def rank_env(
+    base: dict[str, str], rank: int, world_size: int, port: int, threads: int, extra: dict[str, str]
+) -> dict[str, str]:
     env = {k: v for k, v in base.items() if k not in LAUNCH_VARS and not k.startswith("SLURM_")}
     env.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_WORLD_SIZE=str(world_size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
         # One thread per rank by default and passive waiting: ranks (and other users) share few cores, and a
         # spinning OpenMP pool would steal them from the rank that is working.
-        OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1",
-        TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+        OMP_NUM_THREADS=str(threads),
+        OMP_WAIT_POLICY="PASSIVE",
+        PYTHONUNBUFFERED="1",
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_DISABLE_PROGRESS_BARS="1",
     )
     env.update(extra)
     return env
 
 
-def run_ranks(cmd: Sequence[str], world_size: int, run_dir: Path, timeout_s: float, threads: int,
-              extra_env: dict[str, str], cwd: Path) -> list[RankOutcome]:
+def run_ranks(
+    cmd: Sequence[str],
+    world_size: int,
+    run_dir: Path,
+    timeout_s: float,
+    threads: int,
+    extra_env: dict[str, str],
+    cwd: Path,
+) -> list[RankOutcome]:
     """Run ``cmd`` once per rank; raise RunFailed (with each failing rank's last lines) on error or timeout."""
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -57,10 +73,28 @@ def run_ranks(cmd: Sequence[str], world_size: int, run_dir: Path, timeout_s: flo
     for rank in range(world_size):
         log = run_dir / f"rank{rank}.log"
         handle = open(log, "wb")
-        env = rank_env(dict(os.environ), rank, world_size, port, threads,
-                       {k: v.replace("{rank}", str(rank)) for k, v in extra_env.items()})
-        procs.append((subprocess.Popen([sys.executable, *cmd], cwd=cwd, env=env, stdout=handle,
-                                       stderr=subprocess.STDOUT, start_new_session=True), log, handle))
+        env = rank_env(
+            dict(os.environ),
+            rank,
+            world_size,
+            port,
+            threads,
+            {k: v.replace("{rank}", str(rank)) for k, v in extra_env.items()},
+        )
+        procs.append(
+            (
+                subprocess.Popen(
+                    [sys.executable, *cmd],
+                    cwd=cwd,
+                    env=env,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+                log,
+                handle,
+            )
+        )
     deadline = time.monotonic() + timeout_s
     failed_early = False
     while time.monotonic() < deadline and any(p.poll() is None for p, _, _ in procs):
@@ -81,7 +115,10 @@ def run_ranks(cmd: Sequence[str], world_size: int, run_dir: Path, timeout_s: flo
     bad = [o for o in outcomes if o.returncode != 0]
     if bad:
         why = "timed out" if timed_out and not failed_early else "failed"
-        tails = "\n".join(f"--- rank {o.rank} (exit {o.returncode}), {o.log} ---\n" +
-                          "\n".join(o.log.read_text(errors="replace").splitlines()[-25:]) for o in bad)
+        tails = "\n".join(
+            f"--- rank {o.rank} (exit {o.returncode}), {o.log} ---\n"
+            + "\n".join(o.log.read_text(errors="replace").splitlines()[-25:])
+            for o in bad
+        )
         raise RunFailed(f"{' '.join(cmd[:1])} {why} after {timeout_s:.0f} s limit:\n{tails}")
     return outcomes

@@ -12,8 +12,9 @@ import os
 import re
 import resource
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -104,11 +105,20 @@ class StepRecorder:
         """The step's micro-batches are in hand: boundary -> here is the step's data wait."""
         self.data_ready.append(time.perf_counter())
 
-    def add_micro(self, step: int, ids: Sequence[str], real_samples: int, batch_size: int, max_samples: int,
-                  max_label_length: int) -> None:
+    def add_micro(
+        self, step: int, ids: Sequence[str], real_samples: int, batch_size: int, max_samples: int, max_label_length: int
+    ) -> None:
         """One micro-batch of optimizer step ``step``: its utterance ids, real audio samples and padded shape."""
-        self.micro.append({"step": int(step), "ids": list(ids), "real": int(real_samples), "batch": int(batch_size),
-                           "max_samples": int(max_samples), "max_label": int(max_label_length)})
+        self.micro.append(
+            {
+                "step": int(step),
+                "ids": list(ids),
+                "real": int(real_samples),
+                "batch": int(batch_size),
+                "max_samples": int(max_samples),
+                "max_label": int(max_label_length),
+            }
+        )
 
     def write(self, device: torch.device | None = None) -> None:
         cuda = device is not None and device.type == "cuda" and torch.cuda.is_available()

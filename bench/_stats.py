@@ -4,7 +4,8 @@ throughput, the data-split check, FLOP estimates and the markdown table."""
 from __future__ import annotations
 
 import statistics
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 SAMPLE_RATE = 16000
 
@@ -116,8 +117,9 @@ def peak_tflops(device_name: str, precision: str) -> float | None:
     return None
 
 
-def summarize_run(records: Sequence[dict[str, Any]], warmup: int, global_batch: int,
-                  flops_fn: Any = None) -> dict[str, Any]:
+def summarize_run(
+    records: Sequence[dict[str, Any]], warmup: int, global_batch: int, flops_fn: Any = None
+) -> dict[str, Any]:
     """One run (all its ranks' records) -> its figures over the steps after ``warmup``.
 
     Step time is rank 0's boundary interval (ranks advance in lockstep: every step ends in collectives).
@@ -159,8 +161,7 @@ def summarize_run(records: Sequence[dict[str, Any]], warmup: int, global_batch: 
         "cpu_step_times": cpu_measured,
         "median_cpu_step_s": median(cpu_measured) if cpu_measured else None,
         "cpu_s": sum(cpu_measured),
-        "audio_s_per_cpu_s": real / SAMPLE_RATE / sum(cpu_measured) if cpu_measured and sum(cpu_measured) > 0
-        else None,
+        "audio_s_per_cpu_s": real / SAMPLE_RATE / sum(cpu_measured) if cpu_measured and sum(cpu_measured) > 0 else None,
         "flops": flops,
         "peak_rss_steps": [r.get("peak_rss_steps") for r in recs],
         "peak_rss_process": [r.get("peak_rss_process") for r in recs],
@@ -207,12 +208,21 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
     cpu_total = sum(r.get("cpu_s", 0.0) for r in runs)
     wall = sum(r["wall_s"] for r in runs)
     audio = sum(r["audio_s"] for r in runs)
-    rss = [max(v for v in r["peak_rss_steps"] if v is not None) for r in runs
-           if any(v is not None for v in r["peak_rss_steps"])]
-    rss_process = [max(v for v in r["peak_rss_process"] if v is not None) for r in runs
-                   if any(v is not None for v in r["peak_rss_process"])]
-    cuda = [max(v for v in r["cuda_max_allocated"] if v is not None) for r in runs
-            if any(v is not None for v in r["cuda_max_allocated"])]
+    rss = [
+        max(v for v in r["peak_rss_steps"] if v is not None)
+        for r in runs
+        if any(v is not None for v in r["peak_rss_steps"])
+    ]
+    rss_process = [
+        max(v for v in r["peak_rss_process"] if v is not None)
+        for r in runs
+        if any(v is not None for v in r["peak_rss_process"])
+    ]
+    cuda = [
+        max(v for v in r["cuda_max_allocated"] if v is not None)
+        for r in runs
+        if any(v is not None for v in r["cuda_max_allocated"])
+    ]
     real_pad = [(r["audio_s"], r["padding_fraction"]) for r in runs]
     # Padding over all runs: weight each run's fraction by what it computed (real / (1 - fraction)).
     computed = sum(a / (1.0 - p) for a, p in real_pad if p < 1.0)
@@ -226,8 +236,7 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
         "audio_s_per_s": audio / wall if wall > 0 else float("nan"),
         "median_cpu_step_s": median(cpu_times) if cpu_times else None,
         "audio_s_per_cpu_s": audio / cpu_total if cpu_total > 0 else None,
-        "mean_utterance_s": audio / sum(r["utterances"] for r in runs) if sum(r["utterances"] for r in runs)
-        else None,
+        "mean_utterance_s": audio / sum(r["utterances"] for r in runs) if sum(r["utterances"] for r in runs) else None,
         "utterances_per_s": sum(r["utterances_per_s"] * r["wall_s"] for r in runs) / wall if wall > 0 else 0.0,
         "padding_fraction": 1.0 - audio / computed if computed else 0.0,
         "peak_rss_steps_mb": median(rss) / 2**20 if rss else None,
@@ -260,31 +269,42 @@ def _fmt(value: Any, spec: str) -> str:
 
 def table(rows: Iterable[dict[str, Any]], cpu: bool = True) -> str:
     """Markdown table, one row per (case, side); ``cpu`` adds the CPU-time columns (CPU runs only)."""
-    cols = ["case", "side", "median step (s)"] + (["CPU s/step"] if cpu else []) + [
-        "data wait (ms)", "audio s/s"] + (["audio s/CPU-s"] if cpu else []) + [
-        "utt/s", "mean utt (s)", "padding", "peak mem/rank (MB)", "runs x steps"]
+    cols = (
+        ["case", "side", "median step (s)"]
+        + (["CPU s/step"] if cpu else [])
+        + ["data wait (ms)", "audio s/s"]
+        + (["audio s/CPU-s"] if cpu else [])
+        + ["utt/s", "mean utt (s)", "padding", "peak mem/rank (MB)", "runs x steps"]
+    )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         s = row["summary"]
-        mem = s.get("cuda_max_allocated_mb") if s.get("cuda_max_allocated_mb") is not None else s.get(
-            "peak_rss_steps_mb")
+        mem = (
+            s.get("cuda_max_allocated_mb") if s.get("cuda_max_allocated_mb") is not None else s.get("peak_rss_steps_mb")
+        )
         wait = s.get("median_data_wait_s")
         cells = [row["case"], row["side"], _fmt(s.get("median_step_s"), ".3f")]
         cells += [_fmt(s.get("median_cpu_step_s"), ".3f")] if cpu else []
         cells += [_fmt(wait * 1e3 if wait is not None else None, ".1f"), _fmt(s.get("audio_s_per_s"), ".1f")]
         cells += [_fmt(s.get("audio_s_per_cpu_s"), ".1f")] if cpu else []
-        cells += [_fmt(s.get("utterances_per_s"), ".2f"), _fmt(s.get("mean_utterance_s"), ".2f"),
-                  _fmt(s.get("padding_fraction"), ".1%"), _fmt(mem, ".0f"),
-                  f"{s.get('runs', 0)} x {s.get('measured_steps', 0) // max(1, s.get('runs', 1))}"]
+        cells += [
+            _fmt(s.get("utterances_per_s"), ".2f"),
+            _fmt(s.get("mean_utterance_s"), ".2f"),
+            _fmt(s.get("padding_fraction"), ".1%"),
+            _fmt(mem, ".0f"),
+            f"{s.get('runs', 0)} x {s.get('measured_steps', 0) // max(1, s.get('runs', 1))}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def ratio_line(case: str, xlsr: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """xlsr_dist / baseline: step time (< 1 is faster), throughput (> 1 is faster), memory (< 1 is smaller)."""
+
     def mem(s: dict[str, Any]) -> float | None:
-        return s.get("cuda_max_allocated_mb") if s.get("cuda_max_allocated_mb") is not None else s.get(
-            "peak_rss_steps_mb")
+        return (
+            s.get("cuda_max_allocated_mb") if s.get("cuda_max_allocated_mb") is not None else s.get("peak_rss_steps_mb")
+        )
 
     return {
         "case": case,

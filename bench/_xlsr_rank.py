@@ -17,15 +17,16 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-
 from _record import PROFILE_ENV, RECORD_ENV, StepRecorder  # noqa: E402
+
 
 def rank_device() -> torch.device:
     if torch.cuda.is_available():
@@ -61,9 +62,20 @@ class Profiler:
         return out
 
 
-COLLECTIVES = ("all_reduce", "reduce", "all_gather", "all_gather_into_tensor", "allgather_fn", "broadcast",
-               "reduce_scatter", "reduce_scatter_tensor", "reduce_scatter_fn", "all_reduce_coalesced",
-               "all_to_all_single", "barrier")
+COLLECTIVES = (
+    "all_reduce",
+    "reduce",
+    "all_gather",
+    "all_gather_into_tensor",
+    "allgather_fn",
+    "broadcast",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "reduce_scatter_fn",
+    "all_reduce_coalesced",
+    "all_to_all_single",
+    "barrier",
+)
 
 
 def time_collectives(prof: Profiler) -> None:
@@ -131,8 +143,9 @@ def install(recorder: StepRecorder, profile: bool) -> None:
                 prof.current["data"] = time.perf_counter() - t0
             for b in micro:
                 mask = b["attention_mask"]
-                recorder.add_micro(step, b["ids"], b["real_samples"], int(mask.shape[0]), int(mask.shape[1]),
-                                   int(b["labels"].shape[1]))
+                recorder.add_micro(
+                    step, b["ids"], b["real_samples"], int(mask.shape[0]), int(mask.shape[1]), int(b["labels"].shape[1])
+                )
             yield new_state, micro
             step += 1
 

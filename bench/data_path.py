@@ -33,9 +33,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -60,8 +61,10 @@ CV_MEDIAN_S, CV_SIGMA, CV_LO_S, CV_HI_S = 4.8, 0.95, 1.0, 30.0
 MAX_SECONDS = CV_HI_S  # every path keeps every clip: they all process the same audio
 MULTIPLIERS = (1, 10, 25, 50, 100, 200)
 
-WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly vexing bumpkins near "
-         "old mills and rivers").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog while seven wizards quietly hex jolly vexing bumpkins near "
+    "old mills and rivers"
+).split()
 
 
 def frames(num_samples: int) -> int:
@@ -85,15 +88,23 @@ def cv_durations(n: int, seed: int) -> np.ndarray:
     return common_voice_like_durations(n, seed=seed, median_s=CV_MEDIAN_S, sigma=CV_SIGMA, lo=CV_LO_S, hi=CV_HI_S)
 
 
-def make_corpus(root: Path, n: int, num_shards: int, seed: int, row_group_size: int = shards.ROW_GROUP_SIZE,
-                index: bool = True) -> tuple[str, dict[str, int], float]:
+def make_corpus(
+    root: Path, n: int, num_shards: int, seed: int, row_group_size: int = shards.ROW_GROUP_SIZE, index: bool = True
+) -> tuple[str, dict[str, int], float]:
     rng = np.random.default_rng(seed)
     durations = cv_durations(n, seed)
     rows = []
     for i, d in enumerate(durations):
         words = " ".join(rng.choice(WORDS, size=max(1, int(d * 2.5))))
-        rows.append({"id": f"cv{i:06d}", "audio": encode_flac(speech_like(float(d), rng)), "text": words,
-                     "duration": float(d), "source": "synthetic"})
+        rows.append(
+            {
+                "id": f"cv{i:06d}",
+                "audio": encode_flac(speech_like(float(d), rng)),
+                "text": words,
+                "duration": float(d),
+                "source": "synthetic",
+            }
+        )
     split = root / "train"
     for s in range(num_shards):
         path = split / shards.shard_name(s, num_shards)
@@ -117,8 +128,12 @@ class Clock:
 
 def rates(audio: float, cpu: list[float], wall: list[float]) -> dict[str, Any]:
     """Best of the repeats (neighbours only ever slow a run down) and the median beside it."""
-    return {"audio_s": round(audio, 1), "cpu_best": round(audio / min(cpu), 1),
-            "cpu_median": round(audio / statistics.median(cpu), 1), "wall_best": round(audio / min(wall), 1)}
+    return {
+        "audio_s": round(audio, 1),
+        "cpu_best": round(audio / min(cpu), 1),
+        "cpu_median": round(audio / statistics.median(cpu), 1),
+        "wall_best": round(audio / min(wall), 1),
+    }
 
 
 def timed(fn: Callable[[], float], repeats: int) -> dict[str, Any]:
@@ -159,10 +174,12 @@ def ours_path(location: str, vocab: dict[str, int], world_size: int = 1, rank: i
 def hf_tools(vocab_dir: Path) -> tuple[Any, Any]:
     from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor
 
-    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_dir / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]",
-                                     word_delimiter_token="|")
-    feature_extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
-                                                 do_normalize=True, return_attention_mask=True)
+    tokenizer = Wav2Vec2CTCTokenizer(
+        str(vocab_dir / "vocab.json"), unk_token="[UNK]", pad_token="[PAD]", word_delimiter_token="|"
+    )
+    feature_extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
     return tokenizer, feature_extractor
 
 
@@ -202,8 +219,9 @@ def hf_map_path(paths: list[str], vocab_dir: Path, cache_root: Path, timings: di
     order = np.random.default_rng(0).permutation(len(vectorized))
     for start in range(0, len(order), 4):
         features = vectorized.select(order[start : start + 4].tolist())
-        batch = feature_extractor.pad([{"input_values": f} for f in features["input_values"]], padding=True,
-                                      return_tensors="pt")
+        batch = feature_extractor.pad(
+            [{"input_values": f} for f in features["input_values"]], padding=True, return_tensors="pt"
+        )
         labels = tokenizer.pad([{"input_ids": f} for f in features["labels"]], padding=True, return_tensors="pt")
         batch["labels"] = labels["input_ids"].masked_fill(labels.attention_mask.ne(1), -100)
     ep_cpu, ep_wall = clock.read()
@@ -237,10 +255,17 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--row_group_size", type=int, default=shards.ROW_GROUP_SIZE,
-                        help="utterances per Parquet row group of the bench shards (default: what prepare writes)")
-    parser.add_argument("--no_index", action="store_true",
-                        help="write shards without their byte index (xlsr_dist reads Parquet row groups)")
+    parser.add_argument(
+        "--row_group_size",
+        type=int,
+        default=shards.ROW_GROUP_SIZE,
+        help="utterances per Parquet row group of the bench shards (default: what prepare writes)",
+    )
+    parser.add_argument(
+        "--no_index",
+        action="store_true",
+        help="write shards without their byte index (xlsr_dist reads Parquet row groups)",
+    )
     parser.add_argument("--skip_hf", action="store_true", help="only the floor and xlsr_dist")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one xlsr_dist epoch")
     parser.add_argument("--results", default="", help="JSON output (default bench/results/data_path_rgN.json)")
@@ -252,14 +277,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="xlsr_data_bench_"))
     try:
         t = time.perf_counter()
-        location, vocab, audio_total = make_corpus(work / "corpus", args.utterances, args.shards, args.seed,
-                                                   args.row_group_size, index=not args.no_index)
+        location, vocab, audio_total = make_corpus(
+            work / "corpus", args.utterances, args.shards, args.seed, args.row_group_size, index=not args.no_index
+        )
         save_vocab(vocab, work / "vocab.json")
         paths = shards.list_shards(location)
-        print(f"corpus: {args.utterances} utterances, {audio_total / 3600:.2f} h, {args.shards} shards of "
-              f"{args.row_group_size}-row groups, "
-              f"{sum(os.path.getsize(p) for p in paths) / 1e6:.0f} MB (built in {time.perf_counter() - t:.0f} s)",
-              flush=True)
+        print(
+            f"corpus: {args.utterances} utterances, {audio_total / 3600:.2f} h, {args.shards} shards of "
+            f"{args.row_group_size}-row groups, "
+            f"{sum(os.path.getsize(p) for p in paths) / 1e6:.0f} MB (built in {time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
         results: dict[str, Any] = {}
         results["floor"] = timed(lambda: floor_path(paths), args.repeats)
         print("floor", results["floor"], flush=True)
@@ -305,18 +333,26 @@ def main() -> None:
             for world in (1, 4, 8):
                 p = plan_batches(8, world)
                 padding[f"{name}, world {world} (micro {p.micro_batch})"] = {
-                    str(m): round(100 * padding_fraction(d, epoch_batches(d, 0, 0, 8, m), p), 2)
-                    for m in MULTIPLIERS}
+                    str(m): round(100 * padding_fraction(d, epoch_batches(d, 0, 0, 8, m), p), 2) for m in MULTIPLIERS
+                }
         results["padding_percent"] = padding
         results["durations"] = {"median_s": CV_MEDIAN_S, "sigma": CV_SIGMA, "clip_s": [CV_LO_S, CV_HI_S]}
         results["machine"] = machine()
         results["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         results["command"] = " ".join(["python", "bench/data_path.py", *sys.argv[1:]])
-        results["corpus"] = {"utterances": args.utterances, "hours": round(audio_total / 3600, 3),
-                             "shards": args.shards, "row_group_size": args.row_group_size,
-                             "byte_index": not args.no_index}
-        out = Path(args.results or Path(__file__).resolve().parent / "results" /
-                   f"data_path_rg{args.row_group_size}{'_noindex' if args.no_index else ''}.json")
+        results["corpus"] = {
+            "utterances": args.utterances,
+            "hours": round(audio_total / 3600, 3),
+            "shards": args.shards,
+            "row_group_size": args.row_group_size,
+            "byte_index": not args.no_index,
+        }
+        out = Path(
+            args.results
+            or Path(__file__).resolve().parent
+            / "results"
+            / f"data_path_rg{args.row_group_size}{'_noindex' if args.no_index else ''}.json"
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1))
         print(report(results))
@@ -327,27 +363,45 @@ def main() -> None:
 def report(r: dict[str, Any]) -> str:
     floor = r["floor"]["cpu_best"]
     c = r["corpus"]
-    lines = [f"machine: {r['machine']}; {r['date']}; `{r['command']}`",
-             f"corpus: {c['utterances']} utterances, {c['hours']} h, {c['shards']} shards, row groups of "
-             f"{c['row_group_size']}, byte index {'on' if c.get('byte_index', True) else 'off'}", "",
-             "| path | audio-s per CPU-s (best) | median | audio-s per wall-s (best) | vs floor (CPU) |",
-             "|---|---|---|---|---|"]
-    for key in ("floor", "xlsr_dist", "xlsr_dist_rank0_of_8", "hf_map_preprocess", "hf_map_epoch_from_cache",
-                "hf_map_first_epoch", "hf_stream"):
+    lines = [
+        f"machine: {r['machine']}; {r['date']}; `{r['command']}`",
+        f"corpus: {c['utterances']} utterances, {c['hours']} h, {c['shards']} shards, row groups of "
+        f"{c['row_group_size']}, byte index {'on' if c.get('byte_index', True) else 'off'}",
+        "",
+        "| path | audio-s per CPU-s (best) | median | audio-s per wall-s (best) | vs floor (CPU) |",
+        "|---|---|---|---|---|",
+    ]
+    for key in (
+        "floor",
+        "xlsr_dist",
+        "xlsr_dist_rank0_of_8",
+        "hf_map_preprocess",
+        "hf_map_epoch_from_cache",
+        "hf_map_first_epoch",
+        "hf_stream",
+    ):
         if key in r:
             v = r[key]
-            lines.append(f"| {key} | {v['cpu_best']:.0f} | {v['cpu_median']:.0f} | {v['wall_best']:.0f} | "
-                         f"{v['cpu_best'] / floor:.2f}x |")
+            lines.append(
+                f"| {key} | {v['cpu_best']:.0f} | {v['cpu_median']:.0f} | {v['wall_best']:.0f} | "
+                f"{v['cpu_best'] / floor:.2f}x |"
+            )
     if "hf_map_preprocess" in r:
         ours = r["xlsr_dist"]["cpu_best"]
         lines.append("")
-        lines.append(f"xlsr_dist vs hf map preprocess: {ours / r['hf_map_preprocess']['cpu_best']:.2f}x; vs hf map "
-                     f"first epoch: {ours / r['hf_map_first_epoch']['cpu_best']:.2f}x; vs hf stream: "
-                     f"{ours / r['hf_stream']['cpu_best']:.2f}x")
+        lines.append(
+            f"xlsr_dist vs hf map preprocess: {ours / r['hf_map_preprocess']['cpu_best']:.2f}x; vs hf map "
+            f"first epoch: {ours / r['hf_map_first_epoch']['cpu_best']:.2f}x; vs hf stream: "
+            f"{ours / r['hf_stream']['cpu_best']:.2f}x"
+        )
     lines += ["", f"read_metadata: {r['metadata_cpu_ms_per_1000_utterances']} CPU-ms per 1000 utterances"]
-    lines += ["", "| padding (% of samples in micro-batches) by bucket_size_multiplier | " +
-              " | ".join("1 (random)" if m == 1 else str(m) for m in MULTIPLIERS) + " |",
-              "|---|" + "---|" * len(MULTIPLIERS)]
+    lines += [
+        "",
+        "| padding (% of samples in micro-batches) by bucket_size_multiplier | "
+        + " | ".join("1 (random)" if m == 1 else str(m) for m in MULTIPLIERS)
+        + " |",
+        "|---|" + "---|" * len(MULTIPLIERS),
+    ]
     for k, v in r["padding_percent"].items():
         lines.append(f"| {k} | " + " | ".join(str(v[str(m)]) for m in MULTIPLIERS) + " |")
     return "\n".join(lines)

@@ -33,15 +33,15 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
-
 from _record import RECORD_ENV, StepRecorder  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -73,16 +73,26 @@ class DataCollatorCTCWithPadding:
         if self.recorder is not None:
             # DataLoader with num_workers=0: the k-th call is the k-th micro-batch this rank trains on.
             lengths = [len(f[self.feature_extractor_input_name]) for f in features]
-            self.recorder.add_micro(self.calls // self.gradient_accumulation_steps, [f["id"] for f in features],
-                                    sum(lengths), len(features), max(lengths),
-                                    max(len(f["labels"]) for f in features))
+            self.recorder.add_micro(
+                self.calls // self.gradient_accumulation_steps,
+                [f["id"] for f in features],
+                sum(lengths),
+                len(features),
+                max(lengths),
+                max(len(f["labels"]) for f in features),
+            )
         self.calls += 1
         input_features = [{self.feature_extractor_input_name: f[self.feature_extractor_input_name]} for f in features]
         label_features = [{"input_ids": f["labels"]} for f in features]
-        batch = self.processor.pad(input_features, padding=self.padding, pad_to_multiple_of=self.pad_to_multiple_of,
-                                   return_tensors="pt")
-        labels_batch = self.processor.pad(labels=label_features, padding=self.padding,
-                                          pad_to_multiple_of=self.pad_to_multiple_of_labels, return_tensors="pt")
+        batch = self.processor.pad(
+            input_features, padding=self.padding, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors="pt"
+        )
+        labels_batch = self.processor.pad(
+            labels=label_features,
+            padding=self.padding,
+            pad_to_multiple_of=self.pad_to_multiple_of_labels,
+            return_tensors="pt",
+        )
         labels = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
         batch["labels"] = labels
         if "attention_mask" in batch:
@@ -101,8 +111,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup_steps", type=int, default=0)
     p.add_argument("--max_steps", type=int, required=True)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--train_sampling_strategy", default="random", choices=["random", "group_by_length"],
-                   help="TrainingArguments' sampler (v5 name of --group_by_length); default random as in HF")
+    p.add_argument(
+        "--train_sampling_strategy",
+        default="random",
+        choices=["random", "group_by_length"],
+        help="TrainingArguments' sampler (v5 name of --group_by_length); default random as in HF",
+    )
     p.add_argument("--min_duration_in_seconds", type=float, default=0.0)
     p.add_argument("--max_duration_in_seconds", type=float, default=20.0)
     p.add_argument("--preprocessing_num_workers", type=int, default=0)
@@ -110,15 +124,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--freeze_feature_encoder", default="true")
     p.add_argument("--mask_time_prob", type=float, default=0.05)
     p.add_argument("--cache_dir", default="", help="datasets cache (default: <output_dir>/hf_cache)")
-    p.add_argument("--use_cpu", action="store_true",
-                   help="TrainingArguments(use_cpu=True): needed for a multi-rank CPU run (see the module docstring)")
+    p.add_argument(
+        "--use_cpu",
+        action="store_true",
+        help="TrainingArguments(use_cpu=True): needed for a multi-rank CPU run (see the module docstring)",
+    )
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--record", default=os.environ.get(RECORD_ENV, ""),
-                   help=f"per-rank timing record (JSON); default ${RECORD_ENV}")
+    p.add_argument(
+        "--record", default=os.environ.get(RECORD_ENV, ""), help=f"per-rank timing record (JSON); default ${RECORD_ENV}"
+    )
     args = p.parse_args(argv)
     if args.record and args.dataloader_num_workers != 0:
-        p.error("--dataloader_num_workers: the timing record is kept by the collator, so it needs 0 workers "
-                "(TrainingArguments' default)")
+        p.error(
+            "--dataloader_num_workers: the timing record is kept by the collator, so it needs 0 workers "
+            "(TrainingArguments' default)"
+        )
     return args
 
 
@@ -193,19 +213,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     preprocess_started = time.perf_counter()
     with training_args.main_process_first(desc="dataset map preprocessing"):
-        vectorized = raw.map(prepare_dataset, remove_columns=[c for c in raw.column_names if c != "id"],
-                             num_proc=args.preprocessing_num_workers or None, desc="preprocess train dataset")
-        vectorized = vectorized.filter(is_audio_in_length_range, input_columns=["input_length"],
-                                       num_proc=args.preprocessing_num_workers or None)
+        vectorized = raw.map(
+            prepare_dataset,
+            remove_columns=[c for c in raw.column_names if c != "id"],
+            num_proc=args.preprocessing_num_workers or None,
+            desc="preprocess train dataset",
+        )
+        vectorized = vectorized.filter(
+            is_audio_in_length_range, input_columns=["input_length"], num_proc=args.preprocessing_num_workers or None
+        )
     preprocess_s = time.perf_counter() - preprocess_started
 
     set_seed(args.seed)
-    model_cfg = ModelConfig(architecture=args.architecture, mask_time_prob=args.mask_time_prob,
-                            freeze_feature_encoder=args.freeze_feature_encoder.lower() in ("1", "true", "yes"))
+    model_cfg = ModelConfig(
+        architecture=args.architecture,
+        mask_time_prob=args.mask_time_prob,
+        freeze_feature_encoder=args.freeze_feature_encoder.lower() in ("1", "true", "yes"),
+    )
     model = build_model(model_cfg, vocab_size=len(vocab), pad_token_id=vocab[text.PAD])
 
-    collator = DataCollatorCTCWithPadding(processor=processor, recorder=recorder,
-                                          gradient_accumulation_steps=args.gradient_accumulation_steps)
+    collator = DataCollatorCTCWithPadding(
+        processor=processor, recorder=recorder, gradient_accumulation_steps=args.gradient_accumulation_steps
+    )
 
     class StepTimes(TrainerCallback):
         def on_train_begin(self, _args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -221,14 +250,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             if recorder is not None:
                 recorder.boundary(last=state.global_step >= state.max_steps)
 
-    trainer = Trainer(model=model, data_collator=collator, args=training_args, train_dataset=vectorized,
-                      processing_class=processor, callbacks=[StepTimes()])
+    trainer = Trainer(
+        model=model,
+        data_collator=collator,
+        args=training_args,
+        train_dataset=vectorized,
+        processing_class=processor,
+        callbacks=[StepTimes()],
+    )
     trainer.train()
     if recorder is not None:
-        recorder.extra.update(hf_world_size=training_args.world_size,
-                              accelerate_processes=trainer.accelerator.num_processes,
-                              deepspeed_train_batch_size=int(trainer.model_wrapped.train_batch_size()),
-                              precision=prec, preprocess_s=preprocess_s)
+        recorder.extra.update(
+            hf_world_size=training_args.world_size,
+            accelerate_processes=trainer.accelerator.num_processes,
+            deepspeed_train_batch_size=int(trainer.model_wrapped.train_batch_size()),
+            precision=prec,
+            preprocess_s=preprocess_s,
+        )
         recorder.write(training_args.device)
     if torch.distributed.is_initialized():
         # Left to interpreter exit, gloo's threads sometimes abort a rank ("terminate called without an active

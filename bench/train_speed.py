@@ -31,8 +31,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -71,36 +72,67 @@ def parse_cases(text: str) -> list[tuple[str, int]]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench/train_speed.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: cuda when available, else cpu")
-    p.add_argument("--cases", default="",
-                   help="ARCH:RANKS,... (default: cpu tiny:1,tiny:2; cuda xlsr-53:1[,xlsr-53:N])")
-    p.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default: 55 tiny, 60 xlsr-53 "
-                   "on cuda, 4 xlsr-53 on cpu: 50 measured)")
-    p.add_argument("--warmup", type=int, default=-1, help="first steps of each run left out (default: 5 tiny, 10 "
-                   "xlsr-53 on cuda (fp16 loss-scale search skips steps), 1 xlsr-53 on cpu)")
+    p = argparse.ArgumentParser(
+        prog="python bench/train_speed.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available, else cpu"
+    )
+    p.add_argument(
+        "--cases", default="", help="ARCH:RANKS,... (default: cpu tiny:1,tiny:2; cuda xlsr-53:1[,xlsr-53:N])"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="optimizer steps per run (default: 55 tiny, 60 xlsr-53 on cuda, 4 xlsr-53 on cpu: 50 measured)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=-1,
+        help="first steps of each run left out (default: 5 tiny, 10 "
+        "xlsr-53 on cuda (fp16 loss-scale search skips steps), 1 xlsr-53 on cpu)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="runs per side and case, alternating (default 3)")
-    p.add_argument("--deepspeed", default="", help="DeepSpeed JSON for both sides (default: ds_configs/"
-                   "zero2_fp16.json on cuda, zero2_fp32.json on cpu)")
-    p.add_argument("--corpus", default="", help="'demo' or 'uniform:LO-HI' seconds (default: demo for tiny, "
-                   "uniform:4-6 for xlsr-53 on cuda, uniform:1-1.5 for xlsr-53 on cpu)")
-    p.add_argument("--utterances", type=int, default=640, help="training utterances in the corpus (default 640: "
-                   "80 steps, so a run stays within one epoch)")
-    p.add_argument("--data_cache", default="", help=f"where corpora are generated (default: "
-                   f"{_corpus.cache_root()})")
+    p.add_argument(
+        "--deepspeed",
+        default="",
+        help="DeepSpeed JSON for both sides (default: ds_configs/zero2_fp16.json on cuda, zero2_fp32.json on cpu)",
+    )
+    p.add_argument(
+        "--corpus",
+        default="",
+        help="'demo' or 'uniform:LO-HI' seconds (default: demo for tiny, "
+        "uniform:4-6 for xlsr-53 on cuda, uniform:1-1.5 for xlsr-53 on cpu)",
+    )
+    p.add_argument(
+        "--utterances",
+        type=int,
+        default=640,
+        help="training utterances in the corpus (default 640: 80 steps, so a run stays within one epoch)",
+    )
+    p.add_argument("--data_cache", default="", help=f"where corpora are generated (default: {_corpus.cache_root()})")
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--lr_warmup_steps", type=int, default=10, help="linear warm-up steps of the schedule")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--baseline_sampler", default="both", choices=["random", "group_by_length", "both"],
-                   help="the baseline's TrainingArguments.train_sampling_strategy: random is TrainingArguments' "
-                        "default, group_by_length what the example's README commands pass (default: both)")
+    p.add_argument(
+        "--baseline_sampler",
+        default="both",
+        choices=["random", "group_by_length", "both"],
+        help="the baseline's TrainingArguments.train_sampling_strategy: random is TrainingArguments' "
+        "default, group_by_length what the example's README commands pass (default: both)",
+    )
     p.add_argument("--xlsr_args", default="", help="extra flags for xlsr_dist, e.g. '--dataloader_num_workers 0'")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank (default 1)")
-    p.add_argument("--profile", action="store_true",
-                   help="also one xlsr_dist run per case with the step split into data wait, forward, backward, "
-                        "optimizer, vote and communication (synchronised; not used for the comparison)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also one xlsr_dist run per case with the step split into data wait, forward, backward, "
+        "optimizer, vote and communication (synchronised; not used for the comparison)",
+    )
     p.add_argument("--peak_tflops", type=float, default=0.0, help="the card's 16-bit peak (default: by name)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per run before it is killed")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_speed"))
@@ -145,32 +177,98 @@ def case_settings(args: argparse.Namespace, arch: str, device: str) -> dict[str,
     return {"steps": steps, "warmup": warmup, "corpus": _corpus.parse_corpus(corpus, n)}
 
 
-def side_command(side: str, arch: str, world: int, settings: dict[str, Any], args: argparse.Namespace,
-                 train_dir: Path, eval_dir: Path, ds_path: str, out_dir: Path, sampler: str,
-                 cache_dir: Path, device: str) -> list[str]:
+def side_command(
+    side: str,
+    arch: str,
+    world: int,
+    settings: dict[str, Any],
+    args: argparse.Namespace,
+    train_dir: Path,
+    eval_dir: Path,
+    ds_path: str,
+    out_dir: Path,
+    sampler: str,
+    cache_dir: Path,
+    device: str,
+) -> list[str]:
     from xlsr_dist.config import plan_batches
 
     plan = plan_batches(GLOBAL_BATCH, world)
     steps = settings["steps"]
     common_model = ["--mask_time_prob", "0.05", "--freeze_feature_encoder", "true"]
     if side == "xlsr_dist":
-        return [str(BENCH / "_xlsr_rank.py"),
-                "--architecture", arch, "--train_data", str(train_dir), "--eval_data", str(eval_dir),
-                "--deepspeed", ds_path, "--max_steps", str(steps), "--learning_rate", str(args.learning_rate),
-                "--warmup_steps", str(args.lr_warmup_steps), "--seed", str(args.seed),
-                "--global_batch_size", str(GLOBAL_BATCH), "--per_device_train_batch_size", str(plan.micro_batch),
-                # Both sides log once, at the end; eval and checkpoints only after the last step (untimed).
-                "--logging_steps", str(steps), "--eval_steps", str(10**9), "--save_steps", str(10**9),
-                "--save_total_limit", "1", "--eval_max_utterances", "8", "--per_device_eval_batch_size", "8",
-                "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(out_dir),
-                *common_model, *args.xlsr_args.split()]
-    cmd = [str(BENCH / "hf_baseline.py"),
-           "--architecture", arch, "--train_data", str(train_dir), "--deepspeed", ds_path,
-           "--per_device_train_batch_size", str(plan.micro_batch),
-           "--gradient_accumulation_steps", str(plan.grad_accum), "--max_steps", str(steps),
-           "--learning_rate", str(args.learning_rate), "--warmup_steps", str(args.lr_warmup_steps),
-           "--seed", str(args.seed), "--train_sampling_strategy", sampler, "--output_dir", str(out_dir),
-           "--cache_dir", str(cache_dir), *common_model]
+        return [
+            str(BENCH / "_xlsr_rank.py"),
+            "--architecture",
+            arch,
+            "--train_data",
+            str(train_dir),
+            "--eval_data",
+            str(eval_dir),
+            "--deepspeed",
+            ds_path,
+            "--max_steps",
+            str(steps),
+            "--learning_rate",
+            str(args.learning_rate),
+            "--warmup_steps",
+            str(args.lr_warmup_steps),
+            "--seed",
+            str(args.seed),
+            "--global_batch_size",
+            str(GLOBAL_BATCH),
+            "--per_device_train_batch_size",
+            str(plan.micro_batch),
+            # Both sides log once, at the end; eval and checkpoints only after the last step (untimed).
+            "--logging_steps",
+            str(steps),
+            "--eval_steps",
+            str(10**9),
+            "--save_steps",
+            str(10**9),
+            "--save_total_limit",
+            "1",
+            "--eval_max_utterances",
+            "8",
+            "--per_device_eval_batch_size",
+            "8",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--output_dir",
+            str(out_dir),
+            *common_model,
+            *args.xlsr_args.split(),
+        ]
+    cmd = [
+        str(BENCH / "hf_baseline.py"),
+        "--architecture",
+        arch,
+        "--train_data",
+        str(train_dir),
+        "--deepspeed",
+        ds_path,
+        "--per_device_train_batch_size",
+        str(plan.micro_batch),
+        "--gradient_accumulation_steps",
+        str(plan.grad_accum),
+        "--max_steps",
+        str(steps),
+        "--learning_rate",
+        str(args.learning_rate),
+        "--warmup_steps",
+        str(args.lr_warmup_steps),
+        "--seed",
+        str(args.seed),
+        "--train_sampling_strategy",
+        sampler,
+        "--output_dir",
+        str(out_dir),
+        "--cache_dir",
+        str(cache_dir),
+        *common_model,
+    ]
     if device == "cpu":
         cmd.append("--use_cpu")
     return cmd
@@ -196,8 +294,11 @@ def environment(device: str) -> dict[str, Any]:
 
     import torch
 
-    info: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                            "python": platform.python_version(), "platform": platform.platform()}
+    info: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     for pkg in ("torch", "transformers", "deepspeed", "accelerate", "datasets"):
         try:
             info[pkg] = md.version(pkg)
@@ -205,8 +306,10 @@ def environment(device: str) -> dict[str, Any]:
             info[pkg] = "missing"
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")),
-                           platform.processor())
+        info["cpu"] = next(
+            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")),
+            platform.processor(),
+        )
     except (OSError, subprocess.SubprocessError):
         info["cpu"] = platform.processor()
     info["cores"] = os.cpu_count()
@@ -216,16 +319,40 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def one_run(side: str, case: str, arch: str, world: int, rep: int, settings: dict[str, Any],
-            args: argparse.Namespace, dirs: tuple[Path, Path], ds_path: str, run_root: Path, sampler: str,
-            device: str, profile: bool = False) -> list[dict[str, Any]]:
+def one_run(
+    side: str,
+    case: str,
+    arch: str,
+    world: int,
+    rep: int,
+    settings: dict[str, Any],
+    args: argparse.Namespace,
+    dirs: tuple[Path, Path],
+    ds_path: str,
+    run_root: Path,
+    sampler: str,
+    device: str,
+    profile: bool = False,
+) -> list[dict[str, Any]]:
     tag = f"{side}{'-' + sampler if side == 'hf' else ''}{'-profile' if profile else ''}-{rep}"
     run_dir = run_root / case.replace(":", "x") / tag
     if run_dir.exists():
         shutil.rmtree(run_dir)
     out_dir = run_dir / "train_out"
-    cmd = side_command(side, arch, world, settings, args, dirs[0], dirs[1], ds_path, out_dir, sampler,
-                       Path(args.out) / "hf_cache", device)
+    cmd = side_command(
+        side,
+        arch,
+        world,
+        settings,
+        args,
+        dirs[0],
+        dirs[1],
+        ds_path,
+        out_dir,
+        sampler,
+        Path(args.out) / "hf_cache",
+        device,
+    )
     env = {RECORD_ENV: str(run_dir / "rank{rank}.json")}
     if profile:
         env[PROFILE_ENV] = "1"
@@ -250,15 +377,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(str(exc)) from exc
     if device == "cuda" and any(w > gpus for _, w in cases):
         raise SystemExit(f"--cases: {gpus} GPU(s) visible; a case asks for more ranks")
-    if device == "cpu" and any(w > 1 for _, w in cases) and args.threads * max(w for _, w in cases) > (
-            os.cpu_count() or 1):
-        print(f"note: {max(w for _, w in cases)} ranks x {args.threads} thread(s) on {os.cpu_count()} cores",
-              file=sys.stderr)
+    if (
+        device == "cpu"
+        and any(w > 1 for _, w in cases)
+        and args.threads * max(w for _, w in cases) > (os.cpu_count() or 1)
+    ):
+        print(
+            f"note: {max(w for _, w in cases)} ranks x {args.threads} thread(s) on {os.cpu_count()} cores",
+            file=sys.stderr,
+        )
     precision_default = "fp16" if device == "cuda" else "fp32"
     ds_path = args.deepspeed or str(ROOT / "ds_configs" / f"zero2_{precision_default}.json")
     ds = json.loads(Path(ds_path).read_text())
-    precision = "fp16" if ds.get("fp16", {}).get("enabled") is True else (
-        "bf16" if ds.get("bf16", {}).get("enabled") is True else "fp32")
+    precision = (
+        "fp16"
+        if ds.get("fp16", {}).get("enabled") is True
+        else ("bf16" if ds.get("bf16", {}).get("enabled") is True else "fp32")
+    )
     samplers = ["random", "group_by_length"] if args.baseline_sampler == "both" else [args.baseline_sampler]
 
     # A fresh datasets cache per invocation: the first baseline run of each corpus pays for the example's .map
@@ -269,12 +404,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_info = environment(device)
     load_before = os.getloadavg()
     started = time.perf_counter()
-    results: dict[str, Any] = {"command": "python bench/train_speed.py " + " ".join(argv if argv is not None
-                                                                                     else sys.argv[1:]),
-                               "environment": env_info, "device": device, "precision": precision,
-                               "deepspeed": str(Path(ds_path).resolve().relative_to(ROOT))
-                               if Path(ds_path).resolve().is_relative_to(ROOT) else ds_path,
-                               "load_before": load_before, "cases": []}
+    results: dict[str, Any] = {
+        "command": "python bench/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "environment": env_info,
+        "device": device,
+        "precision": precision,
+        "deepspeed": str(Path(ds_path).resolve().relative_to(ROOT))
+        if Path(ds_path).resolve().is_relative_to(ROOT)
+        else ds_path,
+        "load_before": load_before,
+        "cases": [],
+    }
     rows: list[dict[str, Any]] = []
     ratios: list[dict[str, Any]] = []
     for arch, world in cases:
@@ -282,45 +422,76 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = case_settings(args, arch, device)
         dirs = _corpus.ensure(settings["corpus"], Path(args.data_cache) if args.data_cache else None)
         flops_fn = flops_function(arch, dirs[0])
-        print(f"{case}: {settings['corpus'].describe()}; {settings['steps']} steps/run, first "
-              f"{settings['warmup']} left out; {args.repeats} run(s) per side", file=sys.stderr, flush=True)
+        print(
+            f"{case}: {settings['corpus'].describe()}; {settings['steps']} steps/run, first "
+            f"{settings['warmup']} left out; {args.repeats} run(s) per side",
+            file=sys.stderr,
+            flush=True,
+        )
         sides = [("xlsr_dist", "random")] + [("hf", s) for s in samplers]
         raw: dict[str, list[list[dict[str, Any]]]] = {f"{s}:{m}": [] for s, m in sides}
         for rep in range(args.repeats):
             # a b c, c b a, a b c ...: a load that drifts during the case weighs on every side alike.
-            for side, sampler in (sides if rep % 2 == 0 else sides[::-1]):
+            for side, sampler in sides if rep % 2 == 0 else sides[::-1]:
                 try:
-                    raw[f"{side}:{sampler}"].append(one_run(side, case, arch, world, rep, settings, args, dirs,
-                                                            ds_path, run_root, sampler, device))
+                    raw[f"{side}:{sampler}"].append(
+                        one_run(side, case, arch, world, rep, settings, args, dirs, ds_path, run_root, sampler, device)
+                    )
                 except _launch.RunFailed as exc:
                     raise SystemExit(f"{case} {side} ({sampler}) run {rep}: {exc}") from exc
         profile_summary = None
         if args.profile:
-            recs = one_run("xlsr_dist", case, arch, world, 0, settings, args, dirs, ds_path, run_root, "random",
-                           device, profile=True)
+            recs = one_run(
+                "xlsr_dist",
+                case,
+                arch,
+                world,
+                0,
+                settings,
+                args,
+                dirs,
+                ds_path,
+                run_root,
+                "random",
+                device,
+                profile=True,
+            )
             if recs:
                 profile_summary = _stats.summarize_run(recs, settings["warmup"], GLOBAL_BATCH, flops_fn)
         if args.dry_run:
             continue
-        case_out: dict[str, Any] = {"case": case, "architecture": arch, "ranks": world,
-                                    "corpus": settings["corpus"].describe(), "steps": settings["steps"],
-                                    "warmup": settings["warmup"], "sides": {}}
+        case_out: dict[str, Any] = {
+            "case": case,
+            "architecture": arch,
+            "ranks": world,
+            "corpus": settings["corpus"].describe(),
+            "steps": settings["steps"],
+            "warmup": settings["warmup"],
+            "sides": {},
+        }
         summaries: dict[str, dict[str, Any]] = {}
         for key, runs in raw.items():
             per_run = [_stats.summarize_run(r, settings["warmup"], GLOBAL_BATCH, flops_fn) for r in runs]
             problems = sorted({p for r in per_run for p in r["split_problems"]})
             if problems:
-                raise SystemExit(f"{case} {key}: the ranks did not split the global batch as required:\n  " +
-                                 "\n  ".join(problems[:10]))
+                raise SystemExit(
+                    f"{case} {key}: the ranks did not split the global batch as required:\n  "
+                    + "\n  ".join(problems[:10])
+                )
             summary = _stats.summarize_side(per_run, world)
             summaries[key] = summary
             side, sampler = key.split(":")
             label = SIDE_NAMES[side] + (f" ({sampler})" if side == "hf" and len(samplers) > 1 else "")
             rows.append({"case": case, "side": label, "summary": summary})
             case_out["sides"][key] = {"summary": summary, "runs": per_run}
-        case_ratios = [_stats.ratio_line(case + (f" vs {sampler}" if len(samplers) > 1 else ""),
-                                         summaries["xlsr_dist:random"], summaries[f"hf:{sampler}"])
-                       for sampler in samplers]
+        case_ratios = [
+            _stats.ratio_line(
+                case + (f" vs {sampler}" if len(samplers) > 1 else ""),
+                summaries["xlsr_dist:random"],
+                summaries[f"hf:{sampler}"],
+            )
+            for sampler in samplers
+        ]
         ratios += case_ratios
         case_out["ratios"] = case_ratios
         if profile_summary is not None:
@@ -371,31 +542,45 @@ def render(results: dict[str, Any], rows: list[dict[str, Any]], ratios: list[dic
             if s.get("tflops_per_device") is not None:
                 peak = case.get("peak_tflops")
                 frac = f" = {s['tflops_per_device'] / peak:.1%} of the card's {peak:g}" if peak else ""
-                flops = (f"{s['tflops_per_device']:.1f} TFLOP/s per GPU{frac}" if results["device"] == "cuda"
-                         else f"{s['tflops_per_device'] * 1e3:.1f} GFLOP/s per rank") + ", "
-            extra.append(f"{name}: {flops}{s['audio_hours_per_device_hour']:.1f} audio-h per "
-                         f"{'GPU' if results['device'] == 'cuda' else 'rank'}-h, start-up "
-                         f"{_fmt_s(s.get('startup_s'))} (excluded), run medians "
-                         f"{', '.join(f'{m:.3f}' for m in s['run_medians_s'])} s")
+                flops = (
+                    f"{s['tflops_per_device']:.1f} TFLOP/s per GPU{frac}"
+                    if results["device"] == "cuda"
+                    else f"{s['tflops_per_device'] * 1e3:.1f} GFLOP/s per rank"
+                ) + ", "
+            extra.append(
+                f"{name}: {flops}{s['audio_hours_per_device_hour']:.1f} audio-h per "
+                f"{'GPU' if results['device'] == 'cuda' else 'rank'}-h, start-up "
+                f"{_fmt_s(s.get('startup_s'))} (excluded), run medians "
+                f"{', '.join(f'{m:.3f}' for m in s['run_medians_s'])} s"
+            )
         pre = [side["summary"].get("preprocess_s_max") for key, side in case["sides"].items() if key.startswith("hf")]
         pre = [p for p in pre if p is not None]
         if pre:
-            extra.append(f"the baseline's .map preprocessing (decode + feature extractor + tokenizer, before its first "
-                         f"step; uncached in the first run) took up to {max(pre):.1f} s; xlsr_dist decodes while "
-                         f"training, in its DataLoader worker (that CPU time is in its CPU s/step)")
+            extra.append(
+                f"the baseline's .map preprocessing (decode + feature extractor + tokenizer, before its first "
+                f"step; uncached in the first run) took up to {max(pre):.1f} s; xlsr_dist decodes while "
+                f"training, in its DataLoader worker (that CPU time is in its CPU s/step)"
+            )
         if extra:
-            lines += ["", f"{case['case']} ({case['corpus']}, {case['steps']} steps/run, first {case['warmup']} "
-                      f"left out): " + "; ".join(extra)]
+            lines += [
+                "",
+                f"{case['case']} ({case['corpus']}, {case['steps']} steps/run, first {case['warmup']} "
+                f"left out): " + "; ".join(extra),
+            ]
         prof = case.get("profile", {}).get("profile") if case.get("profile") else None
         if prof:
             step = case["profile"]["median_step_s"]
             named = sum(prof.get(k, 0.0) for k in ("data", "forward", "backward", "optimizer", "vote"))
-            parts = ", ".join(f"{k} {prof.get(k, 0.0) * 1e3:.1f}" for k in ("data", "forward", "backward",
-                                                                             "optimizer", "vote"))
-            lines += ["", f"{case['case']} xlsr_dist step breakdown (--profile, synchronised, ms, median per step): "
-                      f"{parts}, other {max(0.0, step - named) * 1e3:.1f} (CTC loss, copies, bookkeeping); step "
-                      f"{step * 1e3:.1f}; DeepSpeed collectives {prof.get('comm', 0.0) * 1e3:.1f} ms in "
-                      f"{prof.get('comm_ops', 0.0):.0f} ops (inside backward/optimizer)"]
+            parts = ", ".join(
+                f"{k} {prof.get(k, 0.0) * 1e3:.1f}" for k in ("data", "forward", "backward", "optimizer", "vote")
+            )
+            lines += [
+                "",
+                f"{case['case']} xlsr_dist step breakdown (--profile, synchronised, ms, median per step): "
+                f"{parts}, other {max(0.0, step - named) * 1e3:.1f} (CTC loss, copies, bookkeeping); step "
+                f"{step * 1e3:.1f}; DeepSpeed collectives {prof.get('comm', 0.0) * 1e3:.1f} ms in "
+                f"{prof.get('comm_ops', 0.0):.0f} ops (inside backward/optimizer)",
+            ]
     return "\n".join(lines)
 
 

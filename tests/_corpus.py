@@ -51,15 +51,39 @@ def good_items() -> list[Good]:
         Good("good_8k.wav", sine(1.2, 8000), 8000, "WAV", "the cat sat", "the cat sat", sine(1.2, SR), 5e-3),
         Good("good_11k.flac", sine(0.9, 11025), 11025, "FLAC", "on the mat", "on the mat", sine(0.9, SR), 5e-3),
         # channel 2 is an octave up, so the mono result proves the channels were averaged, not one of them picked
-        Good("stereo_44k.wav", sine(1.5, 44100, channels=2), 44100, "WAV", "Stereo sound, 44 kHz!",
-             "stereo sound forty four khz", sine(1.5, SR, channels=2).mean(axis=1), 5e-3),
+        Good(
+            "stereo_44k.wav",
+            sine(1.5, 44100, channels=2),
+            44100,
+            "WAV",
+            "Stereo sound, 44 kHz!",
+            "stereo sound forty four khz",
+            sine(1.5, SR, channels=2).mean(axis=1),
+            5e-3,
+        ),
         Good("good_48k.ogg", sine(1.1, 48000), 48000, "OGG", "an ogg file", "an ogg file", sine(1.1, SR), 0.05),
         Good("good_22k.mp3", sine(1.3, 22050), 22050, "MP3", "an MP3 file", "an mp three file", sine(1.3, SR), 0.05),
-        Good("accents.wav", sine(1.0, 16000), 16000, "WAV", "Café  naïve — Zoë’s", "cafe naive zoe's",
-             sine(1.0, SR), 2e-4),
+        Good(
+            "accents.wav",
+            sine(1.0, 16000),
+            16000,
+            "WAV",
+            "Café  naïve — Zoë’s",
+            "cafe naive zoe's",
+            sine(1.0, SR),
+            2e-4,
+        ),
         # The header says 8 kHz for samples meant as 16 kHz; only the header can be trusted: 2 s of a 220 Hz tone.
-        Good("lying_rate.wav", sine(1.0, 16000, freq=440.0), 8000, "WAV", "lying header", "lying header",
-             sine(2.0, SR, freq=220.0), 5e-3),
+        Good(
+            "lying_rate.wav",
+            sine(1.0, 16000, freq=440.0),
+            8000,
+            "WAV",
+            "lying header",
+            "lying header",
+            sine(2.0, SR, freq=220.0),
+            5e-3,
+        ),
     ]
 
 

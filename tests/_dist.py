@@ -8,9 +8,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,9 +22,12 @@ def free_port() -> int:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-           and not k.startswith("SLURM_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+        and not k.startswith("SLURM_")
+    }
     # 2 ranks on 2 cores: one thread each, and passive waiting so spinning threads do not starve the other rank.
     env.update(OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env.update(extra)
@@ -42,8 +45,14 @@ class HungRanks(AssertionError):
     pass
 
 
-def run_ranks(args: Sequence[str], world_size: int, timeout: float, cwd: Path = ROOT,
-              env: dict[str, str] | None = None, log_dir: Path | None = None) -> list[RankResult]:
+def run_ranks(
+    args: Sequence[str],
+    world_size: int,
+    timeout: float,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+    log_dir: Path | None = None,
+) -> list[RankResult]:
     """Start `python <args>` once per rank with the launcher variables set; wait for all or raise HungRanks."""
     port = free_port()
     log_dir = log_dir or Path(os.environ.get("TMPDIR", "/tmp"))
@@ -51,13 +60,27 @@ def run_ranks(args: Sequence[str], world_size: int, timeout: float, cwd: Path = 
     procs, logs = [], []
     for rank in range(world_size):
         rank_env = dict(env or base_env())
-        rank_env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                        LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        rank_env.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(world_size),
+            LOCAL_WORLD_SIZE=str(world_size),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         log_path = log_dir / f"rank{rank}.log"
         handle = open(log_path, "w")
         logs.append((log_path, handle))
-        procs.append(subprocess.Popen([sys.executable, *args], cwd=cwd, env=rank_env, stdout=handle,
-                                      stderr=subprocess.STDOUT, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, *args],
+                cwd=cwd,
+                env=rank_env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(p.poll() is None for p in procs):
         time.sleep(0.2)
@@ -71,20 +94,23 @@ def run_ranks(args: Sequence[str], world_size: int, timeout: float, cwd: Path = 
         handle.close()
         results.append(RankResult(rank, p.returncode, path.read_text()))
     if hung:
-        tails = "\n".join(f"--- rank {r} (last lines) ---\n" + "\n".join(results[r].output.splitlines()[-15:])
-                          for r in hung)
+        tails = "\n".join(
+            f"--- rank {r} (last lines) ---\n" + "\n".join(results[r].output.splitlines()[-15:]) for r in hung
+        )
         raise HungRanks(f"rank(s) {hung} still running after {timeout:.0f} s (killed):\n{tails}")
     return results
 
 
-def run_launcher(cmd: Sequence[str], timeout: float, cwd: Path = ROOT,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_launcher(
+    cmd: Sequence[str], timeout: float, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """A real launcher (deepspeed, torchrun) as a user types it; on timeout the error shows its last output."""
     try:
-        return subprocess.run(list(cmd), cwd=cwd, env=env or base_env(), capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            list(cmd), cwd=cwd, env=env or base_env(), capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"")
+        out = exc.stdout or b""
         out = out.decode() if isinstance(out, bytes) else out
         raise HungRanks(f"{' '.join(cmd)} still running after {timeout:.0f} s:\n{out[-3000:]}") from exc
 

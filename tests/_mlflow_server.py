@@ -1,6 +1,6 @@
 """A real `mlflow server` for tests: 127.0.0.1, a free port, sqlite backend and artifact root in a temporary dir.
 
-Use the fixtures from a test module with ``from tests._mlflow_server import mlflow_server, mlflow_server_factory``:
+The fixtures reach every test module through tests/conftest.py:
 ``mlflow_server_factory(root=None, port=None)`` starts one (more may be started; all are stopped at teardown),
 ``mlflow_server`` is one module-scoped server. ``server.kill()`` simulates a crash, ``server.start()`` brings the
 same server (port, database, artifacts) back.
@@ -15,8 +15,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -51,19 +51,33 @@ class MlflowServer:
         except OSError:
             return False
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> "MlflowServer":
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> MlflowServer:
         if self.proc is not None and self.proc.poll() is None:
             return self
         env = dict(os.environ)
         # The job runner spawns a pool of huey workers per server: slow to start and nothing here uses it.
         env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend_uri,
-               "--artifacts-destination", str(self.artifacts_dir), "--host", self.host, "--port", str(self.port),
-               "--workers", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            self.backend_uri,
+            "--artifacts-destination",
+            str(self.artifacts_dir),
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         log = open(self.log_path, "ab")
         # Own session: the server forks a uvicorn worker; stop() signals the whole group by the leader's pid.
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
-                                     start_new_session=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True, env=env
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

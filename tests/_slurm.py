@@ -1,7 +1,7 @@
 """A real one-node SLURM for tests: munged, slurmctld and slurmd from Debian's packages, config, state, spool, logs
 and pids in one temporary directory (munge's key and socket in a /tmp directory of their own), on free ports.
 
-Use it from a test module with ``from tests._slurm import slurm_cluster  # noqa: F401`` (session-scoped). It
+The ``slurm_cluster`` fixture (session-scoped) reaches every test module through tests/conftest.py. It
 installs nothing: without the binaries (``make system-deps`` installs them) or without root, the tests skip and
 say why. The daemons are stopped by pid at the end of the session, also when a test failed.
 
@@ -21,9 +21,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import pytest
 
@@ -36,8 +36,9 @@ START_TIMEOUT_S = 60.0
 
 
 def missing_binaries() -> list[str]:
-    return [b for b in (*DAEMONS, *CLIENTS, "mungekey") if shutil.which(b) is None
-            and not Path("/usr/sbin", b).exists()]
+    return [
+        b for b in (*DAEMONS, *CLIENTS, "mungekey") if shutil.which(b) is None and not Path("/usr/sbin", b).exists()
+    ]
 
 
 def _binary(name: str) -> str:
@@ -120,8 +121,9 @@ class SlurmCluster:
 
     def sbatch(self, args: list[str], env: Mapping[str, str], cwd: Path) -> int:
         """Submit like a user in ``cwd`` with ``env`` exported to the job; returns the job id."""
-        proc = subprocess.run(["sbatch", "--parsable", *args], env=self.env(env), cwd=cwd, capture_output=True,
-                              text=True, timeout=30)
+        proc = subprocess.run(
+            ["sbatch", "--parsable", *args], env=self.env(env), cwd=cwd, capture_output=True, text=True, timeout=30
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"sbatch {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return int(proc.stdout.strip().split(";")[0])
@@ -136,9 +138,21 @@ class SlurmCluster:
                 fields[key] = value
         return fields
 
-    def wait_job(self, job_id: int, states: tuple[str, ...] = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
-                                                                    "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"),
-                 timeout: float = 300, poll: float = 0.5) -> dict[str, str]:
+    def wait_job(
+        self,
+        job_id: int,
+        states: tuple[str, ...] = (
+            "COMPLETED",
+            "FAILED",
+            "CANCELLED",
+            "TIMEOUT",
+            "NODE_FAIL",
+            "OUT_OF_MEMORY",
+            "BOOT_FAIL",
+        ),
+        timeout: float = 300,
+        poll: float = 0.5,
+    ) -> dict[str, str]:
         deadline = time.monotonic() + timeout
         info = self.job(job_id)
         while time.monotonic() < deadline:
@@ -222,25 +236,44 @@ def start_cluster(root: Path) -> SlurmCluster:
             def preexec() -> None:
                 os.setgid(gid)
                 os.setuid(uid)
-        cluster.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=cluster.env(),
-                                               start_new_session=True, preexec_fn=preexec)
+
+        cluster.procs[name] = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=cluster.env(), start_new_session=True, preexec_fn=preexec
+        )
         log.close()
 
     try:
         for sub in ("etc", "state", f"spool/{host}", "run", "log"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        subprocess.run([_binary("mungekey"), "--create", "--keyfile", str(munge_dir / "munge.key")], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [_binary("mungekey"), "--create", "--keyfile", str(munge_dir / "munge.key")],
+            check=True,
+            capture_output=True,
+        )
         for path in (munge_dir, munge_dir / "munge.key"):
             os.chown(path, pw.pw_uid, pw.pw_gid)
         os.chmod(munge_dir, 0o755)
         os.chmod(munge_dir / "munge.key", 0o400)
         cluster.conf.write_text(slurm_conf(root, munge_dir / "munge.socket", host, _free_port(), _free_port()))
         (root / "etc" / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null,/dev/zero\n")
-        spawn("munged", [_binary("munged"), "--foreground", "--key-file", str(munge_dir / "munge.key"),
-                         "--socket", str(munge_dir / "munge.socket"), "--pid-file", str(munge_dir / "munged.pid"),
-                         "--log-file", str(munge_dir / "munged.log"), "--seed-file", str(munge_dir / "munged.seed")],
-              user="munge")
+        spawn(
+            "munged",
+            [
+                _binary("munged"),
+                "--foreground",
+                "--key-file",
+                str(munge_dir / "munge.key"),
+                "--socket",
+                str(munge_dir / "munge.socket"),
+                "--pid-file",
+                str(munge_dir / "munged.pid"),
+                "--log-file",
+                str(munge_dir / "munged.log"),
+                "--seed-file",
+                str(munge_dir / "munged.seed"),
+            ],
+            user="munge",
+        )
         deadline = time.monotonic() + 20
         while not (munge_dir / "munge.socket").exists():
             cluster._check_alive()

@@ -20,9 +20,29 @@ pytestmark = pytest.mark.slow
 def test_bad_corpus_prepares_and_trains(tmp_path: Path) -> None:
     tsv, good_ids, bad = make_bad_corpus(tmp_path / "corpus")
     shards_dir = tmp_path / "shards"
-    prep = subprocess.run([sys.executable, "-m", "xlsr_dist.prepare", "--layout", "folder", "--input", str(tsv),
-                           "--output", str(shards_dir), "--num_shards", "2", "--num_workers", "1", "--no_progress"],
-                          cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=300)
+    prep = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xlsr_dist.prepare",
+            "--layout",
+            "folder",
+            "--input",
+            str(tsv),
+            "--output",
+            str(shards_dir),
+            "--num_shards",
+            "2",
+            "--num_workers",
+            "1",
+            "--no_progress",
+        ],
+        cwd=ROOT,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert prep.returncode == 0, prep.stderr[-3000:]
     report = json.loads((shards_dir / "train" / "report.json").read_text())
     skipped = {item["id"]: item["reason"] for item in report["skipped"]}
@@ -35,11 +55,24 @@ def test_bad_corpus_prepares_and_trains(tmp_path: Path) -> None:
     assert sorted(ids) == sorted(good_ids)
 
     out = tmp_path / "out"
-    flags = tiny_flags(out, f"sqlite:///{tmp_path}/mlflow.db", train_data=str(shards_dir / "train"),
-                       eval_data=str(shards_dir / "train"), max_steps=2, eval_steps=2, save_steps=2,
-                       report_to="none")
-    run = subprocess.run([sys.executable, "-m", "xlsr_dist.train", *flags], cwd=ROOT, env=base_env(),
-                         capture_output=True, text=True, timeout=600)
+    flags = tiny_flags(
+        out,
+        f"sqlite:///{tmp_path}/mlflow.db",
+        train_data=str(shards_dir / "train"),
+        eval_data=str(shards_dir / "train"),
+        max_steps=2,
+        eval_steps=2,
+        save_steps=2,
+        report_to="none",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "xlsr_dist.train", *flags],
+        cwd=ROOT,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     assert sorted(metrics_by_step(out, "loss")) == [1, 2]
     assert metrics_by_step(out, "eval_wer")

@@ -23,10 +23,17 @@ import train_speed  # noqa: E402
 
 def _record_of(rank: int, boundaries: list[float], micro: list[tuple[int, list[str], int, int, int]]) -> dict:
     """A rank's record: micro-batches as (step, ids, real samples, batch, padded length)."""
-    return {"rank": rank, "boundaries": boundaries,
-            "micro": [{"step": s, "ids": ids, "real": real, "batch": b, "max_samples": t, "max_label": 5}
-                      for s, ids, real, b, t in micro],
-            "peak_rss_steps": 100 * 2**20 * (rank + 1), "peak_rss_process": 200 * 2**20, "cuda_max_allocated": None}
+    return {
+        "rank": rank,
+        "boundaries": boundaries,
+        "micro": [
+            {"step": s, "ids": ids, "real": real, "batch": b, "max_samples": t, "max_label": 5}
+            for s, ids, real, b, t in micro
+        ],
+        "peak_rss_steps": 100 * 2**20 * (rank + 1),
+        "peak_rss_process": 200 * 2**20,
+        "cuda_max_allocated": None,
+    }
 
 
 def test_cases_flag_accepts_only_world_sizes_that_keep_the_global_batch() -> None:
@@ -58,8 +65,7 @@ def test_run_summary_drops_warmup_and_counts_real_audio_and_padding() -> None:
     assert side["padding_fraction"] == pytest.approx(1 / 8)
     assert side["peak_rss_steps_mb"] == pytest.approx(200.0)  # the larger rank
     assert side["audio_hours_per_device_hour"] == pytest.approx(1.75)
-    ratio = _stats.ratio_line("tiny:2", {"median_step_s": 1.5, "audio_s_per_s": 4.0, "peak_rss_steps_mb": 50.0},
-                              side)
+    ratio = _stats.ratio_line("tiny:2", {"median_step_s": 1.5, "audio_s_per_s": 4.0, "peak_rss_steps_mb": 50.0}, side)
     assert ratio["step_time"] == pytest.approx(0.75) and ratio["audio_throughput"] == pytest.approx(4 / 3.5)
     assert ratio["peak_memory"] == pytest.approx(0.25)
 
@@ -123,28 +129,50 @@ def test_baseline_collator_pads_like_the_hf_example_and_records_each_micro_batch
     vocab = text.build_vocab(["ab ba"])
     text.save_vocab(vocab, tmp_path / "vocab.json")
     recorder = _record.StepRecorder(tmp_path / "r.json", "hf")
-    collator = hf_baseline.DataCollatorCTCWithPadding(build_processor(tmp_path / "vocab.json"), recorder,
-                                                      gradient_accumulation_steps=2)
-    features = [{"id": "x", "input_values": [0.5, -0.5, 1.0], "labels": [1, 2]},
-                {"id": "y", "input_values": [0.25], "labels": [2]}]
+    collator = hf_baseline.DataCollatorCTCWithPadding(
+        build_processor(tmp_path / "vocab.json"), recorder, gradient_accumulation_steps=2
+    )
+    features = [
+        {"id": "x", "input_values": [0.5, -0.5, 1.0], "labels": [1, 2]},
+        {"id": "y", "input_values": [0.25], "labels": [2]},
+    ]
     for _ in range(3):
         batch = collator(features)
     assert batch["input_values"].tolist() == [[0.5, -0.5, 1.0], [0.25, 0.0, 0.0]]
     assert batch["attention_mask"].dtype == torch.long and batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[1, 2], [2, -100]]
     assert [m["step"] for m in recorder.micro] == [0, 0, 1]  # the k-th call belongs to step k // accumulation
-    assert recorder.micro[0] == {"step": 0, "ids": ["x", "y"], "real": 4, "batch": 2, "max_samples": 3,
-                                 "max_label": 2}
+    assert recorder.micro[0] == {"step": 0, "ids": ["x", "y"], "real": 4, "batch": 2, "max_samples": 3, "max_label": 2}
 
 
 @pytest.mark.slow
 def test_one_command_trains_both_sides_and_prints_the_comparison(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train_speed.py"), "--cases", "tiny:1", "--repeats", "1",
-         "--steps", "3", "--warmup", "1", "--utterances", "40", "--baseline_sampler", "random",
-         "--data_cache", str(DATA_CACHE),
-         "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            str(ROOT / "bench" / "train_speed.py"),
+            "--cases",
+            "tiny:1",
+            "--repeats",
+            "1",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--utterances",
+            "40",
+            "--baseline_sampler",
+            "random",
+            "--data_cache",
+            str(DATA_CACHE),
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "| tiny:1 | xlsr_dist |" in proc.stdout and "| tiny:1 | HF Trainer+DS |" in proc.stdout
     ratios = proc.stdout.split("| case (xlsr_dist / baseline) |")

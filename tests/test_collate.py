@@ -18,8 +18,9 @@ def _waves() -> list[np.ndarray]:
 def test_input_values_match_wav2vec2_feature_extractor() -> None:
     waves = _waves()
     batch = collate([(f"u{i}", w, [1, 2], True) for i, w in enumerate(waves)])
-    fe = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
-                                  return_attention_mask=True)
+    fe = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
     ref = fe(waves, sampling_rate=16000, padding="longest", return_tensors="np")
     np.testing.assert_allclose(batch["input_values"].numpy(), ref["input_values"], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(batch["attention_mask"].numpy(), ref["attention_mask"])

@@ -43,13 +43,28 @@ def test_valid_world_sizes() -> None:
 
 def test_every_problem_is_reported_at_once_naming_each_flag() -> None:
     with pytest.raises(ConfigError) as err:
-        build_config({"learning_rate": -1, "warmup_steps": -5, "architecture": "huge", "logging_steps": 0,
-                      "bogus_key": 1, "deepspeed": "nope.json"})
+        build_config(
+            {
+                "learning_rate": -1,
+                "warmup_steps": -5,
+                "architecture": "huge",
+                "logging_steps": 0,
+                "bogus_key": 1,
+                "deepspeed": "nope.json",
+            }
+        )
     # unknown keys are reported first (values cannot be checked against an unknown schema)
     assert [p.split(":")[0] for p in err.value.problems] == ["--bogus_key"]
     with pytest.raises(ConfigError) as err:
-        build_config({"learning_rate": -1, "warmup_steps": -5, "architecture": "huge", "logging_steps": 0,
-                      "deepspeed": "nope.json"})
+        build_config(
+            {
+                "learning_rate": -1,
+                "warmup_steps": -5,
+                "architecture": "huge",
+                "logging_steps": 0,
+                "deepspeed": "nope.json",
+            }
+        )
     flags = {p.split(":")[0] for p in err.value.problems}
     assert {"--learning_rate", "--warmup_steps", "--architecture", "--logging_steps", "--deepspeed"} <= flags
 

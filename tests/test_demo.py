@@ -40,7 +40,8 @@ def test_same_seed_gives_identical_corpus_and_another_seed_a_different_one(tmp_p
         assert [r["audio"] for r in first] != [r["audio"] for r in third]
         assert [r["text"] for r in first] != [r["text"] for r in third]
     assert (corpus[0] / "shard-00000-of-00001.parquet").read_bytes() == (
-        again[0] / "shard-00000-of-00001.parquet").read_bytes()
+        again[0] / "shard-00000-of-00001.parquet"
+    ).read_bytes()
 
 
 def test_an_utterance_depends_only_on_seed_split_and_index() -> None:
@@ -104,10 +105,22 @@ def test_existing_corpus_is_reused_not_regenerated(tmp_path: Path) -> None:
 
 def test_concurrent_generation_from_two_processes_gives_one_valid_corpus(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, "-m", "xlsr_dist.data.demo", "--out", str(tmp_path), "--seed", "5",
-           "--n_train", "300", "--n_eval", "10"]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xlsr_dist.data.demo",
+        "--out",
+        str(tmp_path),
+        "--seed",
+        "5",
+        "--n_train",
+        "300",
+        "--n_eval",
+        "10",
+    ]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outputs
     assert outputs[0][0] == outputs[1][0]  # both name the same split directories

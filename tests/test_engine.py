@@ -120,8 +120,9 @@ print(json.dumps(out))
 def test_deepspeed_engine_follows_hf_schedule_per_optimizer_step(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-c", SCHEDULE_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCHEDULE_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     pairs = json.loads(proc.stdout.strip().splitlines()[-1])
     for ours, ref in pairs:

@@ -16,8 +16,9 @@ STEPS = 5
 
 def _losses(tmp_path: Path, world: int) -> dict[int, float]:
     out = tmp_path / f"w{world}"
-    flags = tiny_flags(out, f"sqlite:///{tmp_path}/mlflow.db", max_steps=STEPS, eval_steps=100, save_steps=100,
-                       report_to="none")
+    flags = tiny_flags(
+        out, f"sqlite:///{tmp_path}/mlflow.db", max_steps=STEPS, eval_steps=100, save_steps=100, report_to="none"
+    )
     results = run_ranks(["-m", "xlsr_dist.train", *flags], world_size=world, timeout=900, log_dir=out / "logs")
     for r in results:
         assert r.returncode == 0, f"rank {r.rank}:\n{r.output[-3000:]}"

@@ -26,7 +26,7 @@ def test_counts_match_jiwer_on_the_whole_set() -> None:
 def test_summed_counts_equal_global_wer_but_mean_of_rank_wers_does_not(split: list[int]) -> None:
     parts, start = [], 0
     for n in split:
-        parts.append((REFS[start:start + n], HYPS[start:start + n]))
+        parts.append((REFS[start : start + n], HYPS[start : start + n]))
         start += n
     totals = [0.0] * 6
     per_rank_wer = []
@@ -63,11 +63,12 @@ W.shutdown()
 @pytest.mark.slow
 def test_wer_over_real_gloo_ranks_equals_single_process(tmp_path: Path) -> None:
     whole = error_counts(REFS, HYPS)
-    results = run_ranks(["-c", RANK_SCRIPT, json.dumps(REFS), json.dumps(HYPS)], world_size=2, timeout=180,
-                        log_dir=tmp_path)
+    results = run_ranks(
+        ["-c", RANK_SCRIPT, json.dumps(REFS), json.dumps(HYPS)], world_size=2, timeout=180, log_dir=tmp_path
+    )
     for r in results:
         assert r.returncode == 0, r.output[-2000:]
-        line = next(l for l in r.output.splitlines() if l.startswith("RESULT"))
+        line = next(x for x in r.output.splitlines() if x.startswith("RESULT"))
         got = json.loads(line.split(" ", 1)[1])
         assert got["eval_wer"] == pytest.approx(whole.word_errors / whole.words)
         assert got["eval_samples"] == len(REFS)

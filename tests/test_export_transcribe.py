@@ -15,7 +15,6 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests._mlflow_server import mlflow_server  # noqa: F401 - fixture
 from xlsr_dist import text
 from xlsr_dist.audio import load_audio
 from xlsr_dist.config import Config, ModelConfig
@@ -26,9 +25,16 @@ from xlsr_dist.transcribe import transcribe
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 # The seed model card's headings, in order (XLS-R_53_english.model-card.md).
-SEED_HEADINGS = ["# ", "## Model description", "## Intended uses & limitations", "## Training and evaluation data",
-                 "## Training procedure", "### Training hyperparameters", "### Training results",
-                 "### Framework versions"]
+SEED_HEADINGS = [
+    "# ",
+    "## Model description",
+    "## Intended uses & limitations",
+    "## Training and evaluation data",
+    "## Training procedure",
+    "### Training hyperparameters",
+    "### Training results",
+    "### Framework versions",
+]
 EVAL = {100: (2.5, 0.95), 200: (1.75, 0.8), 300: (1.25, 0.7)}  # step: (eval_loss, eval_wer)
 
 
@@ -55,9 +61,19 @@ def _training_output(root: Path, tracker: Tracker | None = None) -> Path:
         if step in EVAL:
             tracker.log_metrics({"eval_loss": EVAL[step][0], "eval_wer": EVAL[step][1], "eval_cer": 0.5}, step)
     tracker.close()
-    cfg = {**Config().flat(), "architecture": "tiny", "max_steps": 300, "deepspeed.optimizer.type": "AdamW",
-           "deepspeed.zero_optimization.stage": 2, "world_size": 2, "micro_batch": 4, "grad_accum": 1,
-           "precision": "bf16", "steps_per_epoch": 100, "total_steps": 300}
+    cfg = {
+        **Config().flat(),
+        "architecture": "tiny",
+        "max_steps": 300,
+        "deepspeed.optimizer.type": "AdamW",
+        "deepspeed.zero_optimization.stage": 2,
+        "world_size": 2,
+        "micro_batch": 4,
+        "grad_accum": 1,
+        "precision": "bf16",
+        "steps_per_epoch": 100,
+        "total_steps": 300,
+    }
     (out / "train_config.json").write_text(json.dumps(cfg))
     return out
 
@@ -77,8 +93,13 @@ def test_export_loads_in_pipeline_with_the_runs_card_and_is_logged(mlflow_server
     out = _training_output(tmp_path, tracker)
     run_id = tracker.run_id
     export_dir = tmp_path / "XLS-R_tiny_demo"
-    done = subprocess.run([sys.executable, "-m", "xlsr_dist.export", "--output_dir", str(out), "--export_dir",
-                           str(export_dir)], capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "xlsr_dist.export", "--output_dir", str(out), "--export_dir", str(export_dir)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert f"logged to MLflow run {run_id}" in done.stdout
 
@@ -94,15 +115,26 @@ def test_export_loads_in_pipeline_with_the_runs_card_and_is_logged(mlflow_server
     headings = [line for line in lines if line.startswith("#")]
     assert [h if not h.startswith("# ") else "# " for h in headings] == SEED_HEADINGS
     assert "- Loss: 1.25" in lines and "- Wer: 0.7" in lines
-    for item in ("- learning_rate: 0.0001", "- train_batch_size: 4", "- eval_batch_size: 8", "- seed: 42",
-                 "- num_devices: 2", "- total_train_batch_size: 8", "- lr_scheduler_type: linear",
-                 "- lr_scheduler_warmup_steps: 1000", "- training_steps: 300",
-                 "- optimizer: AdamW with betas=(0.9,0.999) and epsilon=1e-08"):
+    for item in (
+        "- learning_rate: 0.0001",
+        "- train_batch_size: 4",
+        "- eval_batch_size: 8",
+        "- seed: 42",
+        "- num_devices: 2",
+        "- total_train_batch_size: 8",
+        "- lr_scheduler_type: linear",
+        "- lr_scheduler_warmup_steps: 1000",
+        "- training_steps: 300",
+        "- optimizer: AdamW with betas=(0.9,0.999) and epsilon=1e-08",
+    ):
         assert item in lines, item
     table = [[c.strip() for c in line.strip("|").split("|")] for line in lines if line.startswith("| ")]
     assert table[0] == ["Training Loss", "Epoch", "Step", "Validation Loss", "Wer"]
-    assert table[1:] == [["4.0", "1.0", "100", "2.5", "0.95"], ["3.0", "2.0", "200", "1.75", "0.8"],
-                         ["2.0", "3.0", "300", "1.25", "0.7"]]
+    assert table[1:] == [
+        ["4.0", "1.0", "100", "2.5", "0.95"],
+        ["3.0", "2.0", "200", "1.75", "0.8"],
+        ["2.0", "3.0", "300", "1.25", "0.7"],
+    ]
     assert f"- Transformers {transformers.__version__}" in lines and f"- Pytorch {torch.__version__}" in lines
 
     logged = {f.path for f in open_client(mlflow_server.uri).list_artifacts(run_id, "exported_model")}
@@ -117,10 +149,29 @@ def test_transcribe_any_rate_and_channels_from_export_or_run_dir(tmp_path: Path)
     assert list(transcribe(out, files)) == [(str(f), "a") for f in files]
     # ... and from an exported directory through the command line, one TAB-separated line per file.
     export_dir = tmp_path / "exported"
-    subprocess.run([sys.executable, "-m", "xlsr_dist.export", "--output_dir", str(out), "--export_dir",
-                    str(export_dir), "--no_mlflow"], check=True, capture_output=True, env=ENV, timeout=300)
-    done = subprocess.run([sys.executable, "-m", "xlsr_dist.transcribe", "--model", str(export_dir), *map(str, files)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xlsr_dist.export",
+            "--output_dir",
+            str(out),
+            "--export_dir",
+            str(export_dir),
+            "--no_mlflow",
+        ],
+        check=True,
+        capture_output=True,
+        env=ENV,
+        timeout=300,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "xlsr_dist.transcribe", "--model", str(export_dir), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"{f}\ta" for f in files]
 
@@ -130,8 +181,13 @@ def test_transcribe_names_an_unreadable_file_and_still_does_the_rest(tmp_path: P
     good = _audio_files(tmp_path)[1]
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
-    done = subprocess.run([sys.executable, "-m", "xlsr_dist.transcribe", "--model", str(out), str(bad), str(good)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "xlsr_dist.transcribe", "--model", str(out), str(bad), str(good)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert done.returncode == 1
     assert done.stdout.splitlines() == [f"{good}\ta"]
     assert str(bad) in done.stderr

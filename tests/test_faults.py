@@ -7,10 +7,10 @@ import json
 import os
 import signal
 import time
-from datetime import datetime
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -34,8 +34,9 @@ def _rank_pids(output_dir: Path) -> dict[int, int]:
             cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             if b"xlsr_dist.train" not in cmd or marker not in cmd:
                 continue
-            env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-                       if b"=" in kv)
+            env = dict(
+                kv.split(b"=", 1) for kv in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0") if b"=" in kv
+            )
             found[int(env[b"RANK"])] = int(entry)
         except (OSError, KeyError, ValueError):
             continue
@@ -94,9 +95,16 @@ def test_kill_during_save_fails_fast_and_resume_uses_previous_checkpoint(tmp_pat
     assert newest_complete(out) == step2
     first_attempt = _losses_logged(out)
 
-    resumed = run_ranks(["-m", "xlsr_dist.train", *tiny_flags(out, uri, max_steps=6, save_steps=2, eval_steps=100,
-                                                              resume_from_checkpoint="latest")],
-                        world_size=2, timeout=600, log_dir=tmp_path / "logs2")
+    resumed = run_ranks(
+        [
+            "-m",
+            "xlsr_dist.train",
+            *tiny_flags(out, uri, max_steps=6, save_steps=2, eval_steps=100, resume_from_checkpoint="latest"),
+        ],
+        world_size=2,
+        timeout=600,
+        log_dir=tmp_path / "logs2",
+    )
     assert all(r.returncode == 0 for r in resumed), resumed[0].output[-4000:]
     assert f"resumed from {step2} at step 2" in resumed[0].output
     assert (step4 / MARKER).is_file() and (out / "final" / "config.json").is_file()

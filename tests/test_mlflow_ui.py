@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests._mlflow_server import mlflow_server  # noqa: F401 - fixture
 from xlsr_dist.reference import RUN_NAME, ensure_reference_run
 from xlsr_dist.tracking import MlflowTracker, open_client
 
@@ -23,17 +22,32 @@ BUDGETS_MS = (15000, 30000, 60000, 120000)
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                                                     "(apt-get install -y chromium; .ci/run installs it)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium; .ci/run installs it)",
+    ),
 ]
 
 
 def _chromium(url: str, profile: Path, *mode: str, budget_ms: int = 15000, size: str = "1600,1000") -> str:
     shutil.rmtree(profile, ignore_errors=True)
     # The UI is a React app: --virtual-time-budget lets its fetches and renders finish before the dump/screenshot.
-    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", f"--window-size={size}", *mode, url]
+    cmd = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--virtual-time-budget={budget_ms}",
+        f"--window-size={size}",
+        *mode,
+        url,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -61,9 +75,9 @@ def runs(mlflow_server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
     tracker = MlflowTracker(mlflow_server.uri, "ui", tmp_path_factory.mktemp("out"), run_name=TRAIN_RUN)
     train_id = tracker.start({"learning_rate": 1e-4, "global_batch_size": 8}, {"xlsr_dist.kind": "training"})
     for step in range(25, 1001, 25):
-        tracker.log_metrics({"loss": 6.0 / step ** 0.4, "learning_rate": 1e-4, "epoch": step / 300}, step)
+        tracker.log_metrics({"loss": 6.0 / step**0.4, "learning_rate": 1e-4, "epoch": step / 300}, step)
         if step % 250 == 0:
-            tracker.log_metrics({"eval_loss": 4.0 / step ** 0.3, "eval_wer": 1.2 - step / 1000, "eval_cer": 0.3}, step)
+            tracker.log_metrics({"eval_loss": 4.0 / step**0.3, "eval_wer": 1.2 - step / 1000, "eval_cer": 0.3}, step)
     tracker.close()
     experiment_id = client.get_experiment_by_name("ui").experiment_id
     return {"experiment": experiment_id, "reference": reference_id, "train": str(train_id)}
@@ -92,18 +106,23 @@ def test_runs_page_charts_both_runs_metrics(mlflow_server, runs: dict[str, str],
     assert drawn > 0.02, f"metric charts not drawn in {shot}"
 
 
-def test_compare_page_lists_both_runs_with_metric_values(mlflow_server, runs: dict[str, str],  # noqa: F811
-                                                         tmp_path: Path) -> None:
+def test_compare_page_lists_both_runs_with_metric_values(
+    mlflow_server,
+    runs: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
     ids = urllib.parse.quote(json.dumps([runs["train"], runs["reference"]]))
-    url = (f"{mlflow_server.uri}/#/compare-runs?runs={ids}"
-           f"&experiments={urllib.parse.quote(json.dumps([runs['experiment']]))}")
+    url = (
+        f"{mlflow_server.uri}/#/compare-runs?runs={ids}"
+        f"&experiments={urllib.parse.quote(json.dumps([runs['experiment']]))}"
+    )
     for budget_ms in BUDGETS_MS:
         text = _visible_text(_chromium(url, tmp_path / "profile", "--dump-dom", budget_ms=budget_ms))
         if "Metrics Show diff only" in text and TRAIN_RUN in text:
             break
     assert "Comparing 2 Runs" in text
     assert TRAIN_RUN in text and RUN_NAME in text and "Metrics Show diff only" in text
-    metrics = text[text.index("Metrics Show diff only"):]
+    metrics = text[text.index("Metrics Show diff only") :]
     assert all(name in metrics for name in ("eval_loss", "eval_wer", "loss"))
     # The reference's last WER (0.3033) and the training run's last (0.2) as the UI rounds them.
     assert "0.303" in metrics and "0.2" in metrics

@@ -36,7 +36,11 @@ def test_xlsr53_architecture_matches_the_checkpoint() -> None:
     assert 314_000_000 < count_parameters(model) - head < 317_000_000
     assert model.lm_head.out_features == 40
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.intermediate_size) == (
-        1024, 24, 16, 4096)
+        1024,
+        24,
+        16,
+        4096,
+    )
     assert cfg.do_stable_layer_norm and cfg.feat_extract_norm == "layer" and cfg.conv_bias
     # 20 ms frames: one second of audio gives 49 frames, as the real checkpoint does.
     assert output_frames(cfg, 16000) == 49
@@ -64,8 +68,14 @@ def test_output_frames_equals_the_models_own_formula(make) -> None:
 
 def test_ctc_head_is_sized_to_the_vocabulary_and_settings_come_from_the_flags() -> None:
     vocab = text.build_vocab(["hello world", "quiz"])
-    cfg = ModelConfig(architecture="tiny", freeze_feature_encoder=False, mask_time_prob=0.02, hidden_dropout=0.1,
-                      ctc_loss_reduction="sum", ctc_zero_infinity=False)
+    cfg = ModelConfig(
+        architecture="tiny",
+        freeze_feature_encoder=False,
+        mask_time_prob=0.02,
+        hidden_dropout=0.1,
+        ctc_loss_reduction="sum",
+        ctc_zero_infinity=False,
+    )
     model = build_model(cfg, len(vocab), vocab[text.PAD])
     assert model.lm_head.out_features == len(vocab)
     assert model.config.pad_token_id == vocab[text.PAD]
@@ -156,8 +166,13 @@ def test_offline_without_cached_weights_fails_fast_with_instructions(tmp_path: P
         print(f"SECONDS {time.monotonic() - started:.3f}")
         """
     )
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     env.pop("TRANSFORMERS_CACHE", None)
     env.pop("HF_HUB_CACHE", None)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

@@ -38,8 +38,9 @@ def _split_rows(split_dir: Path) -> dict[str, dict]:
 def test_bad_corpus_skips_and_names_every_bad_item_and_keeps_every_good_one(tmp_path, capsys):
     tsv, good_ids, bad = make_bad_corpus(tmp_path / "corpus")
     out = tmp_path / "out"
-    [report] = _prepare("--layout", "folder", "--input", str(tsv), "--output", str(out), "--num_shards", "3",
-                        "--num_workers", "2")
+    [report] = _prepare(
+        "--layout", "folder", "--input", str(tsv), "--output", str(out), "--num_shards", "3", "--num_workers", "2"
+    )
     rows = _split_rows(out / "train")
     assert sorted(rows) == good_ids
     for g in good_items():
@@ -97,16 +98,25 @@ def test_rerun_keeps_finished_shards_and_rebuilds_missing_or_damaged_ones(tmp_pa
     fewer = _prepare("--input", str(tsv), "--output", str(out), "--num_shards", "2", "--num_workers", "1")[0]
     assert fewer["shards_built"] == 2
     assert len(S.list_shards(out / "train")) == 2  # shards of the old plan were removed
-    assert sorted(p.name for p in (out / "train").glob("*.idx")) == [S.shard_name(k, 2) + S.INDEX_SUFFIX
-                                                                     for k in range(2)]  # and their indexes
+    assert sorted(p.name for p in (out / "train").glob("*.idx")) == [
+        S.shard_name(k, 2) + S.INDEX_SUFFIX for k in range(2)
+    ]  # and their indexes
     assert sorted(_split_rows(out / "train")) == good_ids
 
 
 def test_output_is_deterministic_whatever_the_worker_count(tmp_path):
     tsv, _, _ = make_bad_corpus(tmp_path / "corpus")
     for workers in ("1", "2"):
-        _prepare("--input", str(tsv), "--output", str(tmp_path / f"out{workers}"), "--num_shards", "3",
-                 "--num_workers", workers)
+        _prepare(
+            "--input",
+            str(tsv),
+            "--output",
+            str(tmp_path / f"out{workers}"),
+            "--num_shards",
+            "3",
+            "--num_workers",
+            workers,
+        )
     m1, m2 = (S.read_manifest(tmp_path / f"out{w}" / "train") for w in ("1", "2"))
     assert [s["sha256"] for s in m1["shards"]] == [s["sha256"] for s in m2["shards"]]
     ids = S.read_metadata(S.list_shards(tmp_path / "out1" / "train")).column("id").to_pylist()
@@ -120,8 +130,11 @@ def _write(path: Path, seconds: float, sr: int = SR, fmt: str | None = None, cha
 
 def test_commonvoice_layout(tmp_path):
     cv = tmp_path / "cv"
-    sentences = {"train": ["First clip.", "Second, with \"quotes", "third\u2028line"],
-                 "dev": ["dev one"], "test": ["test 2"]}
+    sentences = {
+        "train": ["First clip.", 'Second, with "quotes', "third\u2028line"],
+        "dev": ["dev one"],
+        "test": ["test 2"],
+    }
     for split, texts in sentences.items():
         lines = ["client_id\tpath\tsentence\tup_votes"]
         for k, t in enumerate(texts):
@@ -151,15 +164,28 @@ def test_librispeech_layout(tmp_path):
                 lines.append(f"{uid} WORDS OF SPEAKER {spk} NUMBER {u}")
             lines.append(f"{spk}-198-0009 THIS ONE HAS NO AUDIO")
             (chapter / f"{spk}-198.trans.txt").write_text("\n".join(lines) + "\n")
-    reports = _prepare("--input", str(ls), "--output", str(tmp_path / "out"), "--split", "train-clean-100",
-                       "dev-clean", "--num_shards", "2", "--num_workers", "1")
+    reports = _prepare(
+        "--input",
+        str(ls),
+        "--output",
+        str(tmp_path / "out"),
+        "--split",
+        "train-clean-100",
+        "dev-clean",
+        "--num_shards",
+        "2",
+        "--num_workers",
+        "1",
+    )
     assert reports[0]["layout"] == "librispeech"
     train = _split_rows(tmp_path / "out" / "train-clean-100")
     assert sorted(train) == ["19-198-0000", "19-198-0001", "26-198-0000", "26-198-0001"]
     assert train["26-198-0001"]["text"] == "words of speaker twenty six number one"
     assert train["26-198-0001"]["duration"] == pytest.approx(1.7)
     assert {s["id"]: s["reason"] for s in reports[0]["skipped"]} == {
-        "19-198-0009": "missing audio file", "26-198-0009": "missing audio file"}
+        "19-198-0009": "missing audio file",
+        "26-198-0009": "missing audio file",
+    }
     assert sorted(_split_rows(tmp_path / "out" / "dev-clean")) == ["84-198-0000", "84-198-0001"]
 
 
@@ -167,15 +193,26 @@ def test_nemo_layout(tmp_path):
     d = tmp_path / "nemo"
     _write(d / "wavs" / "a.wav", 1.0, 22050)
     _write(d / "wavs" / "b.wav", 0.5)
-    write_jsonl(d / "train_manifest.json", [
-        {"audio_filepath": "wavs/a.wav", "duration": 1.0, "text": "Alpha"},
-        {"audio_filepath": str(d / "wavs" / "b.wav"), "duration": 0.5, "text": "bravo"},
-        {"duration": 3.0, "text": "no path"},
-    ])
+    write_jsonl(
+        d / "train_manifest.json",
+        [
+            {"audio_filepath": "wavs/a.wav", "duration": 1.0, "text": "Alpha"},
+            {"audio_filepath": str(d / "wavs" / "b.wav"), "duration": 0.5, "text": "bravo"},
+            {"duration": 3.0, "text": "no path"},
+        ],
+    )
     with open(d / "train_manifest.json", "a") as f:
         f.write("{not json\n")
-    [r] = _prepare("--input", str(d / "train_manifest.json"), "--output", str(tmp_path / "out"),
-                   "--split", "mine", "--num_workers", "1")
+    [r] = _prepare(
+        "--input",
+        str(d / "train_manifest.json"),
+        "--output",
+        str(tmp_path / "out"),
+        "--split",
+        "mine",
+        "--num_workers",
+        "1",
+    )
     assert r["layout"] == "nemo" and r["split"] == "mine"
     rows = _split_rows(tmp_path / "out" / "mine")
     assert {k: v["text"] for k, v in rows.items()} == {"wavs/a.wav": "alpha", str(d / "wavs" / "b.wav"): "bravo"}
@@ -198,9 +235,13 @@ def test_folder_layout_csv_with_other_column_names_and_a_clear_error_otherwise(t
     with pytest.raises(P.PrepareError, match=r"meta.csv: cannot tell which column holds the audio path"):
         _prepare("--input", str(d), "--output", str(tmp_path / "out2"))
     # the CLI turns it into a one-line error and exit status 2, not a traceback
-    proc = subprocess.run([sys.executable, "-m", "xlsr_dist.prepare", "--input", str(d / "meta.csv"),
-                           "--output", str(tmp_path / "out2")], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "xlsr_dist.prepare", "--input", str(d / "meta.csv"), "--output", str(tmp_path / "out2")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert proc.returncode == 2
     assert "cannot tell which column holds the audio path" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -225,12 +266,29 @@ def test_hf_layout_save_to_disk_and_local_parquet(tmp_path):
     ds = datasets.Dataset.from_list(rows).cast_column("audio", datasets.Audio())
     dd = datasets.DatasetDict(train=ds, validation=ds.select([0]))
     dd.save_to_disk(str(tmp_path / "saved"))
-    reports = _prepare("--input", str(tmp_path / "saved"), "--output", str(tmp_path / "out"), "--hf_split",
-                       "train", "validation", "--split", "train", "eval", "--num_workers", "2", "--num_shards", "2")
+    reports = _prepare(
+        "--input",
+        str(tmp_path / "saved"),
+        "--output",
+        str(tmp_path / "out"),
+        "--hf_split",
+        "train",
+        "validation",
+        "--split",
+        "train",
+        "eval",
+        "--num_workers",
+        "2",
+        "--num_shards",
+        "2",
+    )
     assert [r["split"] for r in reports] == ["train", "eval"] and reports[0]["layout"] == "hf"
     train = _split_rows(tmp_path / "out" / "train")
     assert {k: v["text"] for k, v in train.items()} == {
-        "000000000": "from bytes", "000000001": "flac bytes", "000000002": "from a path"}
+        "000000000": "from bytes",
+        "000000001": "flac bytes",
+        "000000002": "from a path",
+    }
     assert abs(len(A.decode_bytes(train["000000000"]["audio"])) - SR) <= 1  # 8 kHz bytes resampled
     assert abs(len(A.decode_bytes(train["000000002"]["audio"])) - 0.9 * SR) <= 1  # 44.1 kHz stereo file
     assert [(s["id"], s["reason"]) for s in reports[0]["skipped"]] == [("000000003", "unreadable audio")]
@@ -240,8 +298,18 @@ def test_hf_layout_save_to_disk_and_local_parquet(tmp_path):
     pq_dir = tmp_path / "pq" / "data"
     pq_dir.mkdir(parents=True)
     ds.add_column("id", ["a", "b", "c", "d"]).to_parquet(str(pq_dir / "train-00000-of-00001.parquet"))
-    [r] = _prepare("--layout", "hf", "--input", str(tmp_path / "pq"), "--output", str(tmp_path / "out2"),
-                   "--hf_cache_dir", str(tmp_path / "hf_cache"), "--num_workers", "1")
+    [r] = _prepare(
+        "--layout",
+        "hf",
+        "--input",
+        str(tmp_path / "pq"),
+        "--output",
+        str(tmp_path / "out2"),
+        "--hf_cache_dir",
+        str(tmp_path / "hf_cache"),
+        "--num_workers",
+        "1",
+    )
     assert sorted(_split_rows(tmp_path / "out2" / "train")) == ["a", "b", "c"]
     assert r["skipped"][0]["id"] == "d"
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests._mlflow_server import mlflow_server  # noqa: F401 - fixture
 from xlsr_dist.compare import Cell, compare_rows, format_table, interpolate, value_at
 from xlsr_dist.reference import COLUMNS, RUN_NAME, ensure_reference_run, load_reference, reference_series
 from xlsr_dist.tracking import REFERENCE_TAG, MlflowTracker, open_client
@@ -20,8 +19,9 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
 def _cli(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=ENV,
-                          timeout=300, cwd=cwd)
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, env=ENV, timeout=300, cwd=cwd
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -54,8 +54,11 @@ def test_reference_interpolates_between_card_steps_only() -> None:
 
 
 def test_rows_are_reached_reference_steps_plus_run_eval_steps() -> None:
-    run = {"loss": {s: 1.0 for s in range(25, 1101, 25)}, "eval_loss": {s: 0.5 for s in range(300, 1101, 300)},
-           "eval_wer": {s: 0.4 for s in range(300, 1101, 300)}}
+    run = {
+        "loss": {s: 1.0 for s in range(25, 1101, 25)},
+        "eval_loss": {s: 0.5 for s in range(300, 1101, 300)},
+        "eval_wer": {s: 0.4 for s in range(300, 1101, 300)},
+    }
     rows = compare_rows(run, reference_series(), {"logging_steps": "25", "eval_steps": "300"})
     assert [r.step for r in rows] == [300, 500, 600, 900, 1000]
     by_step = {r.step: r.cells for r in rows}
@@ -113,26 +116,52 @@ def test_compare_prints_table_writes_plot_and_logs_it(mlflow_server, tmp_path: P
     experiment = "compare"
     _cli("xlsr_dist.reference", "--tracking_uri", mlflow_server.uri, "--experiment_name", experiment)
     tracker = MlflowTracker(mlflow_server.uri, experiment, tmp_path / "out", run_name="short-demo")
-    run_id = tracker.start({"logging_steps": 25, "eval_steps": 250, "global_batch_size": 8, "world_size": 2,
-                            "micro_batch": 4, "grad_accum": 1}, {"xlsr_dist.kind": "training"})
+    run_id = tracker.start(
+        {
+            "logging_steps": 25,
+            "eval_steps": 250,
+            "global_batch_size": 8,
+            "world_size": 2,
+            "micro_batch": 4,
+            "grad_accum": 1,
+        },
+        {"xlsr_dist.kind": "training"},
+    )
     for step in range(25, 1051, 25):
-        tracker.log_metrics({"loss": 5.0 / step ** 0.5, "learning_rate": 1e-4}, step)
+        tracker.log_metrics({"loss": 5.0 / step**0.5, "learning_rate": 1e-4}, step)
         if step % 250 == 0:
             tracker.log_metrics({"eval_loss": 2.0, "eval_wer": 0.9}, step)
     # Compared while the run is still RUNNING, as during training.
     assert tracker.flush(60)
     png = tmp_path / "cmp.png"
     # 'latest' must pick the training run, not the reference imported into the same experiment.
-    done = _cli("xlsr_dist.compare", "latest", "--tracking_uri", mlflow_server.uri, "--experiment_name", experiment,
-                "--out", str(png))
+    done = _cli(
+        "xlsr_dist.compare",
+        "latest",
+        "--tracking_uri",
+        mlflow_server.uri,
+        "--experiment_name",
+        experiment,
+        "--out",
+        str(png),
+    )
     tracker.close()
     lines = done.stdout.splitlines()
     assert f"run short-demo ({run_id}" in lines[0]
     row = {line.split()[0]: line.split() for line in lines if line.split() and line.split()[0].isdigit()}
     assert sorted(int(s) for s in row) == [250, 500, 750, 1000]
     # step 500: run loss logged there, the card's 4.6589, difference; eval 2.0 vs 3.1548; WER 0.9 vs 1.0
-    assert row["500"][1:] == ["0.2236", "4.6589", "-4.4353", "2.0000", "3.1548", "-1.1548", "0.9000", "1.0000",
-                              "-0.1000"]
+    assert row["500"][1:] == [
+        "0.2236",
+        "4.6589",
+        "-4.4353",
+        "2.0000",
+        "3.1548",
+        "-1.1548",
+        "0.9000",
+        "1.0000",
+        "-0.1000",
+    ]
     assert row["750"][2].startswith("~") and row["250"][2] == "-"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     logged = [f.path for f in open_client(mlflow_server.uri).list_artifacts(run_id, "compare")]

@@ -21,8 +21,15 @@ def _rows(start: int, n: int) -> list[dict]:
     out = []
     for i in range(start, start + n):
         wave = sine(0.1 + 0.01 * (i % 7), 16000, freq=100 + i)
-        out.append({"id": f"utt{i:04d}", "audio": A.encode_flac(wave), "text": f"text {'ab'[i % 2]}",
-                    "duration": len(wave) / 16000, "source": f"src/{i}.wav"})
+        out.append(
+            {
+                "id": f"utt{i:04d}",
+                "audio": A.encode_flac(wave),
+                "text": f"text {'ab'[i % 2]}",
+                "duration": len(wave) / 16000,
+                "source": f"src/{i}.wav",
+            }
+        )
     return out
 
 
@@ -42,8 +49,10 @@ def test_write_shard_layout(split):
     pf = pq.ParquetFile(d / S.shard_name(0, 3))
     assert pf.schema_arrow.equals(S.SCHEMA)
     assert pf.metadata.num_row_groups == 3  # 40 rows in groups of 16: a reader can fetch a few rows
-    col = {pf.metadata.row_group(0).column(c).path_in_schema: pf.metadata.row_group(0).column(c)
-           for c in range(pf.metadata.num_columns)}
+    col = {
+        pf.metadata.row_group(0).column(c).path_in_schema: pf.metadata.row_group(0).column(c)
+        for c in range(pf.metadata.num_columns)
+    }
     assert col["audio"].compression == "UNCOMPRESSED"  # FLAC already is
     assert col["text"].compression == "ZSTD"
 
@@ -193,8 +202,10 @@ def test_stale_index_after_rewrite_is_ignored_and_rebuilt_by_write_manifest(spli
     before = dict(S.IO_STATS)
     assert S.read_rows(path, [0, 29]) == got
     assert S.read_rows(S.list_shards(d)[0], [5])[0]["id"] == "utt0005"
-    assert S.IO_STATS["blobs_read"] - before["blobs_read"] == 3 and S.IO_STATS["row_groups_read"] == before[
-        "row_groups_read"]
+    assert (
+        S.IO_STATS["blobs_read"] - before["blobs_read"] == 3
+        and S.IO_STATS["row_groups_read"] == before["row_groups_read"]
+    )
 
 
 def test_corrupt_index_offsets_fall_back_to_parquet(split):
@@ -207,8 +218,10 @@ def test_corrupt_index_offsets_fall_back_to_parquet(split):
     before = dict(S.IO_STATS)
     got = _all_rows(path, 30)
     assert [g["audio"] for g in got[-1:]] == [rows[40]["audio"]]
-    assert got == [{k: rows[40 + i][k] for k in ("id", "audio", "text", "duration")}
-                   for i in list(range(29, -1, -2)) + list(range(0, 30, 2)) + [0]]
+    assert got == [
+        {k: rows[40 + i][k] for k in ("id", "audio", "text", "duration")}
+        for i in list(range(29, -1, -2)) + list(range(0, 30, 2)) + [0]
+    ]
     assert S.IO_STATS["index_fallbacks"] - before["index_fallbacks"] == 1
     Path(S.index_path(path)).write_text("{not json")
     S.clear_cache()

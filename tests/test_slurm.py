@@ -14,7 +14,7 @@ import pytest
 
 from tests._dist import ROOT, base_env, run_ranks
 from tests._runs import metrics_by_step, mlflow_runs, tiny_flags
-from tests._slurm import SlurmCluster, slurm_cluster  # noqa: F401 - the fixture
+from tests._slurm import SlurmCluster
 
 pytestmark = pytest.mark.slow
 
@@ -27,15 +27,18 @@ def _train_flags(out: Path) -> list[str]:
     """tiny_flags without --tracking_uri: the jobs get it from MLFLOW_TRACKING_URI, as the sbatch passes it."""
     flags = tiny_flags(out, "unused", **RUN)
     i = flags.index("--tracking_uri")
-    return flags[:i] + flags[i + 2:]
+    return flags[:i] + flags[i + 2 :]
 
 
 def _submit(cluster: SlurmCluster, tmp_path: Path, out: Path, uri: str, sbatch_opts: list[str] | None = None) -> int:
     job_env = base_env(XLSR_PYTHON=sys.executable, MLFLOW_TRACKING_URI=uri)
     opts = sbatch_opts or ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=2", "--cpus-per-task=1"]
     # Submitted from the repository root like a user would; the log goes to tmp, not into the repo tree.
-    return cluster.sbatch([*opts, "--job-name=xlsr-test", f"--output={tmp_path}/%x-%j.out", "slurm/train.sbatch",
-                           *_train_flags(out)], env=job_env, cwd=ROOT)
+    return cluster.sbatch(
+        [*opts, "--job-name=xlsr-test", f"--output={tmp_path}/%x-%j.out", "slurm/train.sbatch", *_train_flags(out)],
+        env=job_env,
+        cwd=ROOT,
+    )
 
 
 def _job_log(tmp_path: Path, job_id: int) -> str:
@@ -67,8 +70,12 @@ def reference_losses(tmp_path_factory: pytest.TempPathFactory) -> dict[int, floa
     """The same training, uninterrupted, started without SLURM (one process per rank)."""
     tmp = tmp_path_factory.mktemp("reference")
     out = tmp / "out"
-    results = run_ranks(["-m", "xlsr_dist.train", *tiny_flags(out, f"sqlite:///{tmp}/mlflow.db", **RUN)],
-                        world_size=2, timeout=600, log_dir=tmp / "logs")
+    results = run_ranks(
+        ["-m", "xlsr_dist.train", *tiny_flags(out, f"sqlite:///{tmp}/mlflow.db", **RUN)],
+        world_size=2,
+        timeout=600,
+        log_dir=tmp / "logs",
+    )
     for r in results:
         assert r.returncode == 0, f"rank {r.rank}:\n{r.output[-3000:]}"
     losses = metrics_by_step(out, "loss")
@@ -76,12 +83,16 @@ def reference_losses(tmp_path_factory: pytest.TempPathFactory) -> dict[int, floa
     return losses
 
 
-def test_rank_count_that_cannot_keep_batch_8_fails_before_srun(slurm_cluster: SlurmCluster,
-                                                               tmp_path: Path) -> None:
+def test_rank_count_that_cannot_keep_batch_8_fails_before_srun(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     started = time.monotonic()
-    job = _submit(slurm_cluster, tmp_path, out, uri,
-                  ["--nodes=1", "--ntasks-per-node=3", "--gpus-per-node=2", "--cpus-per-task=1"])
+    job = _submit(
+        slurm_cluster,
+        tmp_path,
+        out,
+        uri,
+        ["--nodes=1", "--ntasks-per-node=3", "--gpus-per-node=2", "--cpus-per-task=1"],
+    )
     info = slurm_cluster.wait_job(job, timeout=60)
     log = _job_log(tmp_path, job)
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0", (info, log)
@@ -90,8 +101,9 @@ def test_rank_count_that_cannot_keep_batch_8_fails_before_srun(slurm_cluster: Sl
     assert time.monotonic() - started < 30
 
 
-def test_sbatch_two_tasks_trains_to_the_end_in_one_mlflow_run(slurm_cluster: SlurmCluster, tmp_path: Path,
-                                                              reference_losses: dict[int, float]) -> None:
+def test_sbatch_two_tasks_trains_to_the_end_in_one_mlflow_run(
+    slurm_cluster: SlurmCluster, tmp_path: Path, reference_losses: dict[int, float]
+) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     job = _submit(slurm_cluster, tmp_path, out, uri)
     info = slurm_cluster.wait_job(job, timeout=600)
@@ -107,8 +119,9 @@ def test_sbatch_two_tasks_trains_to_the_end_in_one_mlflow_run(slurm_cluster: Slu
     assert (out / "final" / "config.json").is_file()
 
 
-def test_usr1_checkpoints_requeues_and_resumes_with_identical_losses(slurm_cluster: SlurmCluster, tmp_path: Path,
-                                                                     reference_losses: dict[int, float]) -> None:
+def test_usr1_checkpoints_requeues_and_resumes_with_identical_losses(
+    slurm_cluster: SlurmCluster, tmp_path: Path, reference_losses: dict[int, float]
+) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     job = _submit(slurm_cluster, tmp_path, out, uri)
 

@@ -45,8 +45,15 @@ def _rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
         t = np.arange(samples) / 16000
         wave = 0.2 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.01 * rng.standard_normal(samples)
         text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 4))))
-        rows.append({"id": f"utt{i:04d}", "audio": encode_flac(wave.astype(np.float32)), "text": text,
-                     "duration": samples / 16000, "source": f"synthetic/{i}"})
+        rows.append(
+            {
+                "id": f"utt{i:04d}",
+                "audio": encode_flac(wave.astype(np.float32)),
+                "text": text,
+                "duration": samples / 16000,
+                "source": f"synthetic/{i}",
+            }
+        )
     return rows
 
 
@@ -80,11 +87,12 @@ def cfg(**kw: Any) -> DataConfig:
     return DataConfig(**base)
 
 
-def rank_streams(location: str, world_size: int, vocab: dict[str, int], seed: int = 11,
-                 **kw: Any) -> list[TrainStream]:
+def rank_streams(location: str, world_size: int, vocab: dict[str, int], seed: int = 11, **kw: Any) -> list[TrainStream]:
     plan = plan_batches(8, world_size)
-    return [TrainStream(location, World(rank=r, world_size=world_size), plan, seed, vocab, cfg(**kw), frames)
-            for r in range(world_size)]
+    return [
+        TrainStream(location, World(rank=r, world_size=world_size), plan, seed, vocab, cfg(**kw), frames)
+        for r in range(world_size)
+    ]
 
 
 def take(stream: TrainStream, state: DataState, n: int) -> list[tuple[DataState, list[dict[str, Any]]]]:
@@ -113,7 +121,8 @@ def step_unions(streams: list[TrainStream], state: DataState, n: int) -> tuple[l
 
 @pytest.mark.parametrize("num_shards", [1, 3, 4, 5, 8])
 def test_step_k_has_the_same_utterances_for_any_world_size_and_sharding(
-        corpora: dict[int, str], vocab: dict[str, int], num_shards: int) -> None:
+    corpora: dict[int, str], vocab: dict[str, int], num_shards: int
+) -> None:
     reference = rank_streams(corpora[1], 1, vocab)[0]
     spe = reference.steps_per_epoch
     assert spe == N_UTTERANCES // 8
@@ -137,7 +146,8 @@ def test_step_k_has_the_same_utterances_for_any_world_size_and_sharding(
 
 
 def test_resume_continues_with_the_same_utterances_on_another_world_size(
-        corpora: dict[int, str], vocab: dict[str, int]) -> None:
+    corpora: dict[int, str], vocab: dict[str, int]
+) -> None:
     old = rank_streams(corpora[3], 2, vocab)
     spe = old[0].steps_per_epoch
     # The uninterrupted run: 3 steps, then 7 more that cross into epoch 1.
@@ -159,8 +169,7 @@ def test_resume_continues_with_the_same_utterances_on_another_world_size(
     assert resumed == whole[spe + 1 : spe + 4]
 
 
-def test_state_from_another_seed_batch_or_corpus_is_refused(
-        corpora: dict[int, str], vocab: dict[str, int]) -> None:
+def test_state_from_another_seed_batch_or_corpus_is_refused(corpora: dict[int, str], vocab: dict[str, int]) -> None:
     stream = rank_streams(corpora[1], 1, vocab)[0]
     state = stream.initial_state()
     with pytest.raises(DataStateError, match="--seed 11"):
@@ -189,8 +198,7 @@ def test_workers_give_the_same_batches_as_the_main_process(corpora: dict[int, st
             assert torch.equal(x["input_values"], y["input_values"]) and torch.equal(x["labels"], y["labels"])
 
 
-def test_each_rank_reads_only_its_own_rows(tmp_path: Path, rows: list[dict[str, Any]],
-                                           vocab: dict[str, int]) -> None:
+def test_each_rank_reads_only_its_own_rows(tmp_path: Path, rows: list[dict[str, Any]], vocab: dict[str, int]) -> None:
     location = _write(tmp_path / "c", rows, 3)
     for rank in range(4):
         stream = rank_streams(location, 4, vocab)[rank]
@@ -203,8 +211,9 @@ def test_each_rank_reads_only_its_own_rows(tmp_path: Path, rows: list[dict[str, 
         assert shards.IO_STATS["row_groups_read"] == before["row_groups_read"]
 
 
-def test_unusable_utterances_are_skipped_and_reported(tmp_path: Path, rows: list[dict[str, Any]],
-                                                      vocab: dict[str, int]) -> None:
+def test_unusable_utterances_are_skipped_and_reported(
+    tmp_path: Path, rows: list[dict[str, Any]], vocab: dict[str, int]
+) -> None:
     bad = [dict(r) for r in rows[:20]]
     bad[0]["text"] = "the cat sat on the mat " * 20  # ~460 labels for < 60 frames
     bad[1]["duration"] = 25.0  # metadata says too long
@@ -221,7 +230,8 @@ def test_unusable_utterances_are_skipped_and_reported(tmp_path: Path, rows: list
 
 
 def test_corrupt_audio_is_dropped_with_a_warning_and_ranks_keep_step(
-        tmp_path: Path, rows: list[dict[str, Any]], vocab: dict[str, int], caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, rows: list[dict[str, Any]], vocab: dict[str, int], caplog: pytest.LogCaptureFixture
+) -> None:
     damaged = [dict(r) for r in rows[:16]]
     damaged[5]["audio"] = b"RIFF not really audio"
     location = _write(tmp_path / "c", damaged, 2)
@@ -239,9 +249,9 @@ def test_corrupt_audio_is_dropped_with_a_warning_and_ranks_keep_step(
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_eval_stream_sees_every_utterance_once_with_equal_batch_counts(
-        corpora: dict[int, str], vocab: dict[str, int], world: int) -> None:
-    streams = [EvalStream(corpora[5], World(rank=r, world_size=world), 4, vocab, cfg(), frames)
-               for r in range(world)]
+    corpora: dict[int, str], vocab: dict[str, int], world: int
+) -> None:
+    streams = [EvalStream(corpora[5], World(rank=r, world_size=world), 4, vocab, cfg(), frames) for r in range(world)]
     batches = [list(s) for s in streams]
     assert len({len(b) for b in batches}) == 1 and len(batches[0]) == len(streams[0])
     valid = [i for rb in batches for b in rb for i, v in zip(b["ids"], b["valid"].tolist()) if v]

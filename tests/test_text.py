@@ -33,8 +33,23 @@ def test_greedy_decode_collapses_repeats_and_blanks() -> None:
     vocab = text.build_vocab(["hello world"])
     inv = text.inverse(vocab)
     blank = vocab[text.PAD]
-    ids = [vocab["h"], vocab["h"], blank, vocab["e"], vocab["l"], blank, vocab["l"], vocab["o"], vocab["|"],
-           vocab["w"], vocab["o"], vocab["r"], vocab["l"], vocab["d"], blank]
+    ids = [
+        vocab["h"],
+        vocab["h"],
+        blank,
+        vocab["e"],
+        vocab["l"],
+        blank,
+        vocab["l"],
+        vocab["o"],
+        vocab["|"],
+        vocab["w"],
+        vocab["o"],
+        vocab["r"],
+        vocab["l"],
+        vocab["d"],
+        blank,
+    ]
     assert text.ctc_greedy_decode(ids, inv, blank) == "hello world"
 
 

@@ -12,12 +12,26 @@ import time
 from pathlib import Path
 
 import pytest
-from tests._mlflow_server import free_port, mlflow_server, mlflow_server_factory  # noqa: F401 - fixtures
 
+from tests._mlflow_server import free_port
 from xlsr_dist.config import TrackingConfig
-from xlsr_dist.tracking import (METRICS_FILE, RUN_INFO, UNSENT_FILE, LocalTracker, MlflowTracker, NullTracker,
-                                build_tracker, is_secret_name, open_client, params_to_relog, read_metrics_jsonl,
-                                redact_text, resolve_experiment, resolve_tracking_uri, sanitize)
+from xlsr_dist.tracking import (
+    METRICS_FILE,
+    RUN_INFO,
+    UNSENT_FILE,
+    LocalTracker,
+    MlflowTracker,
+    NullTracker,
+    build_tracker,
+    is_secret_name,
+    open_client,
+    params_to_relog,
+    read_metrics_jsonl,
+    redact_text,
+    resolve_experiment,
+    resolve_tracking_uri,
+    sanitize,
+)
 from xlsr_dist.world import World
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,36 +53,81 @@ def _steps(client, run_id: str, key: str) -> list[int]:
 # ---- pure -----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["hf_token", "HF_TOKEN", "hub_token", "use_auth_token", "mlflow_tracking_password",
-                                  "aws_secret_access_key", "AWS_ACCESS_KEY_ID", "api_key", "apiKey", "client_secret",
-                                  "db.password", "credentials", "Authorization"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hf_token",
+        "HF_TOKEN",
+        "hub_token",
+        "use_auth_token",
+        "mlflow_tracking_password",
+        "aws_secret_access_key",
+        "AWS_ACCESS_KEY_ID",
+        "api_key",
+        "apiKey",
+        "client_secret",
+        "db.password",
+        "credentials",
+        "Authorization",
+    ],
+)
 def test_credential_names_are_secret(name: str) -> None:
     assert is_secret_name(name)
 
 
-@pytest.mark.parametrize("name", ["pad_token_id", "learning_rate", "tokenizer_name", "max_tokens", "author",
-                                  "deepspeed.zero_optimization.reduce_bucket_size", "keyword", "output_dir",
-                                  "tracking_uri", "word_delimiter_token", "PWD", "OLDPWD", "HOME"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pad_token_id",
+        "learning_rate",
+        "tokenizer_name",
+        "max_tokens",
+        "author",
+        "deepspeed.zero_optimization.reduce_bucket_size",
+        "keyword",
+        "output_dir",
+        "tracking_uri",
+        "word_delimiter_token",
+        "PWD",
+        "OLDPWD",
+        "HOME",
+    ],
+)
 def test_ordinary_names_are_not_secret(name: str) -> None:
     assert not is_secret_name(name)
 
 
 def test_redaction_removes_token_shapes_env_values_and_url_passwords() -> None:
     env = {"MLFLOW_TRACKING_PASSWORD": PASSWORD, "MY_SERVICE_TOKEN": "tok-123456"}
-    text = (f"hf={HF_TOKEN} aws=AKIAABCDEFGHIJKLMNOP secret=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY "
-            f"db=postgresql://bob:{PASSWORD}@db:5432/x pw={PASSWORD} svc=tok-123456 "
-            f"sha=0123456789abcdef0123456789abcdef01234567")
+    text = (
+        f"hf={HF_TOKEN} aws=AKIAABCDEFGHIJKLMNOP secret=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY "
+        f"db=postgresql://bob:{PASSWORD}@db:5432/x pw={PASSWORD} svc=tok-123456 "
+        f"sha=0123456789abcdef0123456789abcdef01234567"
+    )
     clean = redact_text(text, env)
-    for secret in (HF_TOKEN, "AKIAABCDEFGHIJKLMNOP", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", PASSWORD,
-                   "tok-123456"):
+    for secret in (
+        HF_TOKEN,
+        "AKIAABCDEFGHIJKLMNOP",
+        "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        PASSWORD,
+        "tok-123456",
+    ):
         assert secret not in clean
     assert "postgresql://bob:<redacted>@db:5432/x" in clean
     assert "sha=0123456789abcdef0123456789abcdef01234567" in clean  # a git sha is not a secret
 
 
 def test_sanitize_flattens_drops_secrets_and_truncates_to_mlflow_limit() -> None:
-    clean, dropped = sanitize({"hf_token": HF_TOKEN, "long": "x" * 7000, "deepspeed": {"fp16": {"enabled": True}},
-                               "betas": [0.9, 0.999], "bad key!": 1}, 6000)
+    clean, dropped = sanitize(
+        {
+            "hf_token": HF_TOKEN,
+            "long": "x" * 7000,
+            "deepspeed": {"fp16": {"enabled": True}},
+            "betas": [0.9, 0.999],
+            "bad key!": 1,
+        },
+        6000,
+    )
     assert dropped == ["hf_token"]
     assert len(clean["long"]) == 6000
     assert clean["deepspeed.fp16.enabled"] == "True"
@@ -79,7 +138,9 @@ def test_sanitize_flattens_drops_secrets_and_truncates_to_mlflow_limit() -> None
 def test_resume_relogs_only_new_params_and_prefixes_changed_ones() -> None:
     existing = {"lr": "0.0001", "resume_from_checkpoint": ""}
     assert params_to_relog(existing, {"lr": "0.0001", "resume_from_checkpoint": "latest", "new": "1"}) == {
-        "resume.resume_from_checkpoint": "latest", "new": "1"}
+        "resume.resume_from_checkpoint": "latest",
+        "new": "1",
+    }
     existing["resume.resume_from_checkpoint"] = "latest"
     assert params_to_relog(existing, {"lr": "0.0001", "resume_from_checkpoint": "latest"}) == {}
 
@@ -134,7 +195,8 @@ def test_metrics_record_restarts_for_a_fresh_run_and_continues_on_resume(tmp_pat
 
 @pytest.mark.slow
 def test_metrics_arrive_at_their_steps_and_no_secret_reaches_mlflow(
-        mlflow_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    mlflow_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # noqa: F811
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
     out = tmp_path / "out"
     out.mkdir()
@@ -142,9 +204,15 @@ def test_metrics_arrive_at_their_steps_and_no_secret_reaches_mlflow(
     config_file.write_text(json.dumps({"hf_token": HF_TOKEN, "db": f"postgresql://bob:{PASSWORD}@db/x", "lr": 1e-4}))
     tracker = MlflowTracker(mlflow_server.uri, "metrics", out, run_name="metrics-run")
     run_id = tracker.start(
-        {"learning_rate": 1e-4, "hf_token": HF_TOKEN, "db_url": f"postgresql://bob:{PASSWORD}@db:5432/x",
-         "note": f"password is {PASSWORD}", "deepspeed": {"optimizer": {"type": "AdamW"}}},
-        {"owner_auth": PASSWORD, "team": "asr", "comment": f"token {HF_TOKEN}"})
+        {
+            "learning_rate": 1e-4,
+            "hf_token": HF_TOKEN,
+            "db_url": f"postgresql://bob:{PASSWORD}@db:5432/x",
+            "note": f"password is {PASSWORD}",
+            "deepspeed": {"optimizer": {"type": "AdamW"}},
+        },
+        {"owner_auth": PASSWORD, "team": "asr", "comment": f"token {HF_TOKEN}"},
+    )
     assert run_id is not None
     for step in range(1, 31):
         tracker.log_metrics({"loss": 10.0 / step, "learning_rate": step * 1e-6}, step)
@@ -183,8 +251,14 @@ def test_resume_continues_the_same_run(mlflow_server, tmp_path: Path) -> None:  
     assert client.get_run(run_id).info.status == "KILLED"
 
     second = MlflowTracker(mlflow_server.uri, "resume", out)
-    assert second.start({"learning_rate": 1e-4, "resume_from_checkpoint": "latest"},
-                        {"xlsr_dist.kind": "training"}, resume_run_id=run_id) == run_id
+    assert (
+        second.start(
+            {"learning_rate": 1e-4, "resume_from_checkpoint": "latest"},
+            {"xlsr_dist.kind": "training"},
+            resume_run_id=run_id,
+        )
+        == run_id
+    )
     assert client.get_run(run_id).info.status == "RUNNING"
     for step in range(6, 11):
         second.log_metrics({"loss": float(step)}, step)
@@ -202,11 +276,13 @@ def test_resume_continues_the_same_run(mlflow_server, tmp_path: Path) -> None:  
 
 @pytest.mark.slow
 def test_server_crash_mid_run_loses_and_duplicates_nothing(
-        mlflow_server_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+    mlflow_server_factory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:  # noqa: F811
     caplog.set_level(logging.INFO, logger="xlsr_dist.tracking")
     server = mlflow_server_factory()
-    tracker = MlflowTracker(server.uri, "outage", tmp_path / "out", flush_timeout_s=120, retry_initial_s=0.2,
-                            retry_max_s=1.0)
+    tracker = MlflowTracker(
+        server.uri, "outage", tmp_path / "out", flush_timeout_s=120, retry_initial_s=0.2, retry_max_s=1.0
+    )
     run_id = tracker.start({"learning_rate": 1e-4}, {})
     slowest = 0.0
     for step in range(1, 41):
@@ -232,12 +308,18 @@ def test_server_crash_mid_run_loses_and_duplicates_nothing(
 
 
 @pytest.mark.slow
-def test_server_down_throughout_then_replay_delivers_everything_once(
-        mlflow_server_factory, tmp_path: Path) -> None:  # noqa: F811
+def test_server_down_throughout_then_replay_delivers_everything_once(mlflow_server_factory, tmp_path: Path) -> None:  # noqa: F811
     port = free_port()
     out = tmp_path / "out"
-    tracker = MlflowTracker(f"http://127.0.0.1:{port}", "replay", out, run_name="offline", flush_timeout_s=2,
-                            retry_initial_s=0.2, retry_max_s=0.5)
+    tracker = MlflowTracker(
+        f"http://127.0.0.1:{port}",
+        "replay",
+        out,
+        run_name="offline",
+        flush_timeout_s=2,
+        retry_initial_s=0.2,
+        retry_max_s=0.5,
+    )
     began = time.monotonic()
     assert tracker.start({"learning_rate": 1e-4}, {"team": "asr"}) is None
     for step in range(1, 21):
@@ -290,8 +372,13 @@ def test_launch_script_serves_training_on_the_printed_uri(tmp_path: Path) -> Non
     env = {**os.environ, "MLFLOW_PORT": str(port), "MLFLOW": str(Path(sys.executable).parent / "mlflow")}
     log_path = tmp_path / "server.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(["bash", str(REPO / "launch" / "mlflow_server.sh"), str(tmp_path / "store")],
-                                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "launch" / "mlflow_server.sh"), str(tmp_path / "store")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         uri = ""
         deadline = time.monotonic() + 120

@@ -33,8 +33,19 @@ def _check_complete_run(out: Path, uri: str, steps: int) -> str:
 
 def test_deepspeed_launcher_two_ranks(tmp_path: Path) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    proc = run_launcher([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", "29611", "--module", "xlsr_dist.train",
-                         *tiny_flags(out, uri)], timeout=600)
+    proc = run_launcher(
+        [
+            venv_bin("deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            "29611",
+            "--module",
+            "xlsr_dist.train",
+            *tiny_flags(out, uri),
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     _check_complete_run(out, uri, 8)
     assert "eval step 8: loss" in proc.stderr + proc.stdout
@@ -42,9 +53,19 @@ def test_deepspeed_launcher_two_ranks(tmp_path: Path) -> None:
 
 def test_torchrun_two_ranks(tmp_path: Path) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    proc = run_launcher([venv_bin("torchrun"), "--nproc_per_node", "2", "--master_port", "29612", "-m",
-                         "xlsr_dist.train", *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4)],
-                        timeout=600)
+    proc = run_launcher(
+        [
+            venv_bin("torchrun"),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29612",
+            "-m",
+            "xlsr_dist.train",
+            *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4),
+        ],
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     _check_complete_run(out, uri, 4)
 
@@ -54,18 +75,23 @@ def test_plain_python_one_rank(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "xlsr_dist.train",
-                           *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4)],
-                          cwd=Path(__file__).resolve().parent.parent, env=base_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "xlsr_dist.train", *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     _check_complete_run(out, uri, 4)
 
 
 def test_world_size_3_stops_before_any_work_naming_what_works(tmp_path: Path) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    results = run_ranks(["-m", "xlsr_dist.train", *tiny_flags(out, uri)], world_size=3, timeout=120,
-                        log_dir=tmp_path / "logs")
+    results = run_ranks(
+        ["-m", "xlsr_dist.train", *tiny_flags(out, uri)], world_size=3, timeout=120, log_dir=tmp_path / "logs"
+    )
     assert [r.returncode for r in results] == [2, 2, 2]
     assert "world size 3 cannot keep --global_batch_size 8" in results[0].output
     assert "1, 2, 4, 8" in results[0].output
@@ -74,8 +100,9 @@ def test_world_size_3_stops_before_any_work_naming_what_works(tmp_path: Path) ->
 
 def test_resume_continues_at_next_step_with_same_run_and_same_losses(tmp_path: Path) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    first = run_ranks(["-m", "xlsr_dist.train", *tiny_flags(out, uri)], world_size=2, timeout=600,
-                      log_dir=tmp_path / "logs1")
+    first = run_ranks(
+        ["-m", "xlsr_dist.train", *tiny_flags(out, uri)], world_size=2, timeout=600, log_dir=tmp_path / "logs1"
+    )
     assert all(r.returncode == 0 for r in first), first[0].output[-4000:]
     full_losses = metrics_by_step(out, "loss")
     run_id = mlflow_runs(uri)[0].info.run_id
@@ -88,8 +115,12 @@ def test_resume_continues_at_next_step_with_same_run_and_same_losses(tmp_path: P
     rows = (resumed / "metrics.jsonl").read_text().splitlines()
     kept = [line for line in rows if json.loads(line).get("step", 0) <= 4]  # marker rows have no step
     (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
-    second = run_ranks(["-m", "xlsr_dist.train", *tiny_flags(resumed, uri, resume_from_checkpoint="latest")],
-                       world_size=2, timeout=600, log_dir=tmp_path / "logs2")
+    second = run_ranks(
+        ["-m", "xlsr_dist.train", *tiny_flags(resumed, uri, resume_from_checkpoint="latest")],
+        world_size=2,
+        timeout=600,
+        log_dir=tmp_path / "logs2",
+    )
     assert all(r.returncode == 0 for r in second), second[0].output[-4000:]
     assert "resumed from" in second[0].output and "at step 4" in second[0].output
     assert len(mlflow_runs(uri)) == 1, "resume must continue the same MLflow run"

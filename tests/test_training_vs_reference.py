@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from tests._dist import ROOT, base_env
-from tests._mlflow_server import mlflow_server  # noqa: F401 - fixture
 from tests._runs import tiny_flags
 from xlsr_dist.reference import RUN_NAME
 from xlsr_dist.tracking import open_client
@@ -19,8 +18,9 @@ pytestmark = pytest.mark.slow
 
 
 def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=base_env(), capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=base_env(), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return done
 
@@ -42,8 +42,9 @@ def test_training_run_and_reference_overlay_in_one_experiment(mlflow_server, tmp
     assert [m.step for m in client.get_metric_history(train_id, "eval_wer")] == [2, 4]  # optimizer steps
 
     png = tmp_path / "compare.png"
-    done = _run("xlsr_dist.compare", "latest", "--tracking_uri", uri, "--experiment_name", experiment,
-                "--out", str(png))
+    done = _run(
+        "xlsr_dist.compare", "latest", "--tracking_uri", uri, "--experiment_name", experiment, "--out", str(png)
+    )
     assert "cpu-short" in done.stdout.splitlines()[0]
     steps = [line.split()[0] for line in done.stdout.splitlines() if line.split() and line.split()[0].isdigit()]
     assert steps == ["2", "4"]

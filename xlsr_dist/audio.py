@@ -129,4 +129,3 @@ def encode_flac(wave: np.ndarray) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, x, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return buf.getvalue()
-

@@ -66,7 +66,7 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 def newest_complete(output_dir: str | Path) -> Path | None:
@@ -98,8 +98,7 @@ def read_client_state(ckpt: Path) -> dict[str, Any]:
     return dict(json.loads((ckpt / MARKER).read_text()))
 
 
-def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str, Any], keep: int,
-         world: World) -> Path:
+def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str, Any], keep: int, world: World) -> Path:
     """Collective: every rank must call it at the same step."""
     root = Path(output_dir) / CHECKPOINTS
     tag = tag_for(step)
@@ -115,8 +114,13 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
                 shutil.rmtree(old, ignore_errors=True)
         # Saves interrupted before this one (no marker, older step) can never be resumed from: reclaim their space.
         for stale in root.iterdir():
-            if (stale.name.startswith(PREFIX) and stale.is_dir() and not (stale / MARKER).is_file()
-                    and stale.name[len(PREFIX):].isdigit() and int(stale.name[len(PREFIX):]) < step):
+            if (
+                stale.name.startswith(PREFIX)
+                and stale.is_dir()
+                and not (stale / MARKER).is_file()
+                and stale.name[len(PREFIX) :].isdigit()
+                and int(stale.name[len(PREFIX) :]) < step
+            ):
                 shutil.rmtree(stale, ignore_errors=True)
     world_mod.barrier()
     return path

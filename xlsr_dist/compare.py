@@ -13,9 +13,10 @@ import argparse
 import re
 import statistics
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from xlsr_dist.config import TrackingConfig
 from xlsr_dist.reference import REFERENCE_MODEL, reference_series
@@ -24,8 +25,12 @@ from xlsr_dist.tracking import REFERENCE_TAG, open_client, redact_text, resolve_
 COMPARED = ("loss", "eval_loss", "eval_wer")
 LABELS = {"loss": "training loss", "eval_loss": "eval loss", "eval_wer": "WER"}
 # Which flag sets each metric's logging interval.
-INTERVAL_PARAM = {"loss": "logging_steps", "eval_loss": "eval_steps", "eval_wer": "eval_steps",
-                  "epoch": "logging_steps"}
+INTERVAL_PARAM = {
+    "loss": "logging_steps",
+    "eval_loss": "eval_steps",
+    "eval_wer": "eval_steps",
+    "epoch": "logging_steps",
+}
 ARTIFACT_DIR = "compare"
 
 
@@ -90,8 +95,9 @@ def logging_interval(series: dict[int, float], param: str | None) -> int:
     return int(statistics.median(gaps)) if gaps else 1
 
 
-def compare_rows(run: dict[str, dict[int, float]], reference: dict[str, dict[int, float]],
-                 params: dict[str, str]) -> list[Row]:
+def compare_rows(
+    run: dict[str, dict[int, float]], reference: dict[str, dict[int, float]], params: dict[str, str]
+) -> list[Row]:
     """Rows at the reference steps the run reached and at the run's evaluation steps."""
     reached = max((s for series in run.values() for s in series), default=0)
     eval_steps = set(run.get("eval_loss", {})) | set(run.get("eval_wer", {}))
@@ -190,8 +196,12 @@ def resolve_run(client: Any, experiment_name: str, spec: str) -> Any:
         if not runs:
             raise CompareError(f"experiment {experiment_name!r} has no training run yet")
         return runs[0]
-    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = {_quote(spec)}",
-                              order_by=["attributes.start_time DESC"], max_results=5)
+    runs = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"attributes.run_name = {_quote(spec)}",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
     if not runs:
         raise CompareError(f"no run with id or name {spec!r} in experiment {experiment_name!r}")
     return runs[0]
@@ -214,8 +224,9 @@ def default_out(run: Any) -> Path:
     return Path.cwd() / f"compare_{run.info.run_id[:8]}.png"
 
 
-def compare(client: Any, experiment_name: str, spec: str, out: Path | None, log_artifact: bool = True
-            ) -> tuple[Any, list[Row], Path]:
+def compare(
+    client: Any, experiment_name: str, spec: str, out: Path | None, log_artifact: bool = True
+) -> tuple[Any, list[Row], Path]:
     """Resolve the run, build the rows, write the plot (and log it to the run); returns (run, rows, png)."""
     run = resolve_run(client, experiment_name, spec)
     series = metric_series(client, run.info.run_id, COMPARED + ("epoch",))
@@ -229,8 +240,10 @@ def compare(client: Any, experiment_name: str, spec: str, out: Path | None, log_
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m xlsr_dist.compare",
-                                     description="Compare a training run with the reference model card's results.")
+    parser = argparse.ArgumentParser(
+        prog="python -m xlsr_dist.compare",
+        description="Compare a training run with the reference model card's results.",
+    )
     parser.add_argument("run", nargs="?", default="latest", help="run id, run name, or 'latest' (default)")
     parser.add_argument("--tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--experiment_name", default="", help="default: $MLFLOW_EXPERIMENT_NAME, else xlsr_dist")
@@ -243,17 +256,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         client = open_client(uri, max_retries=2, timeout_s=30)
-        run, rows, png = compare(client, experiment, args.run, Path(args.out) if args.out else None,
-                                 log_artifact=not args.no_log)
+        run, rows, png = compare(
+            client, experiment, args.run, Path(args.out) if args.out else None, log_artifact=not args.no_log
+        )
     except (CompareError, MlflowException) as exc:
         print(f"xlsr_dist.compare: {str(exc).splitlines()[0]} (MLflow at {redact_text(uri)})", file=sys.stderr)
         sys.exit(1)
     params = run.data.params
     print(f"run {run.info.run_name} ({run.info.run_id}, {run.info.status}) vs reference {REFERENCE_MODEL}")
     if params.get("global_batch_size"):
-        print(f"global batch: run {params['global_batch_size']} "
-              f"({params.get('world_size', '?')} rank(s) x {params.get('micro_batch', '?')} micro x "
-              f"{params.get('grad_accum', '?')} accumulation), reference 8")
+        print(
+            f"global batch: run {params['global_batch_size']} "
+            f"({params.get('world_size', '?')} rank(s) x {params.get('micro_batch', '?')} micro x "
+            f"{params.get('grad_accum', '?')} accumulation), reference 8"
+        )
     if rows:
         print(format_table(rows))
         if any(c.interpolated for r in rows for c in r.cells.values()):

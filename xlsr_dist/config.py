@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, get_type_hints
+from typing import Any, get_type_hints
 
 # The reference recipe keeps the optimizer batch at 8 utterances whatever the GPU count.
 REFERENCE_GLOBAL_BATCH = 8
@@ -276,8 +276,15 @@ def validate(cfg: Config) -> None:
         p.append(f"--architecture: {m.architecture!r} is not one of {', '.join(repr(a) for a in ARCHITECTURES)}")
     if not m.architecture and not m.model_name_or_path:
         p.append("--model_name_or_path: empty; give a hub id or local directory, or set --architecture")
-    for name in ("attention_dropout", "activation_dropout", "feat_proj_dropout", "hidden_dropout",
-                 "final_dropout", "mask_time_prob", "layerdrop"):
+    for name in (
+        "attention_dropout",
+        "activation_dropout",
+        "feat_proj_dropout",
+        "hidden_dropout",
+        "final_dropout",
+        "mask_time_prob",
+        "layerdrop",
+    ):
         value = getattr(m, name)
         if not 0.0 <= value < 1.0:
             p.append(f"--{name}: {value} must be in [0, 1)")
@@ -375,18 +382,22 @@ def plan_batches(global_batch: int, world_size: int, micro_batch: int = 0) -> Ba
         raise ConfigError([f"world size {world_size}: must be >= 1"])
     if global_batch % world_size:
         works = ", ".join(str(w) for w in valid_world_sizes(global_batch))
-        raise ConfigError([
-            f"world size {world_size} cannot keep --global_batch_size {global_batch} exactly "
-            f"(each rank would get {global_batch / world_size:g} utterances). "
-            f"Run on {works} ranks (GPUs) instead."
-        ])
+        raise ConfigError(
+            [
+                f"world size {world_size} cannot keep --global_batch_size {global_batch} exactly "
+                f"(each rank would get {global_batch / world_size:g} utterances). "
+                f"Run on {works} ranks (GPUs) instead."
+            ]
+        )
     per_rank = global_batch // world_size
     if micro_batch == 0:
         micro_batch = max(m for m in range(1, min(per_rank, DEFAULT_MAX_MICRO_BATCH) + 1) if per_rank % m == 0)
     elif per_rank % micro_batch:
         choices = ", ".join(str(m) for m in range(1, per_rank + 1) if per_rank % m == 0)
-        raise ConfigError([
-            f"--per_device_train_batch_size {micro_batch} does not divide the {per_rank} utterances each of "
-            f"{world_size} rank(s) takes per step of {global_batch}; choose one of {choices}"
-        ])
+        raise ConfigError(
+            [
+                f"--per_device_train_batch_size {micro_batch} does not divide the {per_rank} utterances each of "
+                f"{world_size} rank(s) takes per step of {global_batch}; choose one of {choices}"
+            ]
+        )
     return BatchPlan(global_batch, world_size, micro_batch, per_rank // micro_batch)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -58,7 +59,7 @@ def _fill(section: dict[str, Any], key: str, value: Any, where: str, flag: str, 
         same = [float(c) for c in current] == [float(v) for v in value]
     if not same:
         problems.append(
-            f"--deepspeed: {where} is {current!r} but {flag} gives {value!r}; set it to \"auto\" or change {flag}"
+            f'--deepspeed: {where} is {current!r} but {flag} gives {value!r}; set it to "auto" or change {flag}'
         )
 
 
@@ -75,18 +76,31 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
     t = cfg.train
     problems: list[str] = []
     _fill(ds, "train_batch_size", plan.global_batch, "train_batch_size", "--global_batch_size", problems)
-    _fill(ds, "train_micro_batch_size_per_gpu", plan.micro_batch, "train_micro_batch_size_per_gpu",
-          "--per_device_train_batch_size (and the world size)", problems)
-    _fill(ds, "gradient_accumulation_steps", plan.grad_accum, "gradient_accumulation_steps",
-          "the world size and --per_device_train_batch_size", problems)
+    _fill(
+        ds,
+        "train_micro_batch_size_per_gpu",
+        plan.micro_batch,
+        "train_micro_batch_size_per_gpu",
+        "--per_device_train_batch_size (and the world size)",
+        problems,
+    )
+    _fill(
+        ds,
+        "gradient_accumulation_steps",
+        plan.grad_accum,
+        "gradient_accumulation_steps",
+        "the world size and --per_device_train_batch_size",
+        problems,
+    )
     _fill(ds, "gradient_clipping", t.max_grad_norm, "gradient_clipping", "--max_grad_norm", problems)
     optimizer = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     if str(optimizer.get("type", "")).lower() not in ("adamw", "adam"):
         problems.append(f"--deepspeed: optimizer.type {optimizer.get('type')!r}: xlsr_dist's recipe is AdamW")
     params = optimizer.setdefault("params", {})
     _fill(params, "lr", t.learning_rate, "optimizer.params.lr", "--learning_rate", problems)
-    _fill(params, "betas", [t.adam_beta1, t.adam_beta2], "optimizer.params.betas", "--adam_beta1/--adam_beta2",
-          problems)
+    _fill(
+        params, "betas", [t.adam_beta1, t.adam_beta2], "optimizer.params.betas", "--adam_beta1/--adam_beta2", problems
+    )
     _fill(params, "eps", t.adam_epsilon, "optimizer.params.eps", "--adam_epsilon", problems)
     _fill(params, "weight_decay", t.weight_decay, "optimizer.params.weight_decay", "--weight_decay", problems)
     params.setdefault("torch_adam", True)
@@ -101,14 +115,17 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
     if prec != "fp32" and not _accelerator_supports(prec, device):
         problems.append(
             f"--deepspeed: {path.name} asks for {prec}, which this {device.type.upper()} accelerator does not "
-            f"support; use {PRECISION_CONFIGS}" if prec == "fp16" else
-            f"--deepspeed: {path.name} asks for {prec}, which this accelerator does not support; "
+            f"support; use {PRECISION_CONFIGS}"
+            if prec == "fp16"
+            else f"--deepspeed: {path.name} asks for {prec}, which this accelerator does not support; "
             "use ds_configs/zero2_fp32.json (or zero2_fp16.json on an NVIDIA GPU)"
         )
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
-        problems.append(f"--deepspeed: zero_optimization.stage {stage}: xlsr_dist supports ZeRO stages 0-2 "
-                        "(stage 3 shards parameters, which checkpoint export does not gather)")
+        problems.append(
+            f"--deepspeed: zero_optimization.stage {stage}: xlsr_dist supports ZeRO stages 0-2 "
+            "(stage 3 shards parameters, which checkpoint export does not gather)"
+        )
     ds.setdefault("steps_per_print", 10**9)
     if problems:
         raise ConfigError(problems)

@@ -7,13 +7,15 @@ short utterances wrongly.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import jiwer
 import torch
 
-from xlsr_dist import ctc, text, world as world_mod
+from xlsr_dist import ctc, text
+from xlsr_dist import world as world_mod
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from xlsr_dist.tracking import METRICS_FILE, read_metrics_jsonl, read_run_info, redact_text
 
@@ -27,8 +28,13 @@ TRAIN_CONFIG = "train_config.json"
 CARD = "README.md"
 ARTIFACT_PATH = "exported_model"
 RESULTS_HEADER = ("Training Loss", "Epoch", "Step", "Validation Loss", "Wer")
-FRAMEWORKS = (("Transformers", "transformers"), ("Pytorch", "torch"), ("Datasets", "datasets"),
-              ("Tokenizers", "tokenizers"), ("DeepSpeed", "deepspeed"))
+FRAMEWORKS = (
+    ("Transformers", "transformers"),
+    ("Pytorch", "torch"),
+    ("Datasets", "datasets"),
+    ("Tokenizers", "tokenizers"),
+    ("DeepSpeed", "deepspeed"),
+)
 
 
 class ExportError(RuntimeError):
@@ -62,8 +68,9 @@ def _latest_at_or_before(series: dict[int, float], step: int, after: int = -1) -
     return series[max(candidates)] if candidates else None
 
 
-def results_rows(metrics: dict[str, dict[int, float]], steps_per_epoch: float | None,
-                 max_step: int | None = None) -> list[tuple[Any, ...]]:
+def results_rows(
+    metrics: dict[str, dict[int, float]], steps_per_epoch: float | None, max_step: int | None = None
+) -> list[tuple[Any, ...]]:
     """One row per evaluation step: training loss (last logged since the previous evaluation, else 'No log' as
     HF writes), epoch, step, validation loss, WER."""
     eval_loss = metrics.get("eval_loss", {})
@@ -76,13 +83,15 @@ def results_rows(metrics: dict[str, dict[int, float]], steps_per_epoch: float | 
         epoch = _latest_at_or_before(metrics.get("epoch", {}), step)
         if epoch is None and steps_per_epoch:
             epoch = step / steps_per_epoch
-        rows.append((
-            "No log" if loss is None else round(loss, 4),
-            "-" if epoch is None else round(epoch, 2),
-            step,
-            "-" if step not in eval_loss else round(eval_loss[step], 4),
-            "-" if step not in eval_wer else round(eval_wer[step], 4),
-        ))
+        rows.append(
+            (
+                "No log" if loss is None else round(loss, 4),
+                "-" if epoch is None else round(epoch, 2),
+                step,
+                "-" if step not in eval_loss else round(eval_loss[step], 4),
+                "-" if step not in eval_wer else round(eval_wer[step], 4),
+            )
+        )
         previous = step
     return rows
 
@@ -134,8 +143,7 @@ def hyperparameters(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
     weight_decay = _num(_get(cfg, "weight_decay", default=0))
     if weight_decay:
         items.append(("weight_decay", weight_decay))
-    items += [("lr_scheduler_type", "linear"),
-              ("lr_scheduler_warmup_steps", _num(_get(cfg, "warmup_steps")))]
+    items += [("lr_scheduler_type", "linear"), ("lr_scheduler_warmup_steps", _num(_get(cfg, "warmup_steps")))]
     max_steps = int(_num(_get(cfg, "max_steps", default=-1)))
     if max_steps > 0:
         items.append(("training_steps", max_steps))
@@ -143,8 +151,12 @@ def hyperparameters(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
         items.append(("num_epochs", _num(_get(cfg, "num_train_epochs"))))
     precision = str(_get(cfg, "precision", default=""))
     if precision in ("fp16", "bf16"):
-        items.append(("mixed_precision_training", f"DeepSpeed {precision} (ZeRO stage "
-                                                  f"{_get(cfg, 'deepspeed.zero_optimization.stage', default='?')})"))
+        items.append(
+            (
+                "mixed_precision_training",
+                f"DeepSpeed {precision} (ZeRO stage {_get(cfg, 'deepspeed.zero_optimization.stage', default='?')})",
+            )
+        )
     return [(k, v) for k, v in items if v is not None]
 
 
@@ -158,8 +170,9 @@ def framework_versions() -> list[tuple[str, str]]:
     return out
 
 
-def model_card(name: str, cfg: dict[str, Any], metrics: dict[str, dict[int, float]],
-               max_step: int | None = None) -> str:
+def model_card(
+    name: str, cfg: dict[str, Any], metrics: dict[str, dict[int, float]], max_step: int | None = None
+) -> str:
     """README.md in the seed model card's layout, filled from this run."""
     steps_per_epoch = _num(_get(cfg, "steps_per_epoch"))
     rows = results_rows(metrics, float(steps_per_epoch) if steps_per_epoch else None, max_step)
@@ -167,16 +180,33 @@ def model_card(name: str, cfg: dict[str, Any], metrics: dict[str, dict[int, floa
     architecture = str(_get(cfg, "architecture", default=""))
     dataset = str(_get(cfg, "train_data", default="None"))
     if architecture:
-        origin = (f"This model was trained from randomly initialised weights (xlsr_dist architecture "
-                  f"'{architecture}') on the {dataset} dataset.")
+        origin = (
+            f"This model was trained from randomly initialised weights (xlsr_dist architecture "
+            f"'{architecture}') on the {dataset} dataset."
+        )
     else:
-        origin = (f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} "
-                  "dataset.")
-    lines = ["---", "license: apache-2.0", "tags:", "- automatic-speech-recognition", "- generated_from_xlsr_dist",
-             "model-index:", f"- name: {name}", "  results: []", "---", "",
-             "<!-- This model card has been generated automatically by xlsr_dist.export from the training run's "
-             "config and metrics. You", "should probably proofread and complete it, then remove this comment. -->",
-             "", f"# {name}", "", origin]
+        origin = (
+            f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset."
+        )
+    lines = [
+        "---",
+        "license: apache-2.0",
+        "tags:",
+        "- automatic-speech-recognition",
+        "- generated_from_xlsr_dist",
+        "model-index:",
+        f"- name: {name}",
+        "  results: []",
+        "---",
+        "",
+        "<!-- This model card has been generated automatically by xlsr_dist.export from the training run's "
+        "config and metrics. You",
+        "should probably proofread and complete it, then remove this comment. -->",
+        "",
+        f"# {name}",
+        "",
+        origin,
+    ]
     final_eval = [r for r in rows if r[3] != "-" or r[4] != "-"]
     if final_eval:
         last = final_eval[-1]
@@ -189,14 +219,36 @@ def model_card(name: str, cfg: dict[str, Any], metrics: dict[str, dict[int, floa
     data_line = f"Training data: {dataset}" + (f"; evaluation data: {eval_data}." if eval_data else ".")
     if _get(cfg, "num_train_utterances") is not None:
         data_line += f" {_get(cfg, 'num_train_utterances')} training utterances."
-    lines += ["", "## Model description", "", "More information needed", "",
-              "## Intended uses & limitations", "", "More information needed", "",
-              "## Training and evaluation data", "", data_line, "",
-              "## Training procedure", "", "### Training hyperparameters", "",
-              "The following hyperparameters were used during training:"]
+    lines += [
+        "",
+        "## Model description",
+        "",
+        "More information needed",
+        "",
+        "## Intended uses & limitations",
+        "",
+        "More information needed",
+        "",
+        "## Training and evaluation data",
+        "",
+        data_line,
+        "",
+        "## Training procedure",
+        "",
+        "### Training hyperparameters",
+        "",
+        "The following hyperparameters were used during training:",
+    ]
     lines += [f"- {k}: {v}" for k, v in hyperparameters(cfg)]
-    lines += ["", "### Training results", "", markdown_table(RESULTS_HEADER, rows) if rows else
-              "No evaluation was logged.\n", "", "### Framework versions", ""]
+    lines += [
+        "",
+        "### Training results",
+        "",
+        markdown_table(RESULTS_HEADER, rows) if rows else "No evaluation was logged.\n",
+        "",
+        "### Framework versions",
+        "",
+    ]
     lines += [f"- {label} {version}" for label, version in framework_versions()]
     return redact_text("\n".join(lines) + "\n")
 
@@ -212,8 +264,9 @@ def load_model(output_dir: Path, checkpoint: str) -> tuple[Any, Any, int | None]
 
     source = Path(checkpoint) if checkpoint else output_dir
     if not source.exists():
-        raise ExportError(f"--checkpoint {source}: no such directory" if checkpoint
-                          else f"--output_dir {source}: no such directory")
+        raise ExportError(
+            f"--checkpoint {source}: no such directory" if checkpoint else f"--output_dir {source}: no such directory"
+        )
     model, processor = ckpt_mod.load_hf_model(source)
     step = _step_of(source) if checkpoint else None
     if not checkpoint and not (output_dir / ckpt_mod.FINAL / "config.json").is_file():
@@ -266,12 +319,16 @@ def log_to_mlflow(output_dir: Path, export_dir: Path, tracking_uri: str = "") ->
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m xlsr_dist.export",
-                                     description="Export a training run as a Hugging Face model with a model card.")
+    parser = argparse.ArgumentParser(
+        prog="python -m xlsr_dist.export",
+        description="Export a training run as a Hugging Face model with a model card.",
+    )
     parser.add_argument("--output_dir", required=True, help="the training run's --output_dir")
-    parser.add_argument("--checkpoint", default="",
-                        help="a checkpoint directory (default: <output_dir>/final, else its newest complete "
-                             "checkpoint)")
+    parser.add_argument(
+        "--checkpoint",
+        default="",
+        help="a checkpoint directory (default: <output_dir>/final, else its newest complete checkpoint)",
+    )
     parser.add_argument("--export_dir", required=True, help="where to write the model directory")
     parser.add_argument("--model_name", default="", help="name in the card (default: the export dir's name)")
     parser.add_argument("--tracking_uri", default="", help="default: the one in <output_dir>/run_info.json")

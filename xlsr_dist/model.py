@@ -254,9 +254,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec
 
 def build_processor(vocab_path: str | Path) -> Wav2Vec2Processor:
     """Tokenizer + feature extractor saved beside checkpoints so `Wav2Vec2Processor.from_pretrained` works on them."""
-    tokenizer = Wav2Vec2CTCTokenizer(
-        str(vocab_path), unk_token=UNK, pad_token=PAD, word_delimiter_token=WORD_DELIMITER
-    )
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_path), unk_token=UNK, pad_token=PAD, word_delimiter_token=WORD_DELIMITER)
     feature_extractor = Wav2Vec2FeatureExtractor(
         feature_size=1,
         sampling_rate=SAMPLE_RATE,

@@ -14,14 +14,23 @@ import io
 import logging
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from xlsr_dist.config import TrackingConfig
-from xlsr_dist.tracking import (MAX_METRICS_PER_BATCH, REFERENCE_TAG, get_or_create_experiment, open_client,
-                                params_to_relog, redact_text, resolve_experiment, resolve_tracking_uri)
+from xlsr_dist.tracking import (
+    MAX_METRICS_PER_BATCH,
+    REFERENCE_TAG,
+    get_or_create_experiment,
+    open_client,
+    params_to_relog,
+    redact_text,
+    resolve_experiment,
+    resolve_tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,9 +91,16 @@ def reference_csv_text() -> str:
 def load_reference() -> list[ReferenceRow]:
     """The card's training results, in step order."""
     text = reference_csv_text()
-    rows = [ReferenceRow(step=int(r["step"]), epoch=float(r["epoch"]), training_loss=float(r["training_loss"]),
-                         validation_loss=float(r["validation_loss"]), wer=float(r["wer"]))
-            for r in csv.DictReader(io.StringIO(text))]
+    rows = [
+        ReferenceRow(
+            step=int(r["step"]),
+            epoch=float(r["epoch"]),
+            training_loss=float(r["training_loss"]),
+            validation_loss=float(r["validation_loss"]),
+            wer=float(r["wer"]),
+        )
+        for r in csv.DictReader(io.StringIO(text))
+    ]
     return sorted(rows, key=lambda r: r.step)
 
 
@@ -100,8 +116,12 @@ def timestamp_for(step: int) -> int:
 
 def find_reference_runs(client: Any, experiment_id: str) -> list[Any]:
     """Reference runs in the experiment, oldest first."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{REFERENCE_TAG}` = 'true'",
-                              order_by=["attributes.start_time ASC"], max_results=50)
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{REFERENCE_TAG}` = 'true'",
+        order_by=["attributes.start_time ASC"],
+        max_results=50,
+    )
     return list(runs)
 
 
@@ -121,11 +141,16 @@ def ensure_reference_run(client: Any, experiment: str, tracking_uri: str) -> tup
     series = reference_series()
     runs = find_reference_runs(client, experiment_id)
     if len(runs) > 1:
-        log.warning("%d reference runs in experiment %r; using the oldest, %s", len(runs), experiment,
-                    runs[0].info.run_id)
-    tags = {REFERENCE_TAG: "true", MODEL_TAG: REFERENCE_MODEL, "xlsr_dist.kind": "reference",
-            "mlflow.note.content": f"Training results of the {REFERENCE_MODEL} model card ({BASE_MODEL} fine-tuned "
-                                   f"with CTC, global batch 8, 9000 steps), imported by xlsr_dist.reference."}
+        log.warning(
+            "%d reference runs in experiment %r; using the oldest, %s", len(runs), experiment, runs[0].info.run_id
+        )
+    tags = {
+        REFERENCE_TAG: "true",
+        MODEL_TAG: REFERENCE_MODEL,
+        "xlsr_dist.kind": "reference",
+        "mlflow.note.content": f"Training results of the {REFERENCE_MODEL} model card ({BASE_MODEL} fine-tuned "
+        f"with CTC, global batch 8, 9000 steps), imported by xlsr_dist.reference.",
+    }
     if runs:
         run = runs[0]
         run_id = run.info.run_id
@@ -141,10 +166,11 @@ def ensure_reference_run(client: Any, experiment: str, tracking_uri: str) -> tup
     complete = not missing and not params and run.info.status == "FINISHED"
     if complete and _has_table(client, run_id):
         return run_id, "complete"
-    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()])
+    client.log_batch(
+        run_id, params=[Param(k, v) for k, v in params.items()], tags=[RunTag(k, v) for k, v in tags.items()]
+    )
     for i in range(0, len(missing), MAX_METRICS_PER_BATCH):
-        chunk = missing[i:i + MAX_METRICS_PER_BATCH]
+        chunk = missing[i : i + MAX_METRICS_PER_BATCH]
         client.log_batch(run_id, metrics=[Metric(k, v, timestamp_for(s), s) for k, v, s in chunk])
     if not _has_table(client, run_id):
         with tempfile.TemporaryDirectory() as tmp:
@@ -160,8 +186,10 @@ def _has_table(client: Any, run_id: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m xlsr_dist.reference",
-                                     description="Import the seed model card's training results as an MLflow run.")
+    parser = argparse.ArgumentParser(
+        prog="python -m xlsr_dist.reference",
+        description="Import the seed model card's training results as an MLflow run.",
+    )
     parser.add_argument("--tracking_uri", default="", help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--experiment_name", default="", help="default: $MLFLOW_EXPERIMENT_NAME, else xlsr_dist")
     args = parser.parse_args(argv)

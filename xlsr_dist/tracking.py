@@ -26,16 +26,26 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 from xlsr_dist.config import TrackingConfig
 from xlsr_dist.world import World
 
 log = logging.getLogger(__name__)
 
-METRIC_NAMES = ("loss", "learning_rate", "grad_norm", "loss_scale", "epoch", "eval_loss", "eval_wer", "eval_cer",
-                "throughput")
+METRIC_NAMES = (
+    "loss",
+    "learning_rate",
+    "grad_norm",
+    "loss_scale",
+    "epoch",
+    "eval_loss",
+    "eval_wer",
+    "eval_cer",
+    "throughput",
+)
 DEFAULT_EXPERIMENT = "xlsr_dist"
 RUN_INFO = "run_info.json"
 METRICS_FILE = "metrics.jsonl"
@@ -58,8 +68,16 @@ MAX_METRICS_PER_BATCH = 1000
 REDACTED = "<redacted>"
 
 # Errors that no retry can fix; everything else (connection refused, timeouts, 5xx) is treated as an outage.
-_PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
-                                    "INVALID_STATE", "RESOURCE_ALREADY_EXISTS", "MALFORMED_REQUEST"})
+_PERMANENT_ERROR_CODES = frozenset(
+    {
+        "INVALID_PARAMETER_VALUE",
+        "RESOURCE_DOES_NOT_EXIST",
+        "BAD_REQUEST",
+        "INVALID_STATE",
+        "RESOURCE_ALREADY_EXISTS",
+        "MALFORMED_REQUEST",
+    }
+)
 
 
 class Tracker(Protocol):
@@ -95,7 +113,7 @@ def _absolute_sqlite(uri: str) -> str:
     # A relative sqlite path would name another database as soon as a tool runs from another directory.
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
-        return prefix + str(Path(uri[len(prefix):]).resolve())
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
 
 
@@ -109,7 +127,7 @@ def local_artifact_root(uri: str, experiment: str) -> str | None:
     if is_remote(uri):
         return None
     if uri.startswith("sqlite:///") and ":memory:" not in uri:
-        base = Path(uri[len("sqlite:///"):]).resolve().parent
+        base = Path(uri[len("sqlite:///") :]).resolve().parent
     else:
         base = Path.cwd().resolve()
     safe = re.sub(r"[^\w.-]+", "_", experiment).strip("._") or DEFAULT_EXPERIMENT
@@ -142,12 +160,14 @@ def get_or_create_experiment(client: Any, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage != "active":
-            raise MlflowException(f"MLflow experiment {name!r} is deleted; restore it or use another "
-                                  f"--experiment_name")
+            raise MlflowException(f"MLflow experiment {name!r} is deleted; restore it or use another --experiment_name")
         return str(exp.experiment_id)
     try:
-        return str(client.create_experiment(name, artifact_location=local_artifact_root(uri, name),
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        return str(
+            client.create_experiment(
+                name, artifact_location=local_artifact_root(uri, name), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
+        )
     except MlflowException as exc:
         if _error_code(exc) != "RESOURCE_ALREADY_EXISTS":  # another process created it in between
             raise
@@ -173,35 +193,100 @@ def short_error(exc: BaseException) -> str:
 # Secrets: dropped by name, redacted by value
 
 
-_SECRET_WORDS = frozenset({"token", "tokens", "password", "passwd", "secret", "secrets", "credential",
-                           "credentials", "auth", "authorization", "apikey", "passphrase", "cookie", "privatekey",
-                           "accesskey", "secretkey"})
-_SECRET_PAIRS = frozenset({("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key"),
-                           ("account", "key"), ("session", "key"), ("signing", "key"), ("encryption", "key"),
-                           ("client", "secret")})
+_SECRET_WORDS = frozenset(
+    {
+        "token",
+        "tokens",
+        "password",
+        "passwd",
+        "secret",
+        "secrets",
+        "credential",
+        "credentials",
+        "auth",
+        "authorization",
+        "apikey",
+        "passphrase",
+        "cookie",
+        "privatekey",
+        "accesskey",
+        "secretkey",
+    }
+)
+_SECRET_PAIRS = frozenset(
+    {
+        ("api", "key"),
+        ("access", "key"),
+        ("secret", "key"),
+        ("private", "key"),
+        ("account", "key"),
+        ("session", "key"),
+        ("signing", "key"),
+        ("encryption", "key"),
+        ("client", "secret"),
+    }
+)
 # "token" next to these words is a vocabulary notion (pad_token_id, max_tokens), not a credential.
-_TOKEN_NOT_SECRET = frozenset({"id", "ids", "type", "types", "length", "len", "count", "max", "min", "num", "pad",
-                               "bos", "eos", "unk", "cls", "sep", "mask", "special", "per", "limit", "embedding",
-                               "embeddings", "vocab", "delimiter"})
+_TOKEN_NOT_SECRET = frozenset(
+    {
+        "id",
+        "ids",
+        "type",
+        "types",
+        "length",
+        "len",
+        "count",
+        "max",
+        "min",
+        "num",
+        "pad",
+        "bos",
+        "eos",
+        "unk",
+        "cls",
+        "sep",
+        "mask",
+        "special",
+        "per",
+        "limit",
+        "embedding",
+        "embeddings",
+        "vocab",
+        "delimiter",
+    }
+)
 _TOKEN_WORDS = frozenset({"token", "tokens"})
 
-_SECRET_VALUE_PATTERNS = [re.compile(p) for p in (
-    r"\bhf_[A-Za-z0-9]{20,}",                                    # Hugging Face
-    r"\bapi_org_[A-Za-z0-9]{20,}",
-    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",  # AWS access key ids
-    r"\bgh[pousr]_[A-Za-z0-9]{30,}",                              # GitHub
-    r"\bgithub_pat_[A-Za-z0-9_]{30,}",
-    r"\bsk-[A-Za-z0-9_-]{20,}",                                   # OpenAI-style
-    r"\bxox[abprs]-[A-Za-z0-9-]{10,}",                            # Slack
-    r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JWT
-    # AWS secret access key shape: 40 base64 characters with both cases (a git sha is lower-case hex).
-    r"(?<![A-Za-z0-9/+])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])",
-)]
+_SECRET_VALUE_PATTERNS = [
+    re.compile(p)
+    for p in (
+        r"\bhf_[A-Za-z0-9]{20,}",  # Hugging Face
+        r"\bapi_org_[A-Za-z0-9]{20,}",
+        r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b",  # AWS access key ids
+        r"\bgh[pousr]_[A-Za-z0-9]{30,}",  # GitHub
+        r"\bgithub_pat_[A-Za-z0-9_]{30,}",
+        r"\bsk-[A-Za-z0-9_-]{20,}",  # OpenAI-style
+        r"\bxox[abprs]-[A-Za-z0-9-]{10,}",  # Slack
+        r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}",  # JWT
+        # AWS secret access key shape: 40 base64 characters with both cases (a git sha is lower-case hex).
+        r"(?<![A-Za-z0-9/+])(?=[A-Za-z0-9/+]{0,39}[a-z])(?=[A-Za-z0-9/+]{0,39}[A-Z])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+])",
+    )
+]
 _URL_CREDENTIALS = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):(?P<pw>[^@/\s]+)@")
-_KNOWN_SECRET_ENV = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
-                     "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID", "WANDB_API_KEY",
-                     "DATABRICKS_TOKEN", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_CONNECTION_STRING",
-                     "GOOGLE_APPLICATION_CREDENTIALS_JSON")
+_KNOWN_SECRET_ENV = (
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "WANDB_API_KEY",
+    "DATABRICKS_TOKEN",
+    "AZURE_STORAGE_ACCESS_KEY",
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "GOOGLE_APPLICATION_CREDENTIALS_JSON",
+)
 
 
 def _words(name: str) -> list[str]:
@@ -214,7 +299,7 @@ def is_secret_name(name: str) -> bool:
     words = _words(name)
     for i, w in enumerate(words):
         if w in _TOKEN_WORDS:
-            neighbours = set(words[max(0, i - 1):i] + words[i + 1:i + 2])
+            neighbours = set(words[max(0, i - 1) : i] + words[i + 1 : i + 2])
             if not neighbours & _TOKEN_NOT_SECRET:
                 return True
         elif w in _SECRET_WORDS:
@@ -285,8 +370,26 @@ def sanitize(values: Mapping[str, Any], limit: int) -> tuple[dict[str, str], lis
     return clean, dropped
 
 
-_TEXT_SUFFIXES = frozenset({".json", ".jsonl", ".yaml", ".yml", ".txt", ".md", ".cfg", ".ini", ".toml", ".log",
-                            ".csv", ".tsv", ".sh", ".py", ".env", ".conf"})
+_TEXT_SUFFIXES = frozenset(
+    {
+        ".json",
+        ".jsonl",
+        ".yaml",
+        ".yml",
+        ".txt",
+        ".md",
+        ".cfg",
+        ".ini",
+        ".toml",
+        ".log",
+        ".csv",
+        ".tsv",
+        ".sh",
+        ".py",
+        ".env",
+        ".conf",
+    }
+)
 _MAX_REDACT_BYTES = 64 * 1024 * 1024
 
 
@@ -330,8 +433,10 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def write_run_info(output_dir: str | Path, run_id: str, tracking_uri: str, experiment: str) -> None:
-    _write_json_atomic(Path(output_dir) / RUN_INFO,
-                       {"run_id": run_id, "tracking_uri": redact_text(tracking_uri), "experiment": experiment})
+    _write_json_atomic(
+        Path(output_dir) / RUN_INFO,
+        {"run_id": run_id, "tracking_uri": redact_text(tracking_uri), "experiment": experiment},
+    )
 
 
 def read_run_info(output_dir: str | Path) -> dict[str, Any] | None:
@@ -364,8 +469,11 @@ def _record_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _row_metrics(row: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in row.items()
-            if k not in ("step", "timestamp") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if k not in ("step", "timestamp") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def read_metrics_jsonl(path: str | Path) -> dict[str, dict[int, float]]:
@@ -468,9 +576,17 @@ def _append_row(file: Any, metrics: Mapping[str, float], step: int, timestamp: i
 class MlflowTracker:
     """Rank 0's MLflow run; see the module docstring for the delivery guarantees."""
 
-    def __init__(self, tracking_uri: str, experiment: str, output_dir: str | Path, run_name: str = "",
-                 flush_timeout_s: float | None = None, start_timeout_s: float = 30.0,
-                 retry_initial_s: float = 1.0, retry_max_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        output_dir: str | Path,
+        run_name: str = "",
+        flush_timeout_s: float | None = None,
+        start_timeout_s: float = 30.0,
+        retry_initial_s: float = 1.0,
+        retry_max_s: float = 30.0,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.output_dir = Path(output_dir)
@@ -484,15 +600,15 @@ class MlflowTracker:
         self.run_id: str | None = None
 
         self._lock = threading.Lock()
-        self._wake = threading.Event()      # new work queued
-        self._hurry = threading.Event()     # close(): stop waiting out the backoff
+        self._wake = threading.Event()  # new work queued
+        self._hurry = threading.Event()  # close(): stop waiting out the backoff
         self._first_attempt = threading.Event()
-        self._pending: list[tuple[str, float, int, int]] = []   # (key, value, timestamp ms, step)
+        self._pending: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
         self._artifacts: list[tuple[str, str | None]] = []
-        self._failed: list[tuple[str, float, int, int]] = []    # refused for good; kept for the unsent file
+        self._failed: list[tuple[str, float, int, int]] = []  # refused for good; kept for the unsent file
         self._start_spec: dict[str, Any] | None = None
         self._run_ready = False
-        self._created_run_id: str | None = None   # a run created whose params are not all logged yet
+        self._created_run_id: str | None = None  # a run created whose params are not all logged yet
         self._end_status: str | None = None
         self._ended = False
         self._abandoned = False
@@ -511,11 +627,19 @@ class MlflowTracker:
         clean_params, dropped = sanitize(params, MAX_PARAM_VALUE)
         clean_tags, dropped_tags = sanitize(tags, MAX_TAG_VALUE)
         if dropped or dropped_tags:
-            log.info("not logging %d secret-looking setting(s) to MLflow: %s", len(dropped) + len(dropped_tags),
-                     ", ".join(dropped + dropped_tags))
+            log.info(
+                "not logging %d secret-looking setting(s) to MLflow: %s",
+                len(dropped) + len(dropped_tags),
+                ", ".join(dropped + dropped_tags),
+            )
         clean_tags.setdefault("xlsr_dist.output_dir", str(self.output_dir.resolve()))
-        self._start_spec = {"params": clean_params, "tags": clean_tags, "resume_run_id": resume_run_id,
-                            "run_name": self.run_name, "experiment": self.experiment}
+        self._start_spec = {
+            "params": clean_params,
+            "tags": clean_tags,
+            "resume_run_id": resume_run_id,
+            "run_name": self.run_name,
+            "experiment": self.experiment,
+        }
         self._file = open_record(self.output_dir, resume=resume_run_id is not None)
         if resume_run_id:
             self._adopt_unsent(resume_run_id)
@@ -584,9 +708,15 @@ class MlflowTracker:
                 for row in unsent:
                     f.write(json.dumps(row) + "\n")
             n = sum(1 for r in unsent if r["kind"] == "metric")
-            log.warning("MLflow at %s still unreachable after %.0f s: %d metric value(s) written to %s; send them "
-                        "later with: python -m xlsr_dist.tracking replay --output_dir %s",
-                        redact_text(self.tracking_uri), timeout, n, path, self.output_dir)
+            log.warning(
+                "MLflow at %s still unreachable after %.0f s: %d metric value(s) written to %s; send them "
+                "later with: python -m xlsr_dist.tracking replay --output_dir %s",
+                redact_text(self.tracking_uri),
+                timeout,
+                n,
+                path,
+                self.output_dir,
+            )
         else:
             (self.output_dir / UNSENT_FILE).unlink(missing_ok=True)
             shutil.rmtree(self.output_dir / STAGING_DIR, ignore_errors=True)
@@ -601,8 +731,12 @@ class MlflowTracker:
         rows = _read_unsent(path)
         header = next((r for r in rows if r["kind"] == "run"), {})
         if header.get("run_id") not in (None, run_id):
-            log.warning("%s belongs to run %s, not %s; leaving it for `python -m xlsr_dist.tracking replay`",
-                        path, header.get("run_id"), run_id)
+            log.warning(
+                "%s belongs to run %s, not %s; leaving it for `python -m xlsr_dist.tracking replay`",
+                path,
+                header.get("run_id"),
+                run_id,
+            )
             return
         for r in rows:
             if r["kind"] == "metric":
@@ -618,8 +752,14 @@ class MlflowTracker:
         pending_work = metrics or self._artifacts or not self._run_ready or not self._ended
         if not pending_work:
             return rows
-        rows.append({"kind": "run", "run_id": self.run_id or spec.get("resume_run_id"),
-                     "tracking_uri": redact_text(self.tracking_uri), "experiment": self.experiment})
+        rows.append(
+            {
+                "kind": "run",
+                "run_id": self.run_id or spec.get("resume_run_id"),
+                "tracking_uri": redact_text(self.tracking_uri),
+                "experiment": self.experiment,
+            }
+        )
         if not self._run_ready:
             rows.append({"kind": "start", **spec})
         rows += [{"kind": "metric", "key": k, "value": v, "timestamp": ts, "step": s} for k, v, ts, s in metrics]
@@ -635,8 +775,12 @@ class MlflowTracker:
             with self._lock:
                 if self._abandoned:
                     return
-                idle = (self._run_ready and not self._pending and not self._artifacts
-                        and (self._end_status is None or self._ended))
+                idle = (
+                    self._run_ready
+                    and not self._pending
+                    and not self._artifacts
+                    and (self._end_status is None or self._ended)
+                )
                 closing = self._end_status is not None
             if idle:
                 if closing:
@@ -658,8 +802,12 @@ class MlflowTracker:
                     client.set_terminated(self.run_id, status=status)
                     self._ended = True
                 if self._down_since is not None:
-                    log.info("MLflow at %s reachable again after %.0f s; buffered metrics sent (%d in the "
-                             "last batch)", redact_text(self.tracking_uri), time.time() - self._down_since, sent)
+                    log.info(
+                        "MLflow at %s reachable again after %.0f s; buffered metrics sent (%d in the last batch)",
+                        redact_text(self.tracking_uri),
+                        time.time() - self._down_since,
+                        sent,
+                    )
                     self._down_since = None
                 backoff = self.retry_initial_s
             except Exception as exc:  # noqa: BLE001 - tracking must never take training down
@@ -671,8 +819,12 @@ class MlflowTracker:
                     self._down_since = time.time()
                     with self._lock:
                         n = len(self._pending)
-                    log.warning("MLflow at %s unreachable; buffering %d metrics, will retry (%s)",
-                                redact_text(self.tracking_uri), n, short_error(exc))
+                    log.warning(
+                        "MLflow at %s unreachable; buffering %d metrics, will retry (%s)",
+                        redact_text(self.tracking_uri),
+                        n,
+                        short_error(exc),
+                    )
                 if self._hurry.is_set():
                     # close() is waiting on us: retry often, but a refused connection returns at once, so not
                     # in a busy loop.
@@ -684,22 +836,29 @@ class MlflowTracker:
     def _on_permanent(self, exc: BaseException) -> None:
         if not self._run_ready:
             # The run itself cannot be created/continued (e.g. deleted experiment): nothing will ever be sent.
-            log.error("MLflow refused the run: %s; metrics are kept in %s only", short_error(exc),
-                      self.output_dir / METRICS_FILE)
+            log.error(
+                "MLflow refused the run: %s; metrics are kept in %s only",
+                short_error(exc),
+                self.output_dir / METRICS_FILE,
+            )
             with self._lock:
                 self._abandoned = True
             return
         # Drop (into the unsent file) whatever was being sent, so the loop moves on instead of retrying forever.
         with self._lock:
             batch = self._pending[:MAX_METRICS_PER_BATCH]
-            del self._pending[:len(batch)]
+            del self._pending[: len(batch)]
             self._failed.extend(batch)
             artifact = self._artifacts.pop(0) if not batch and self._artifacts else None
             if not batch and artifact is None:
                 self._ended = True  # it was set_terminated that failed: leave the run's status as it is
         if batch:
-            log.error("MLflow refused a batch of %d metric value(s): %s; they stay in %s", len(batch),
-                      short_error(exc), self.output_dir / METRICS_FILE)
+            log.error(
+                "MLflow refused a batch of %d metric value(s): %s; they stay in %s",
+                len(batch),
+                short_error(exc),
+                self.output_dir / METRICS_FILE,
+            )
         elif artifact is not None:
             log.error("MLflow refused artifact %s: %s", artifact[0], short_error(exc))
         else:
@@ -721,8 +880,9 @@ class MlflowTracker:
             except MlflowException as exc:
                 if _error_code(exc) != "RESOURCE_DOES_NOT_EXIST":
                     raise
-                log.warning("MLflow run %s not found at %s; starting a new run", resume_id,
-                            redact_text(self.tracking_uri))
+                log.warning(
+                    "MLflow run %s not found at %s; starting a new run", resume_id, redact_text(self.tracking_uri)
+                )
         if run is not None and run.info.lifecycle_stage != "active":
             log.warning("MLflow run %s is deleted; starting a new run", resume_id)
             run = None
@@ -738,9 +898,11 @@ class MlflowTracker:
         items = list(to_log.items())
         tag_items = list(tags.items())
         for i in range(0, max(len(items), len(tag_items)), MAX_PARAMS_TAGS_PER_BATCH):
-            client.log_batch(run_id,
-                             params=[Param(k, v) for k, v in items[i:i + MAX_PARAMS_TAGS_PER_BATCH]],
-                             tags=[RunTag(k, v) for k, v in tag_items[i:i + MAX_PARAMS_TAGS_PER_BATCH]])
+            client.log_batch(
+                run_id,
+                params=[Param(k, v) for k, v in items[i : i + MAX_PARAMS_TAGS_PER_BATCH]],
+                tags=[RunTag(k, v) for k, v in tag_items[i : i + MAX_PARAMS_TAGS_PER_BATCH]],
+            )
         self.run_id = run_id
         self._run_ready = True
         self._first_attempt.set()
@@ -758,7 +920,7 @@ class MlflowTracker:
             client.log_batch(self.run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in batch])
             with self._lock:
                 # Only appends happen meanwhile, so the head is still this batch.
-                del self._pending[:len(batch)]
+                del self._pending[: len(batch)]
             sent += len(batch)
 
     def _send_artifacts(self, client: Any) -> None:
@@ -791,8 +953,12 @@ def params_to_relog(existing: Mapping[str, str], params: Mapping[str, str]) -> d
             if alt not in existing:
                 out[alt] = value
             elif existing[alt] != value:
-                log.warning("param %s changed again on resume (%r -> %r); MLflow keeps the first values", key,
-                            existing[alt], value)
+                log.warning(
+                    "param %s changed again on resume (%r -> %r); MLflow keeps the first values",
+                    key,
+                    existing[alt],
+                    value,
+                )
     return out
 
 
@@ -832,14 +998,19 @@ def replay(output_dir: str | Path, tracking_uri: str = "", all_metrics: bool = F
     rows = _read_unsent(path) if path.is_file() else []
     info = read_run_info(out) or {}
     header = next((r for r in rows if r["kind"] == "run"), {})
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or header.get("tracking_uri") \
+    uri = (
+        tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI", "")
+        or header.get("tracking_uri")
         or info.get("tracking_uri", "")
+    )
     if not uri or REDACTED in uri:
         raise SystemExit("replay: no usable tracking URI recorded; pass --tracking_uri (or set MLFLOW_TRACKING_URI)")
     uri = _absolute_sqlite(uri)
     experiment = header.get("experiment") or info.get("experiment") or DEFAULT_EXPERIMENT
-    metrics = [(r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows
-               if r["kind"] == "metric"]
+    metrics = [
+        (r["key"], float(r["value"]), int(r["timestamp"]), int(r["step"])) for r in rows if r["kind"] == "metric"
+    ]
     if all_metrics:
         metrics += _metrics_jsonl_rows(out / METRICS_FILE)
     if not rows and not metrics:
@@ -856,7 +1027,9 @@ def replay(output_dir: str | Path, tracking_uri: str = "", all_metrics: bool = F
     if run_id is None:
         raise SystemExit(f"replay: no run id in {path} or {out / RUN_INFO}")
     for i in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in metrics[i:i + MAX_METRICS_PER_BATCH]])
+        client.log_batch(
+            run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in metrics[i : i + MAX_METRICS_PER_BATCH]]
+        )
     for r in rows:
         if r["kind"] == "artifact":
             p = Path(r["local_path"])
@@ -875,8 +1048,11 @@ def replay(output_dir: str | Path, tracking_uri: str = "", all_metrics: bool = F
 
 
 def _metrics_jsonl_rows(path: Path) -> list[tuple[str, float, int, int]]:
-    return [(k, v, int(row.get("timestamp", 0)), int(row["step"])) for row in _record_rows(path)
-            for k, v in _row_metrics(row).items()]
+    return [
+        (k, v, int(row.get("timestamp", 0)), int(row["step"]))
+        for row in _record_rows(path)
+        for k, v in _row_metrics(row).items()
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -15,22 +15,26 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 # `python -m xlsr_dist.train`: catch SIGUSR1/SIGTERM before the imports below (seconds), whose default action would
-# kill a rank signalled while it loads; StopRequest picks up what arrived meanwhile.
+# kill a rank signalled while it loads; StopRequest picks up what arrived meanwhile. (Hence the imports below the
+# handler: E402 is deliberate here and only here.)
 _EARLY_STOP: list[str] = []
 if __name__ == "__main__":
     for _sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(_sig, lambda signum, _frame: _EARLY_STOP.append(signal.Signals(signum).name))
 
-import torch
+import torch  # noqa: E402
 
-from xlsr_dist import checkpoint, ctc, engine as engine_mod, text, tracking, world as world_mod
-from xlsr_dist.config import BatchPlan, Config, ConfigError, parse_args, plan_batches
-from xlsr_dist.world import World
+from xlsr_dist import checkpoint, ctc, text, tracking  # noqa: E402
+from xlsr_dist import engine as engine_mod  # noqa: E402
+from xlsr_dist import world as world_mod  # noqa: E402
+from xlsr_dist.config import BatchPlan, Config, ConfigError, parse_args, plan_batches  # noqa: E402
+from xlsr_dist.world import World  # noqa: E402
 
 log = logging.getLogger("xlsr_dist")
 
@@ -67,7 +71,7 @@ class Window:
     started: float = field(default_factory=time.perf_counter)
 
     @staticmethod
-    def fresh(device: torch.device) -> "Window":
+    def fresh(device: torch.device) -> Window:
         return Window(loss_sum=torch.zeros((), dtype=torch.float64, device=device))
 
 
@@ -77,7 +81,11 @@ class NonFiniteLoss(RuntimeError):
 
 def setup_console(world: World) -> None:
     level = logging.INFO if world.is_main else logging.WARNING
-    fmt = "%(asctime)s %(levelname)s %(message)s" if world.is_main else f"%(asctime)s rank {world.rank} %(levelname)s %(message)s"
+    fmt = (
+        "%(asctime)s %(levelname)s %(message)s"
+        if world.is_main
+        else f"%(asctime)s rank {world.rank} %(levelname)s %(message)s"
+    )
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
     log.setLevel(level)
     # DeepSpeed and transformers are chatty at INFO on every rank; their warnings still show.
@@ -122,8 +130,14 @@ def save_model_config(model: Any, vocab: dict[str, int], output_dir: Path) -> No
     model.config.save_pretrained(target)
 
 
-def train_step(engine: Any, micro_batches: Sequence[dict[str, Any]], device: torch.device, dtype: torch.dtype,
-               blank_id: int, zero_infinity: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def train_step(
+    engine: Any,
+    micro_batches: Sequence[dict[str, Any]],
+    device: torch.device,
+    dtype: torch.dtype,
+    blank_id: int,
+    zero_infinity: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over grad_accum micro-batches.
 
     Returns (mean loss, any non-finite valid item) as device tensors: nothing here waits for the accelerator.
@@ -133,10 +147,16 @@ def train_step(engine: Any, micro_batches: Sequence[dict[str, Any]], device: tor
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for batch in micro_batches:
         mask = batch["attention_mask"].to(device, non_blocking=True)
-        logits = engine(input_values=batch["input_values"].to(device, dtype, non_blocking=True),
-                        attention_mask=mask).logits
-        losses = ctc.per_utterance_loss(logits, ctc.frame_lengths(engine.module, mask),
-                                        batch["labels"].to(device, non_blocking=True), blank_id, zero_infinity)
+        logits = engine(
+            input_values=batch["input_values"].to(device, dtype, non_blocking=True), attention_mask=mask
+        ).logits
+        losses = ctc.per_utterance_loss(
+            logits,
+            ctc.frame_lengths(engine.module, mask),
+            batch["labels"].to(device, non_blocking=True),
+            blank_id,
+            zero_infinity,
+        )
         valid = batch["valid"].to(device)
         loss = ctc.batch_loss(losses, valid)
         engine.backward(loss)
@@ -151,8 +171,14 @@ def nonfinite_ids(micro_batches: Sequence[dict[str, Any]]) -> list[str]:
     return [uid for b in micro_batches for uid, bad in zip(b["ids"], b["nonfinite"].tolist()) if bad]
 
 
-def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_config: dict[str, Any],
-          stop: StopRequest | None = None) -> int:
+def train(
+    cfg: Config,
+    world: World,
+    plan: BatchPlan,
+    device: torch.device,
+    ds_config: dict[str, Any],
+    stop: StopRequest | None = None,
+) -> int:
     from transformers import set_seed
 
     from xlsr_dist import evaluate as evaluate_mod
@@ -177,8 +203,9 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
         return output_frames(model.config, num_samples)
 
     train_stream = TrainStream(train_location, world, plan, t.seed, vocab, cfg.data, frames_fn)
-    eval_stream = EvalStream(eval_location, world, t.per_device_eval_batch_size, vocab, cfg.data, frames_fn,
-                             cfg.data.eval_max_utterances)
+    eval_stream = EvalStream(
+        eval_location, world, t.per_device_eval_batch_size, vocab, cfg.data, frames_fn, cfg.data.eval_max_utterances
+    )
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * train_stream.steps_per_epoch)
     log.info("data: %s", train_stream.describe())
     for item in train_stream.report[:20]:
@@ -193,21 +220,35 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
         client = checkpoint.load(engine, resume_from)
         step, run_id = int(client["step"]), client.get("mlflow_run_id")
         state = DataState.from_dict(client["data_state"])
-        log.info("resumed from %s at step %d (epoch %d, batch %d of the epoch)", resume_from, step, state.epoch,
-                 state.step_in_epoch)
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d of the epoch)",
+            resume_from,
+            step,
+            state.epoch,
+            state.step_in_epoch,
+        )
     elif world.is_main:
         save_model_config(model, vocab, output_dir)
     world_mod.barrier()
 
-    params = {**cfg.flat(), **tracking.flatten("deepspeed", ds_config, {}), "world_size": world.world_size,
-              "micro_batch": plan.micro_batch, "grad_accum": plan.grad_accum, "precision": prec,
-              "num_train_utterances": train_stream.num_samples, "steps_per_epoch": train_stream.steps_per_epoch,
-              "total_steps": total_steps, "num_parameters": sum(p.numel() for p in model.parameters())}
+    params = {
+        **cfg.flat(),
+        **tracking.flatten("deepspeed", ds_config, {}),
+        "world_size": world.world_size,
+        "micro_batch": plan.micro_batch,
+        "grad_accum": plan.grad_accum,
+        "precision": prec,
+        "num_train_utterances": train_stream.num_samples,
+        "steps_per_epoch": train_stream.steps_per_epoch,
+        "total_steps": total_steps,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+    }
     if world.is_main:
         (output_dir / "train_config.json").write_text(json.dumps(params, indent=1, default=str))
     tracker = tracking.build_tracker(world, cfg.tracking, str(output_dir))
-    run_id = tracker.start(params, {"xlsr_dist.kind": "training", "xlsr_dist.output_dir": str(output_dir.resolve())},
-                           resume_run_id=run_id)
+    run_id = tracker.start(
+        params, {"xlsr_dist.kind": "training", "xlsr_dist.output_dir": str(output_dir.resolve())}, resume_run_id=run_id
+    )
 
     # main() installed it before loading anything; installed again in case a library replaced the handlers since.
     stop = stop if stop is not None else StopRequest()
@@ -219,15 +260,22 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
 
     def client_state() -> dict[str, Any]:
         # tracker.run_id, not start()'s answer: with the server away at start the run is created later.
-        return {"step": step, "data_state": state.to_dict(), "mlflow_run_id": tracker.run_id or run_id,
-                "world_size": world.world_size}
+        return {
+            "step": step,
+            "data_state": state.to_dict(),
+            "mlflow_run_id": tracker.run_id or run_id,
+            "world_size": world.world_size,
+        }
 
     def run_eval() -> None:
-        metrics, examples = evaluate_mod.evaluate(engine, eval_stream, inverse_vocab, blank_id,
-                                                  cfg.model.ctc_zero_infinity, device, dtype)
+        metrics, examples = evaluate_mod.evaluate(
+            engine, eval_stream, inverse_vocab, blank_id, cfg.model.ctc_zero_infinity, device, dtype
+        )
         tracker.log_metrics({k: v for k, v in metrics.items() if k != "eval_samples"}, step)
-        msg = (f"eval step {step}: loss {metrics['eval_loss']:.4f} wer {metrics['eval_wer']:.4f} "
-               f"cer {metrics['eval_cer']:.4f} ({int(metrics['eval_samples'])} utterances)")
+        msg = (
+            f"eval step {step}: loss {metrics['eval_loss']:.4f} wer {metrics['eval_wer']:.4f} "
+            f"cer {metrics['eval_cer']:.4f} ({int(metrics['eval_samples'])} utterances)"
+        )
         progress.write(msg) if progress is not None else log.info(msg)
         for uid, ref, hyp in examples:
             log.info("  %s  ref: %s | hyp: %s", uid, ref, hyp)
@@ -256,10 +304,13 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
                     log.error("non-finite CTC loss at step %d for utterances: %s", step, ", ".join(bad_ids))
                 raise NonFiniteLoss(
                     f"non-finite loss at step {step} ({prec}); offending utterance ids are logged by their rank. "
-                    f"Resume from the last checkpoint with --resume_from_checkpoint latest after removing them.")
+                    f"Resume from the last checkpoint with --resume_from_checkpoint latest after removing them."
+                )
             if consecutive_skips >= t.max_nonfinite_steps:
-                raise NonFiniteLoss(f"{consecutive_skips} consecutive fp16 overflow steps up to step {step}; "
-                                    f"last batch ids: {[i for b in micro_batches for i in b['ids']]}")
+                raise NonFiniteLoss(
+                    f"{consecutive_skips} consecutive fp16 overflow steps up to step {step}; "
+                    f"last batch ids: {[i for b in micro_batches for i in b['ids']]}"
+                )
 
             if step % t.logging_steps == 0 or step == total_steps:
                 window = _log(engine, tracker, window, step, train_stream.steps_per_epoch, device, progress, world)
@@ -273,13 +324,16 @@ def train(cfg: Config, world: World, plan: BatchPlan, device: torch.device, ds_c
                 last_save_step = step
             if vote[0]:
                 if window.steps:  # the partial window's loss is not lost when the stop falls between log steps
-                    window = _log(engine, tracker, window, step, train_stream.steps_per_epoch, device, progress,
-                                  world)
+                    window = _log(engine, tracker, window, step, train_stream.steps_per_epoch, device, progress, world)
                 if last_save_step != step:
                     checkpoint.save(engine, output_dir, step, client_state(), t.save_total_limit, world)
-                log.warning("stop requested (%s): checkpoint saved at step %d; exiting with status %d so the "
-                            "scheduler can requeue; resume with --resume_from_checkpoint latest",
-                            stop.signal_name or "signal on another rank", step, EXIT_PREEMPTED)
+                log.warning(
+                    "stop requested (%s): checkpoint saved at step %d; exiting with status %d so the "
+                    "scheduler can requeue; resume with --resume_from_checkpoint latest",
+                    stop.signal_name or "signal on another rank",
+                    step,
+                    EXIT_PREEMPTED,
+                )
                 status, exit_code = "KILLED", EXIT_PREEMPTED
                 break
         if exit_code == 0:
@@ -312,8 +366,16 @@ def _progress(world: World, disabled: bool, start: int, total: int) -> Any:
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
 
 
-def _log(engine: Any, tracker: Any, window: Window, step: int, steps_per_epoch: int, device: torch.device,
-         progress: Any, world: World) -> Window:
+def _log(
+    engine: Any,
+    tracker: Any,
+    window: Window,
+    step: int,
+    steps_per_epoch: int,
+    device: torch.device,
+    progress: Any,
+    world: World,
+) -> Window:
     """Collective: averages the window's loss over ranks (the global batch's loss) and logs on rank 0."""
     summed = world_mod.all_reduce_sum([float(window.loss_sum), window.audio_seconds], device).tolist()
     elapsed = max(time.perf_counter() - window.started, 1e-9)
@@ -327,8 +389,12 @@ def _log(engine: Any, tracker: Any, window: Window, step: int, steps_per_epoch: 
     }
     tracker.log_metrics(metrics, step)
     if progress is not None:
-        progress.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['learning_rate']:.2e}",
-                             audio_s_per_s=f"{metrics['throughput']:.1f}", refresh=False)
+        progress.set_postfix(
+            loss=f"{metrics['loss']:.4f}",
+            lr=f"{metrics['learning_rate']:.2e}",
+            audio_s_per_s=f"{metrics['throughput']:.1f}",
+            refresh=False,
+        )
     return Window.fresh(device)
 
 
@@ -349,9 +415,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"xlsr_dist: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_console(world)
-    log.info("world %d rank(s): global batch %d = %d micro x %d accumulation x %d rank(s); %s on %s",
-             world.world_size, plan.global_batch, plan.micro_batch, plan.grad_accum, world.world_size,
-             engine_mod.precision(ds_config), device)
+    log.info(
+        "world %d rank(s): global batch %d = %d micro x %d accumulation x %d rank(s); %s on %s",
+        world.world_size,
+        plan.global_batch,
+        plan.micro_batch,
+        plan.grad_accum,
+        world.world_size,
+        engine_mod.precision(ds_config),
+        device,
+    )
     world_mod.init(world, device, cfg.train.dist_timeout_s)
     try:
         code = train(cfg, world, plan, device, ds_config, stop)
@@ -363,9 +436,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 2
     except Exception as exc:
         if world_mod.is_peer_failure(exc):
-            log.error("rank %d: a collective failed, a peer rank probably died or was killed (%s); exiting. The "
-                      "launcher's message or the first failing rank's log names the cause.", world.rank,
-                      world_mod.describe_peer_failure(exc))
+            log.error(
+                "rank %d: a collective failed, a peer rank probably died or was killed (%s); exiting. The "
+                "launcher's message or the first failing rank's log names the cause.",
+                world.rank,
+                world_mod.describe_peer_failure(exc),
+            )
         raise
     finally:
         world_mod.shutdown()

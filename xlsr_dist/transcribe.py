@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 
 def load(model_path: str | Path, device: str = "") -> tuple[Any, Any, Any]:
@@ -46,10 +47,10 @@ def transcribe(model_path: str | Path, files: Sequence[str | Path], device: str 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m xlsr_dist.transcribe",
-                                     description="Transcribe audio files with a trained or exported model.")
-    parser.add_argument("--model", required=True,
-                        help="exported model dir, run --output_dir, or checkpoint dir")
+    parser = argparse.ArgumentParser(
+        prog="python -m xlsr_dist.transcribe", description="Transcribe audio files with a trained or exported model."
+    )
+    parser.add_argument("--model", required=True, help="exported model dir, run --output_dir, or checkpoint dir")
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("files", nargs="+", metavar="FILE")
     args = parser.parse_args(argv)

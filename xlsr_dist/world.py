@@ -10,8 +10,8 @@ import datetime
 import os
 import re
 import socket
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, MutableMapping, Sequence
 
 import torch
 
@@ -36,7 +36,7 @@ class World:
         return self.rank // max(1, self.local_world_size)
 
     @staticmethod
-    def from_env(env: Mapping[str, str] | None = None) -> "World":
+    def from_env(env: Mapping[str, str] | None = None) -> World:
         """Read the launcher's variables; SLURM's are used when a bare `srun python -m ...` started us."""
         e = os.environ if env is None else env
         if "RANK" in e and "WORLD_SIZE" in e:
@@ -139,8 +139,16 @@ def all_reduce_max(values: Sequence[float] | torch.Tensor, device: torch.device)
 
 
 # What gloo and NCCL say when the process at the other end of a collective is gone or stuck.
-_PEER_FAILURE_MARKERS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "third_party/gloo",
-                         "NCCL", "Timed out", "timed out", "Socket Timeout")
+_PEER_FAILURE_MARKERS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "Broken pipe",
+    "third_party/gloo",
+    "NCCL",
+    "Timed out",
+    "timed out",
+    "Socket Timeout",
+)
 _PEER_ADDRESS = re.compile(r"\[([0-9A-Za-z.:-]+)\]:(\d+)")
 
 

@@ -22,9 +22,10 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,8 @@ MAX_SHARDS = 8
 _SPLIT_CODES = {"train": 1, "eval": 2}
 
 # Common short English words; together they use all 26 letters, so the vocabulary is the full alphabet.
-WORDS: tuple[str, ...] = tuple("""
+WORDS: tuple[str, ...] = tuple(
+    """
 the of and to in is you that it he was for on are as with his they at be this have from or one had by word but
 not what all were we when your can said there use an each which she do how their if will up other about out many
 then them these so some her would make like him into time has look two more write go see number no way could
@@ -54,7 +56,8 @@ letter mother answer found study still learn should world high every near add fo
 last school father keep tree never start city earth eye light thought head under story saw left few while along
 might close something seem next hard open example begin life always those both paper together got group often run
 quiz queen quick box six fox fix zoo zero size jump joy job jet judge jar yes yellow yard wax zip quite
-""".split())
+""".split()
+)
 
 _VOWELS = "aeiouy"
 _VOICED_CONSONANTS = "bdgjlmnrvwz"
@@ -279,8 +282,10 @@ def _generate_into(final: Path, seed: int, n_train: int, n_eval: int) -> None:
         except OSError as exc:
             # Another machine sharing the filesystem (no shared lock) finished first: its copy is identical.
             if not _complete(final):
-                raise OSError(f"cannot place the demo corpus at {final} ({exc}); it holds an incomplete corpus: "
-                              f"delete that directory and run again") from exc
+                raise OSError(
+                    f"cannot place the demo corpus at {final} ({exc}); it holds an incomplete corpus: "
+                    f"delete that directory and run again"
+                ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ Epoch recipe (duration bucketing with random batch order):
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -53,8 +53,9 @@ def epoch_batches(
     """
     d = np.asarray(durations, dtype=np.float64)
     if global_batch < 1 or bucket_size_multiplier < 1:
-        raise ValueError(f"global_batch ({global_batch}) and bucket_size_multiplier ({bucket_size_multiplier}) "
-                         f"must be >= 1")
+        raise ValueError(
+            f"global_batch ({global_batch}) and bucket_size_multiplier ({bucket_size_multiplier}) must be >= 1"
+        )
     steps = steps_per_epoch(d.size, global_batch)
     if steps == 0:
         return np.zeros((0, global_batch), dtype=np.int64)
@@ -119,8 +120,9 @@ def padding_fraction(durations: Sequence[float] | np.ndarray, batches: np.ndarra
     return padded / (padded + real) if real + padded else 0.0
 
 
-def common_voice_like_durations(n: int, seed: int = 0, median_s: float = 4.8, sigma: float = 0.35,
-                                lo: float = 1.0, hi: float = 15.0) -> np.ndarray:
+def common_voice_like_durations(
+    n: int, seed: int = 0, median_s: float = 4.8, sigma: float = 0.35, lo: float = 1.0, hi: float = 15.0
+) -> np.ndarray:
     """Lognormal durations with Common Voice's median (4.8 s), clipped to [1, 15] s, for tests and benchmarks.
 
     sigma 0.35 puts 90 % of clips between 2.7 and 8.5 s, the bulk of Common Voice's read sentences.

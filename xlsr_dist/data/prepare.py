@@ -44,9 +44,10 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -108,8 +109,11 @@ class Settings:
     max_chars_per_second: float = 25.0
 
     def key(self) -> dict[str, Any]:
-        return {"version": PLAN_VERSION, "max_duration_in_seconds": self.max_duration_in_seconds,
-                "max_chars_per_second": self.max_chars_per_second}
+        return {
+            "version": PLAN_VERSION,
+            "max_duration_in_seconds": self.max_duration_in_seconds,
+            "max_chars_per_second": self.max_chars_per_second,
+        }
 
 
 # ----------------------------------------------------------------------------------------------- layouts
@@ -136,7 +140,8 @@ def _read_table(path: Path) -> tuple[list[dict[str, str]], list[Skip], str, str]
         wanted = PATH_COLUMNS if path_col is None else TEXT_COLUMNS
         raise PrepareError(
             f"{path}: cannot tell which column holds the {missing} (looked for {', '.join(wanted)}); the header is "
-            f"{header}; rename that column")
+            f"{header}; rename that column"
+        )
     pi, ti = lower.index(path_col), lower.index(text_col)
     rows: list[dict[str, str]] = []
     bad: list[Skip] = []
@@ -144,8 +149,14 @@ def _read_table(path: Path) -> tuple[list[dict[str, str]], list[Skip], str, str]
         if not fields or all(not f.strip() for f in fields):
             continue
         if len(fields) <= max(pi, ti) or not fields[pi].strip():
-            bad.append(Skip(f"{path.name}:{lineno}", str(path), MALFORMED,
-                            f"line {lineno} has {len(fields)} fields or no audio path"))
+            bad.append(
+                Skip(
+                    f"{path.name}:{lineno}",
+                    str(path),
+                    MALFORMED,
+                    f"line {lineno} has {len(fields)} fields or no audio path",
+                )
+            )
             continue
         rows.append({"path": fields[pi].strip(), "text": fields[ti], "line": str(lineno)})
     return rows, bad, path_col, text_col
@@ -156,8 +167,9 @@ def _resolve(base: Path, p: str) -> str:
     return str(q if q.is_absolute() else base / q)
 
 
-def _find_per_split(directory: Path, suffixes: tuple[str, ...], splits: Sequence[str] | None,
-                    what: str) -> list[tuple[str, Path]]:
+def _find_per_split(
+    directory: Path, suffixes: tuple[str, ...], splits: Sequence[str] | None, what: str
+) -> list[tuple[str, Path]]:
     if splits:
         out = []
         for s in splits:
@@ -170,7 +182,8 @@ def _find_per_split(directory: Path, suffixes: tuple[str, ...], splits: Sequence
     if len(found) != 1:
         raise PrepareError(
             f"{directory}: expected exactly one {what} ({'/'.join(suffixes)}), found "
-            f"{[p.name for p in found] or 'none'}; pass the file as --input or name splits with --split")
+            f"{[p.name for p in found] or 'none'}; pass the file as --input or name splits with --split"
+        )
     return [("train", found[0])]
 
 
@@ -197,8 +210,9 @@ def read_folder(input_path: Path, splits: Sequence[str] | None) -> list[SplitInp
 
 def read_commonvoice(input_path: Path, splits: Sequence[str] | None) -> list[SplitInput]:
     if not input_path.is_dir():
-        raise PrepareError(f"--input {input_path}: a Common Voice language directory (clips/ + train.tsv ...) "
-                           "is expected")
+        raise PrepareError(
+            f"--input {input_path}: a Common Voice language directory (clips/ + train.tsv ...) is expected"
+        )
     names = list(splits) if splits else [s for s in ("train", "dev", "test") if (input_path / f"{s}.tsv").is_file()]
     if not names:
         raise PrepareError(f"{input_path}: none of train.tsv, dev.tsv, test.tsv found")
@@ -217,12 +231,14 @@ def read_commonvoice(input_path: Path, splits: Sequence[str] | None) -> list[Spl
 def _librispeech_items(root: Path, base: Path) -> tuple[list[Item], list[Skip]]:
     items, bad = [], []
     for trans in sorted(root.rglob("*.trans.txt")):
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        for line in trans.read_text(encoding="utf-8", errors="replace").splitlines():
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
-            audio = next((trans.parent / f"{uid}{s}" for s in AUDIO_SUFFIXES if (trans.parent / f"{uid}{s}").exists()),
-                         trans.parent / f"{uid}.flac")
+            audio = next(
+                (trans.parent / f"{uid}{s}" for s in AUDIO_SUFFIXES if (trans.parent / f"{uid}{s}").exists()),
+                trans.parent / f"{uid}.flac",
+            )
             items.append(Item(uid, text, str(audio.relative_to(base)), str(audio)))
     return items, bad
 
@@ -263,8 +279,14 @@ def read_nemo(input_path: Path, splits: Sequence[str] | None) -> list[SplitInput
                 bad.append(Skip(ref, str(manifest), MALFORMED, f"line {lineno}: {type(e).__name__}: {e}"))
                 continue
             text = entry.get("text")
-            items.append(Item(str(entry.get("id") or path), text if isinstance(text, str) else "", path,
-                              _resolve(manifest.parent, path)))
+            items.append(
+                Item(
+                    str(entry.get("id") or path),
+                    text if isinstance(text, str) else "",
+                    path,
+                    _resolve(manifest.parent, path),
+                )
+            )
         out.append(SplitInput(name, items, bad))
     return out
 
@@ -273,8 +295,16 @@ def _is_saved_dataset(p: Path) -> bool:
     return p.is_dir() and any((p / f).is_file() for f in ("state.json", "dataset_dict.json"))
 
 
-def read_hf(input_ref: str, splits: Sequence[str] | None, hf_splits: Sequence[str], audio_column: str,
-            text_column: str, id_column: str, config_name: str | None, cache_dir: str | None) -> list[SplitInput]:
+def read_hf(
+    input_ref: str,
+    splits: Sequence[str] | None,
+    hf_splits: Sequence[str],
+    audio_column: str,
+    text_column: str,
+    id_column: str,
+    config_name: str | None,
+    cache_dir: str | None,
+) -> list[SplitInput]:
     import datasets  # slow to import; only this layout needs it
 
     if splits and len(splits) != len(hf_splits):
@@ -287,8 +317,9 @@ def read_hf(input_ref: str, splits: Sequence[str] | None, hf_splits: Sequence[st
     for i, hf_split in enumerate(hf_splits):
         try:
             if loaded is None:
-                ds = datasets.load_dataset(str(p) if p.exists() else input_ref, config_name, split=hf_split,
-                                           cache_dir=cache_dir)
+                ds = datasets.load_dataset(
+                    str(p) if p.exists() else input_ref, config_name, split=hf_split, cache_dir=cache_dir
+                )
             elif isinstance(loaded, datasets.DatasetDict):
                 if hf_split not in loaded:
                     raise PrepareError(f"--hf_split {hf_split}: {input_ref} has splits {list(loaded)}")
@@ -300,19 +331,26 @@ def read_hf(input_ref: str, splits: Sequence[str] | None, hf_splits: Sequence[st
         except ImportError as e:
             raise PrepareError(
                 f"--input {input_ref}: datasets needs an optional package to build this dataset ({e}); for a "
-                "folder of audio files with a metadata table use --layout folder") from e
+                "folder of audio files with a metadata table use --layout folder"
+            ) from e
         except Exception as e:  # datasets raises many types for a missing dataset/split/config
-            raise PrepareError(f"--input {input_ref} (--hf_split {hf_split}): cannot load: "
-                               f"{type(e).__name__}: {e}") from e
+            raise PrepareError(
+                f"--input {input_ref} (--hf_split {hf_split}): cannot load: {type(e).__name__}: {e}"
+            ) from e
         cols = ds.column_names
-        audio_col = audio_column if audio_column in cols else next(
-            (c for c, f in ds.features.items() if isinstance(f, datasets.Audio)), None)
+        audio_col = (
+            audio_column
+            if audio_column in cols
+            else next((c for c, f in ds.features.items() if isinstance(f, datasets.Audio)), None)
+        )
         if audio_col is None:
             raise PrepareError(f"--hf_audio_column {audio_column}: not a column of {input_ref} ({cols})")
         text_col = text_column or next((c for c in TEXT_COLUMNS if c in cols), "")
         if text_col not in cols:
-            raise PrepareError(f"--hf_text_column {text_column or '(auto)'}: no transcript column in {input_ref} "
-                               f"(columns {cols}; auto-detection looks for {', '.join(TEXT_COLUMNS)})")
+            raise PrepareError(
+                f"--hf_text_column {text_column or '(auto)'}: no transcript column in {input_ref} "
+                f"(columns {cols}; auto-detection looks for {', '.join(TEXT_COLUMNS)})"
+            )
         id_col = id_column or ("id" if "id" in cols else "")
         if id_col and id_col not in cols:
             raise PrepareError(f"--hf_id_column {id_col}: not a column of {input_ref} ({cols})")
@@ -323,8 +361,14 @@ def read_hf(input_ref: str, splits: Sequence[str] | None, hf_splits: Sequence[st
         ids = [str(x) for x in ds[id_col]] if id_col else [f"{k:0{width}d}" for k in range(len(ds))]
         items = [Item(ids[k], texts[k], f"{input_ref}[{hf_split}][{k}]", k) for k in range(len(ds))]
         name = splits[i] if splits else hf_split
-        out.append(SplitInput(name, items, [], {"dataset": ds, "audio_column": audio_col,
-                                                "base": str(p if p.is_dir() else Path.cwd())}))
+        out.append(
+            SplitInput(
+                name,
+                items,
+                [],
+                {"dataset": ds, "audio_column": audio_col, "base": str(p if p.is_dir() else Path.cwd())},
+            )
+        )
     return out
 
 
@@ -339,8 +383,9 @@ def detect_layout(input_ref: str) -> str:
             return "nemo"
         if p.suffix.lower() in (".tsv", ".csv"):
             return "folder"
-        raise PrepareError(f"--input {p}: cannot tell the layout from a {p.suffix or 'suffix-less'} file; "
-                           "give --layout")
+        raise PrepareError(
+            f"--input {p}: cannot tell the layout from a {p.suffix or 'suffix-less'} file; give --layout"
+        )
     if _is_saved_dataset(p) or (p / "dataset_info.json").is_file():
         return "hf"
     if (p / "clips").is_dir() and any((p / f"{s}.tsv").is_file() for s in ("train", "dev", "test", "validated")):
@@ -393,10 +438,13 @@ def process_item(item: Item, settings: Settings) -> dict[str, Any] | Skip:
         wave = _load(item, settings.max_duration_in_seconds)
         duration = wave.shape[0] / A.SAMPLE_RATE
         if settings.max_chars_per_second > 0 and len(text) > settings.max_chars_per_second * duration:
-            return Skip(item.id, item.source, TEXT_TOO_LONG,
-                        f"{len(text)} characters in {duration:.2f} s (> {settings.max_chars_per_second:g}/s)")
-        return {"id": item.id, "audio": A.encode_flac(wave), "text": text, "duration": duration,
-                "source": item.source}
+            return Skip(
+                item.id,
+                item.source,
+                TEXT_TOO_LONG,
+                f"{len(text)} characters in {duration:.2f} s (> {settings.max_chars_per_second:g}/s)",
+            )
+        return {"id": item.id, "audio": A.encode_flac(wave), "text": text, "duration": duration, "source": item.source}
     except A.AudioError as e:
         return Skip(item.id, item.source, e.reason, e.detail)
     except Exception as e:  # a decoder quirk nobody anticipated: report it, keep going
@@ -415,7 +463,7 @@ def plan_shards(items: Sequence[Item], num_shards: int) -> list[list[Item]]:
     ordered = sorted(items, key=lambda it: it.id)
     k = max(1, min(num_shards, len(ordered)))
     n = len(ordered)
-    return [ordered[i * n // k:(i + 1) * n // k] for i in range(k)]
+    return [ordered[i * n // k : (i + 1) * n // k] for i in range(k)]
 
 
 def plan_hash(items: Sequence[Item], settings: Settings) -> str:
@@ -463,7 +511,7 @@ def _clean_stale(split_dir: Path, keep: set[str]) -> None:
     side = split_dir / SIDECAR_DIR
     if side.is_dir():
         for p in side.glob("*.json"):
-            if p.name[:-len(".json")] not in keep:
+            if p.name[: -len(".json")] not in keep:
                 p.unlink()
 
 
@@ -475,8 +523,16 @@ def summary_line(prepared: int, seconds: float, num_shards: int, skipped: Sequen
     return line + f"; skipped {len(skipped)}: " + ", ".join(f"{n} {r}" for r, n in counts.most_common())
 
 
-def prepare_split(split: SplitInput, output: Path, num_shards: int, num_workers: int, settings: Settings,
-                  extra: dict[str, Any] | None = None, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def prepare_split(
+    split: SplitInput,
+    output: Path,
+    num_shards: int,
+    num_workers: int,
+    settings: Settings,
+    extra: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Write one split's shards, manifest and report; returns the report."""
     started = time.time()
     split_dir = output / split.name
@@ -502,8 +558,13 @@ def prepare_split(split: SplitInput, output: Path, num_shards: int, num_workers:
     def finish(i: int) -> None:
         path = split_dir / names[i]
         S.write_shard(path, rows[i])
-        info = {"plan": digests[i], "rows": len(rows[i]), "sha256": S.sha256_file(path),
-                "seconds": sum(r["duration"] for r in rows[i]), "skipped": [s.as_dict() for s in skips[i]]}
+        info = {
+            "plan": digests[i],
+            "rows": len(rows[i]),
+            "sha256": S.sha256_file(path),
+            "seconds": sum(r["duration"] for r in rows[i]),
+            "skipped": [s.as_dict() for s in skips[i]],
+        }
         S.write_json_atomic(_sidecar(split_dir, names[i]), info)
         done[i] = info
         del rows[i], skips[i]  # bounded memory: only unfinished shards hold audio
@@ -511,8 +572,14 @@ def prepare_split(split: SplitInput, output: Path, num_shards: int, num_workers:
     for i in todo:
         if pending[i] == 0:
             finish(i)
-    bar = tqdm(total=len(tasks), desc=f"prepare {split.name}", unit="utt", disable=not progress or not tasks,
-               mininterval=0.5 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    bar = tqdm(
+        total=len(tasks),
+        desc=f"prepare {split.name}",
+        unit="utt",
+        disable=not progress or not tasks,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+        file=sys.stderr,
+    )
     for i, result in _run(tasks, num_workers, settings, split.hf):
         if isinstance(result, Skip):
             skips[i].append(result)
@@ -527,8 +594,11 @@ def prepare_split(split: SplitInput, output: Path, num_shards: int, num_workers:
     skipped = split.skipped + duplicates + [Skip(**s) for i in sorted(done) for s in done[i]["skipped"]]
     skipped.sort(key=lambda s: s.id)
     prepared = sum(int(done[i]["rows"]) for i in done)
-    manifest = S.write_manifest(split_dir, {names[i]: done[i]["sha256"] for i in done},
-                                extra={"split": split.name, **(extra or {}), "skipped": len(skipped)})
+    manifest = S.write_manifest(
+        split_dir,
+        {names[i]: done[i]["sha256"] for i in done},
+        extra={"split": split.name, **(extra or {}), "skipped": len(skipped)},
+    )
     report = {
         "split": split.name,
         **(extra or {}),
@@ -548,8 +618,9 @@ def prepare_split(split: SplitInput, output: Path, num_shards: int, num_workers:
     return report
 
 
-def _run(tasks: list[tuple[int, Item]], num_workers: int, settings: Settings,
-         hf: dict[str, Any] | None) -> Iterator[tuple[int, dict[str, Any] | Skip]]:
+def _run(
+    tasks: list[tuple[int, Item]], num_workers: int, settings: Settings, hf: dict[str, Any] | None
+) -> Iterator[tuple[int, dict[str, Any] | Skip]]:
     """Results in task order (so shards complete one after another and memory stays bounded)."""
     if not tasks:
         return
@@ -562,7 +633,7 @@ def _run(tasks: list[tuple[int, Item]], num_workers: int, settings: Settings,
     # Chunks are made here, not by imap(chunksize=...): with a chunksize imap returns a plain generator, which
     # has no next(timeout) to notice a dead worker.
     size = max(1, min(16, len(tasks) // (workers * 8)))
-    chunks = [tasks[k:k + size] for k in range(0, len(tasks), size)]
+    chunks = [tasks[k : k + size] for k in range(0, len(tasks), size)]
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(settings, hf)) as pool:
         results = pool.imap(_work, chunks)
         for chunk in chunks:
@@ -573,7 +644,8 @@ def _run(tasks: list[tuple[int, Item]], num_workers: int, settings: Settings,
                 raise PrepareError(
                     f"no result for {RESULT_TIMEOUT_S:.0f} s from the worker decoding {where}"
                     f"{' ...' if len(chunk) > 3 else ''}; it probably died on one of them. Finished shards are "
-                    "kept: re-run, or move that file away, or use --num_workers 1 to see the error") from None
+                    "kept: re-run, or move that file away, or use --num_workers 1 to see the error"
+                ) from None
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -590,18 +662,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m xlsr_dist.prepare",
         description="Convert a speech corpus into xlsr_dist Parquet shards (16 kHz mono FLAC + normalised text).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="corpus layout (auto guesses from --input)")
     p.add_argument("--input", required=True, help="corpus directory, transcript table, manifest, or dataset name")
     p.add_argument("--output", required=True, help="output root; each split goes to OUTPUT/<split>/")
-    p.add_argument("--split", nargs="+", default=None,
-                   help="splits to write (commonvoice: tsv names; librispeech: sub-directories; folder/nemo: "
-                        "table/manifest names in --input, or the name of the one split; hf: output names)")
+    p.add_argument(
+        "--split",
+        nargs="+",
+        default=None,
+        help="splits to write (commonvoice: tsv names; librispeech: sub-directories; folder/nemo: "
+        "table/manifest names in --input, or the name of the one split; hf: output names)",
+    )
     p.add_argument("--num_shards", type=int, default=8, help="shards per split")
     p.add_argument("--num_workers", type=int, default=default_workers(), help="decoding processes")
     p.add_argument("--max_duration_in_seconds", type=float, default=30.0, help="longer audio is skipped")
-    p.add_argument("--max_chars_per_second", type=float, default=25.0,
-                   help="transcripts denser than this are skipped as unalignable (0 disables)")
+    p.add_argument(
+        "--max_chars_per_second",
+        type=float,
+        default=25.0,
+        help="transcripts denser than this are skipped as unalignable (0 disables)",
+    )
     p.add_argument("--hf_split", nargs="+", default=["train"], help="dataset splits to read (hf layout)")
     p.add_argument("--hf_config", default=None, help="dataset configuration name (hf layout)")
     p.add_argument("--hf_audio_column", default="audio", help="audio column (hf layout)")
@@ -633,11 +714,23 @@ def _check_args(a: argparse.Namespace) -> None:
 def read_layout(a: argparse.Namespace) -> tuple[str, list[SplitInput]]:
     layout = detect_layout(a.input) if a.layout == "auto" else a.layout
     if layout == "hf":
-        return layout, read_hf(a.input, a.split, a.hf_split, a.hf_audio_column, a.hf_text_column, a.hf_id_column,
-                               a.hf_config, a.hf_cache_dir)
+        return layout, read_hf(
+            a.input,
+            a.split,
+            a.hf_split,
+            a.hf_audio_column,
+            a.hf_text_column,
+            a.hf_id_column,
+            a.hf_config,
+            a.hf_cache_dir,
+        )
     p = Path(a.input).expanduser()
-    readers = {"folder": read_folder, "commonvoice": read_commonvoice, "librispeech": read_librispeech,
-               "nemo": read_nemo}
+    readers = {
+        "folder": read_folder,
+        "commonvoice": read_commonvoice,
+        "librispeech": read_librispeech,
+        "nemo": read_nemo,
+    }
     return layout, readers[layout](p, a.split)
 
 
@@ -655,9 +748,16 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     for split in splits:
         if not split.items and not split.skipped:
             raise PrepareError(f"split {split.name}: no utterances found in {a.input}")
-        report = prepare_split(split, output, a.num_shards, a.num_workers, settings,
-                               extra={"layout": layout, "input": a.input}, force=a.force,
-                               progress=not a.no_progress)
+        report = prepare_split(
+            split,
+            output,
+            a.num_shards,
+            a.num_workers,
+            settings,
+            extra={"layout": layout, "input": a.input},
+            force=a.force,
+            progress=not a.no_progress,
+        )
         print(f"{split.name}: {report['summary']} -> {output / split.name}", flush=True)
         reports.append(report)
     return reports

@@ -27,22 +27,25 @@ import struct
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema([
-    pa.field("id", pa.string()),
-    pa.field("audio", pa.binary()),
-    pa.field("text", pa.string()),
-    pa.field("duration", pa.float64()),
-    pa.field("source", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("audio", pa.binary()),
+        pa.field("text", pa.string()),
+        pa.field("duration", pa.float64()),
+        pa.field("source", pa.string()),
+    ]
+)
 ROW_GROUP_SIZE = 16
 MANIFEST = "manifest.json"
 INDEX_SUFFIX = ".idx"
@@ -85,7 +88,8 @@ def write_shard(path: str | Path, rows: Sequence[dict[str, Any]], row_group_size
     os.close(fd)
     try:
         pq.write_table(
-            table, tmp,
+            table,
+            tmp,
             row_group_size=row_group_size,
             compression={"id": "zstd", "audio": "none", "text": "zstd", "duration": "zstd", "source": "zstd"},
             use_dictionary=["id", "text", "source"],
@@ -190,12 +194,18 @@ def _load_index(url: str, size: int, digest: str, num_rows: int) -> np.ndarray |
     try:
         with fsspec.open(url, "rb") as f:
             index = json.loads(f.read())
-        where = np.stack([np.asarray(index["offsets"], dtype=np.int64),
-                          np.asarray(index["lengths"], dtype=np.int64)], axis=1)
+        where = np.stack(
+            [np.asarray(index["offsets"], dtype=np.int64), np.asarray(index["lengths"], dtype=np.int64)], axis=1
+        )
     except (OSError, ValueError, KeyError, TypeError):  # missing (FileNotFoundError) or damaged
         return None
-    if (index.get("format") != INDEX_FORMAT or index.get("shard_bytes") != size
-            or index.get("footer_sha256") != digest or index.get("rows") != num_rows or len(where) != num_rows):
+    if (
+        index.get("format") != INDEX_FORMAT
+        or index.get("shard_bytes") != size
+        or index.get("footer_sha256") != digest
+        or index.get("rows") != num_rows
+        or len(where) != num_rows
+    ):
         return None
     if num_rows and (where[:, 0].min() < 4 or where[:, 1].min() < 4 or (where.sum(axis=1) > size).any()):
         return None
@@ -229,7 +239,8 @@ def list_shards(location: str | Path) -> list[str]:
     if not found:
         raise ShardError(
             f"no shards (shard-NNNNN-of-NNNNN.parquet) at {location!r}; write them with "
-            f"`python -m xlsr_dist.prepare --output DIR` and point at DIR/<split>")
+            f"`python -m xlsr_dist.prepare --output DIR` and point at DIR/<split>"
+        )
     if not path.endswith(".parquet"):
         totals = {int(_SHARD_RE.search(p).group(2)) for p in found}  # type: ignore[union-attr]
         indices = sorted(int(_SHARD_RE.search(p).group(1)) for p in found)  # type: ignore[union-attr]
@@ -237,7 +248,8 @@ def list_shards(location: str | Path) -> list[str]:
             raise ShardError(
                 f"incomplete or mixed shard set at {location!r}: found {len(found)} files "
                 f"({', '.join(Path(p).name for p in found[:4])}{', ...' if len(found) > 4 else ''}) "
-                f"but the names promise {sorted(totals)} shards; re-run prepare")
+                f"but the names promise {sorted(totals)} shards; re-run prepare"
+            )
     return [_unstrip(fs, location, p) for p in found]
 
 
@@ -282,8 +294,9 @@ class _Opened:
         if self.index is None:
             where = None
             try:
-                where = _load_index(index_path(self.path), self.size, _footer_digest(self.read_at, self.size),
-                                    self.num_rows)
+                where = _load_index(
+                    index_path(self.path), self.size, _footer_digest(self.read_at, self.size), self.num_rows
+                )
             except (OSError, ValueError):
                 pass
             if where is None:
@@ -297,8 +310,11 @@ class _Opened:
             if table is None:
                 with self.lock:
                     table = self.parquet.read(columns=_META_COLUMNS)
-            self.meta_rows = (table.column("id").to_pylist(), table.column("text").to_pylist(),
-                              table.column("duration").to_pylist())
+            self.meta_rows = (
+                table.column("id").to_pylist(),
+                table.column("text").to_pylist(),
+                table.column("duration").to_pylist(),
+            )
             self.meta_table = None
         return self.meta_rows
 
@@ -381,7 +397,8 @@ def read_metadata(shard_paths: Sequence[str]) -> pa.Table:
             opened.meta_table = table  # read_rows' byte-index path answers id/text/duration from it
         n = table.num_rows
         return table.append_column("shard", pa.array(np.full(n, i, dtype=np.int32))).append_column(
-            "row", pa.array(np.arange(n, dtype=np.int32)))
+            "row", pa.array(np.arange(n, dtype=np.int32))
+        )
 
     # Remote stores answer slowly but in parallel; the footers and small columns are tiny.
     workers = min(16, len(shard_paths))
@@ -404,8 +421,10 @@ def read_rows(shard_path: str, rows: Sequence[int]) -> list[dict[str, Any]]:
     if wanted.size == 0:
         return []
     if wanted.min() < 0 or wanted.max() >= opened.num_rows:
-        raise IndexError(f"{shard_path}: rows {wanted[(wanted < 0) | (wanted >= opened.num_rows)].tolist()} "
-                         f"out of range (shard has {opened.num_rows} rows)")
+        raise IndexError(
+            f"{shard_path}: rows {wanted[(wanted < 0) | (wanted >= opened.num_rows)].tolist()} "
+            f"out of range (shard has {opened.num_rows} rows)"
+        )
     where = opened.load_index()
     if where is not None:
         got = _read_indexed(opened, where, wanted)
@@ -423,8 +442,9 @@ def _read_indexed(opened: _Opened, where: np.ndarray, wanted: np.ndarray) -> lis
         IO_STATS["blobs_read"] += 1
         if len(raw) != length + 4 or struct.unpack("<I", raw[:4])[0] != length or raw[4:8] != _FLAC_MAGIC:
             # The index passed its footer check yet points at something else: trust Parquet from now on.
-            log.warning("%s: byte index does not match row %d; reading through Parquet row groups instead",
-                        opened.path, r)
+            log.warning(
+                "%s: byte index does not match row %d; reading through Parquet row groups instead", opened.path, r
+            )
             opened.index = False
             IO_STATS["index_fallbacks"] += 1
             return None
@@ -490,8 +510,9 @@ def duration_histogram(durations: Iterable[float], edges: Sequence[float] | None
     return {"edges_seconds": [float(e) for e in edges], "counts": counts.tolist()}
 
 
-def write_manifest(split_dir: str | Path, checksums: dict[str, str] | None = None,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_manifest(
+    split_dir: str | Path, checksums: dict[str, str] | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Summarise the shards of a local split directory into ``manifest.json`` and return it.
 
     ``checksums`` (shard file name -> sha256) saves hashing files the caller just hashed. Shards without a valid
@@ -517,15 +538,17 @@ def write_manifest(split_dir: str | Path, checksums: dict[str, str] | None = Non
     for i, p in enumerate(paths):
         name = Path(p).name
         sel = shard_idx == i
-        shards.append({
-            "name": name,
-            "rows": int(sel.sum()),
-            "seconds": round(float(durations[sel].sum()), 3),
-            "bytes": os.path.getsize(p),
-            "sha256": (checksums or {}).get(name) or sha256_file(p),
-            # An accelerator, not data: readers validate it against the shard and fall back without it.
-            "index": name + INDEX_SUFFIX if indexed[name] else None,
-        })
+        shards.append(
+            {
+                "name": name,
+                "rows": int(sel.sum()),
+                "seconds": round(float(durations[sel].sum()), 3),
+                "bytes": os.path.getsize(p),
+                "sha256": (checksums or {}).get(name) or sha256_file(p),
+                # An accelerator, not data: readers validate it against the shard and fall back without it.
+                "index": name + INDEX_SUFFIX if indexed[name] else None,
+            }
+        )
     total = float(durations.sum())
     manifest: dict[str, Any] = {
         "format": FORMAT,

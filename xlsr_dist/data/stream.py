@@ -22,8 +22,9 @@ import hashlib
 import logging
 import re
 from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -76,18 +77,24 @@ class DataState:
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "DataState":
+    def from_dict(d: dict[str, Any]) -> DataState:
         names = [f.name for f in dataclasses.fields(DataState)]
         missing = [n for n in names if n not in d]
         if missing:
             raise DataStateError(f"data state {d!r} lacks {missing}; was it written by xlsr_dist?")
         if d["version"] != STATE_VERSION:
-            raise DataStateError(f"data state version {d['version']} is not {STATE_VERSION}, the one this "
-                                 f"version of xlsr_dist reads")
+            raise DataStateError(
+                f"data state version {d['version']} is not {STATE_VERSION}, the one this version of xlsr_dist reads"
+            )
         try:
-            state = DataState(version=int(d["version"]), seed=int(d["seed"]), epoch=int(d["epoch"]),
-                              step_in_epoch=int(d["step_in_epoch"]), global_batch=int(d["global_batch"]),
-                              fingerprint=str(d["fingerprint"]))
+            state = DataState(
+                version=int(d["version"]),
+                seed=int(d["seed"]),
+                epoch=int(d["epoch"]),
+                step_in_epoch=int(d["step_in_epoch"]),
+                global_batch=int(d["global_batch"]),
+                fingerprint=str(d["fingerprint"]),
+            )
         except (TypeError, ValueError) as e:
             raise DataStateError(f"data state {d!r} is malformed: {e}") from e
         if state.epoch < 0 or state.step_in_epoch < 0 or state.global_batch < 1:
@@ -134,8 +141,9 @@ def build_catalog(
     """List and filter the utterances of a split; identical on every rank (reads metadata columns only)."""
     paths = shards.list_shards(location)
     meta = shards.read_metadata(paths)
-    return filter_metadata(meta, paths, vocab, data_cfg.min_duration_in_seconds, data_cfg.max_duration_in_seconds,
-                           frames_fn)
+    return filter_metadata(
+        meta, paths, vocab, data_cfg.min_duration_in_seconds, data_cfg.max_duration_in_seconds, frames_fn
+    )
 
 
 def filter_metadata(
@@ -225,7 +233,8 @@ class UtteranceDataset(Dataset):
                     # on wrong transcripts.
                     raise shards.ShardError(
                         f"{c.shard_paths[s]} row {int(c.row[i])} holds {row['id']!r}, expected {c.ids[i]!r}: "
-                        f"the shard changed after training started; restart the run")
+                        f"the shard changed after training started; restart the run"
+                    )
                 try:
                     wave = decode_bytes(row["audio"])
                 except AudioError as e:
@@ -241,14 +250,14 @@ class UtteranceDataset(Dataset):
                 items.append(fetched[i])  # type: ignore[arg-type]
         if not items:
             # Every rank must still run forward/backward this micro-batch (see collate.dummy_item).
-            log.warning("micro-batch %s: no utterance decoded; running a silent dummy item instead",
-                        [c.ids[i] for i in real])
+            log.warning(
+                "micro-batch %s: no utterance decoded; running a silent dummy item instead", [c.ids[i] for i in real]
+            )
             items.append(dummy_item())
         return items
 
 
-def make_loader(dataset: UtteranceDataset, batches: list[list[int]], num_workers: int,
-                prefetch: int = 2) -> DataLoader:
+def make_loader(dataset: UtteranceDataset, batches: list[list[int]], num_workers: int, prefetch: int = 2) -> DataLoader:
     """A DataLoader over fixed index lists; it returns batches in this order whatever the worker count."""
     extra: dict[str, Any] = {}
     if num_workers > 0:
@@ -274,8 +283,16 @@ def _describe_skipped(skipped: dict[str, int]) -> str:
 class TrainStream:
     """Yields, for each optimizer step, this rank's ``grad_accum`` micro-batches; epochs roll over forever."""
 
-    def __init__(self, location: str, world: World, plan: BatchPlan, seed: int, vocab: dict[str, int],
-                 data_cfg: DataConfig, frames_fn: Callable[[int], int]) -> None:
+    def __init__(
+        self,
+        location: str,
+        world: World,
+        plan: BatchPlan,
+        seed: int,
+        vocab: dict[str, int],
+        data_cfg: DataConfig,
+        frames_fn: Callable[[int], int],
+    ) -> None:
         if plan.world_size != world.world_size:
             raise ValueError(f"batch plan is for {plan.world_size} ranks but the world has {world.world_size}")
         self.location = str(location)
@@ -292,7 +309,8 @@ class TrainStream:
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"--train_data {self.location}: {self.num_samples} usable utterance(s) "
-                f"({_describe_skipped(self.skipped)}), fewer than one global batch of {plan.global_batch}")
+                f"({_describe_skipped(self.skipped)}), fewer than one global batch of {plan.global_batch}"
+            )
         self.fingerprint = self.catalog.fingerprint()
         self.dataset = UtteranceDataset(self.catalog)
         self._plan_cache: tuple[int, np.ndarray] | None = None
@@ -305,22 +323,26 @@ class TrainStream:
         if state.global_batch != self.plan.global_batch:
             raise DataStateError(
                 f"the checkpoint's data state is for --global_batch_size {state.global_batch}, this run uses "
-                f"{self.plan.global_batch}; resume with --global_batch_size {state.global_batch} or start fresh")
+                f"{self.plan.global_batch}; resume with --global_batch_size {state.global_batch} or start fresh"
+            )
         if state.seed != self.seed:
             raise DataStateError(
                 f"the checkpoint's data state was made with --seed {state.seed}, this run uses {self.seed}; "
-                f"resume with --seed {state.seed} or start fresh")
+                f"resume with --seed {state.seed} or start fresh"
+            )
         if state.fingerprint != self.fingerprint:
             raise DataStateError(
                 f"the training utterances differ from the checkpoint's (fingerprint {state.fingerprint[:12]} "
                 f"vs {self.fingerprint[:12]} for {self.location}): shards, --min/max_duration_in_seconds, the "
-                f"vocabulary or the model's frame rate changed; resume with the same data or start fresh")
+                f"vocabulary or the model's frame rate changed; resume with the same data or start fresh"
+            )
 
     def epoch_plan(self, epoch: int) -> np.ndarray:
         """[steps_per_epoch, global_batch] catalog indices of ``epoch`` (the same on every rank)."""
         if self._plan_cache is None or self._plan_cache[0] != epoch:
-            rows = epoch_batches(self.catalog.durations, self.seed, epoch, self.plan.global_batch,
-                                 self.bucket_size_multiplier)
+            rows = epoch_batches(
+                self.catalog.durations, self.seed, epoch, self.plan.global_batch, self.bucket_size_multiplier
+            )
             self._plan_cache = (epoch, rows)
         return self._plan_cache[1]
 
@@ -342,26 +364,38 @@ class TrainStream:
             for step in range(start, spe):
                 out = [next(batches) for _ in range(ga)]
                 after = (epoch, step + 1) if step + 1 < spe else (epoch + 1, 0)
-                yield DataState(STATE_VERSION, self.seed, after[0], after[1], self.plan.global_batch,
-                                self.fingerprint), out
+                yield (
+                    DataState(STATE_VERSION, self.seed, after[0], after[1], self.plan.global_batch, self.fingerprint),
+                    out,
+                )
             del batches  # shuts this epoch's workers down before the next epoch starts its own
             epoch, start = epoch + 1, 0
 
     def describe(self) -> str:
         p = self.plan
         dropped = self.num_samples - self.steps_per_epoch * p.global_batch
-        return (f"train: {self.num_samples} utterances ({self.catalog.hours():.2f} h) from "
-                f"{len(self.catalog.shard_paths)} shard(s); {self.steps_per_epoch} steps/epoch of "
-                f"{p.global_batch} = {p.world_size} rank(s) x {p.micro_batch} x {p.grad_accum} accumulation"
-                f"{f', {dropped} left out per epoch (a different few each epoch)' if dropped else ''}; "
-                f"{_describe_skipped(self.skipped)}")
+        return (
+            f"train: {self.num_samples} utterances ({self.catalog.hours():.2f} h) from "
+            f"{len(self.catalog.shard_paths)} shard(s); {self.steps_per_epoch} steps/epoch of "
+            f"{p.global_batch} = {p.world_size} rank(s) x {p.micro_batch} x {p.grad_accum} accumulation"
+            f"{f', {dropped} left out per epoch (a different few each epoch)' if dropped else ''}; "
+            f"{_describe_skipped(self.skipped)}"
+        )
 
 
 class EvalStream:
     """The eval set split over ranks: sorted by duration, every utterance once, the same batch count per rank."""
 
-    def __init__(self, location: str, world: World, batch_size: int, vocab: dict[str, int], data_cfg: DataConfig,
-                 frames_fn: Callable[[int], int], max_utterances: int = 0) -> None:
+    def __init__(
+        self,
+        location: str,
+        world: World,
+        batch_size: int,
+        vocab: dict[str, int],
+        data_cfg: DataConfig,
+        frames_fn: Callable[[int], int],
+        max_utterances: int = 0,
+    ) -> None:
         self.location = str(location)
         self.world = world
         self.batch_size = batch_size
@@ -371,8 +405,7 @@ class EvalStream:
             # The first N in id order: the same subset on every rank and for any sharding.
             catalog = _head(catalog, max_utterances)
         if len(catalog) == 0:
-            raise ValueError(f"--eval_data {self.location}: no usable utterance "
-                             f"({_describe_skipped(catalog.skipped)})")
+            raise ValueError(f"--eval_data {self.location}: no usable utterance ({_describe_skipped(catalog.skipped)})")
         self.catalog = catalog
         self.num_samples = len(catalog)
         self.report = catalog.report
@@ -387,11 +420,20 @@ class EvalStream:
         return iter(make_loader(self.dataset, [b.tolist() for b in self.batches], self.num_workers))
 
     def describe(self) -> str:
-        return (f"eval: {self.num_samples} utterances ({self.catalog.hours():.2f} h), {len(self.batches)} "
-                f"batch(es) of up to {self.batch_size} per rank; {_describe_skipped(self.skipped)}")
+        return (
+            f"eval: {self.num_samples} utterances ({self.catalog.hours():.2f} h), {len(self.batches)} "
+            f"batch(es) of up to {self.batch_size} per rank; {_describe_skipped(self.skipped)}"
+        )
 
 
 def _head(c: Catalog, n: int) -> Catalog:
-    return Catalog(ids=c.ids[:n], durations=c.durations[:n], shard=c.shard[:n], row=c.row[:n],
-                   label_flat=c.label_flat[: c.label_offsets[n]], label_offsets=c.label_offsets[: n + 1],
-                   shard_paths=c.shard_paths, report=c.report)
+    return Catalog(
+        ids=c.ids[:n],
+        durations=c.durations[:n],
+        shard=c.shard[:n],
+        row=c.row[:n],
+        label_flat=c.label_flat[: c.label_offsets[n]],
+        label_offsets=c.label_offsets[: n + 1],
+        shard_paths=c.shard_paths,
+        report=c.report,
+    )
