@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -143,6 +143,16 @@ class Config:
         for section in dataclasses.fields(self):
             out.update(dataclasses.asdict(getattr(self, section.name)))
         return out
+
+
+def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
+    """Nested mappings -> dotted keys (deepspeed.zero_optimization.stage), the shape of params and train_config."""
+    if isinstance(value, Mapping) and value:
+        for k, v in value.items():
+            flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+    return out
 
 
 SECTIONS: tuple[str, ...] = ("model", "data", "train", "tracking")
