@@ -20,7 +20,14 @@ from typing import Any
 
 from xlsr_dist.config import TrackingConfig
 from xlsr_dist.reference import REFERENCE_MODEL, reference_series
-from xlsr_dist.tracking import REFERENCE_TAG, open_client, redact_text, resolve_experiment, resolve_tracking_uri
+from xlsr_dist.tracking import (
+    REFERENCE_TAG,
+    open_client,
+    redact_text,
+    resolve_experiment,
+    resolve_tracking_uri,
+    upload_artifact,
+)
 
 COMPARED = ("loss", "eval_loss", "eval_wer")
 LABELS = {"loss": "training loss", "eval_loss": "eval loss", "eval_wer": "WER"}
@@ -235,7 +242,7 @@ def compare(
     name = run.info.run_name or run.info.run_id
     png = plot(series, reference, out or default_out(run), f"{name} vs reference {REFERENCE_MODEL}")
     if log_artifact:
-        client.log_artifact(run.info.run_id, str(png), ARTIFACT_DIR)
+        upload_artifact(client, run.info.run_id, png, ARTIFACT_DIR)
     return run, rows, png
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -20,7 +19,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from xlsr_dist.tracking import METRICS_FILE, read_metrics_jsonl, read_run_info, redact_text
+from xlsr_dist.config import TrackingConfig
+from xlsr_dist.tracking import (
+    METRICS_FILE,
+    RUN_INFO,
+    open_client,
+    read_metrics_jsonl,
+    read_run_info,
+    redact_text,
+    resolve_tracking_uri,
+    short_error,
+    upload_artifact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -260,17 +270,18 @@ def _step_of(path: Path) -> int | None:
 
 def load_model(output_dir: Path, checkpoint: str) -> tuple[Any, Any, int | None]:
     """(model, processor, step the weights come from or None for final/)."""
-    from xlsr_dist import checkpoint as ckpt_mod
+    # Here, not at the top: checkpoint imports torch, which writing a card or --help does not need.
+    from xlsr_dist.checkpoint import FINAL, load_hf_model, newest_complete
 
     source = Path(checkpoint) if checkpoint else output_dir
     if not source.exists():
         raise ExportError(
             f"--checkpoint {source}: no such directory" if checkpoint else f"--output_dir {source}: no such directory"
         )
-    model, processor = ckpt_mod.load_hf_model(source)
+    model, processor = load_hf_model(source)
     step = _step_of(source) if checkpoint else None
-    if not checkpoint and not (output_dir / ckpt_mod.FINAL / "config.json").is_file():
-        newest = ckpt_mod.newest_complete(output_dir)
+    if not checkpoint and not (output_dir / FINAL / "config.json").is_file():
+        newest = newest_complete(output_dir)
         step = _step_of(newest) if newest is not None else None
     return model, processor, step
 
@@ -298,19 +309,15 @@ def log_to_mlflow(output_dir: Path, export_dir: Path, tracking_uri: str = "") ->
     """Log export_dir to the run in run_info.json; returns the run id, or None (with a message) when not possible."""
     info = read_run_info(output_dir)
     if info is None:
-        print(f"not logged to MLflow: {output_dir / 'run_info.json'} not found (was tracking on?)")
+        print(f"not logged to MLflow: {output_dir / RUN_INFO} not found (was tracking on?)")
         return None
-    uri = tracking_uri or info.get("tracking_uri", "") or os.environ.get("MLFLOW_TRACKING_URI", "")
-    if "<redacted>" in uri:
-        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    uri = resolve_tracking_uri(TrackingConfig(tracking_uri=tracking_uri), recorded=info.get("tracking_uri", ""))
     if not uri:
         print("not logged to MLflow: no tracking URI (pass --tracking_uri)")
         return None
-    from xlsr_dist.tracking import open_client, short_error
-
     try:
         client = open_client(uri, max_retries=1, timeout_s=60)
-        client.log_artifacts(info["run_id"], str(export_dir), ARTIFACT_PATH)
+        upload_artifact(client, info["run_id"], export_dir, ARTIFACT_PATH)
     except Exception as exc:  # noqa: BLE001 - the export itself is done; MLflow is a bonus
         print(f"not logged to MLflow at {redact_text(uri)}: {short_error(exc)}")
         return None
@@ -331,7 +338,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--export_dir", required=True, help="where to write the model directory")
     parser.add_argument("--model_name", default="", help="name in the card (default: the export dir's name)")
-    parser.add_argument("--tracking_uri", default="", help="default: the one in <output_dir>/run_info.json")
+    parser.add_argument(
+        "--tracking_uri", default="", help="default: the one in <output_dir>/run_info.json, else $MLFLOW_TRACKING_URI"
+    )
     parser.add_argument("--no_mlflow", action="store_true", help="do not log the export to MLflow")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

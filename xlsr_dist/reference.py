@@ -30,6 +30,7 @@ from xlsr_dist.tracking import (
     redact_text,
     resolve_experiment,
     resolve_tracking_uri,
+    upload_artifact,
 )
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ def ensure_reference_run(client: Any, experiment: str, tracking_uri: str) -> tup
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / RESOURCE
             path.write_text(reference_csv_text())
-            client.log_artifact(run_id, str(path))
+            upload_artifact(client, run_id, path)
     client.set_terminated(run_id, status="FINISHED")
     return run_id, "created" if created else f"filled {len(missing)}"
 
