@@ -17,6 +17,7 @@ from tests._mlflow_server import free_port
 from xlsr_dist.config import TrackingConfig
 from xlsr_dist.tracking import (
     METRICS_FILE,
+    REDACTED,
     RUN_INFO,
     UNSENT_FILE,
     LocalTracker,
@@ -28,9 +29,11 @@ from xlsr_dist.tracking import (
     params_to_relog,
     read_metrics_jsonl,
     redact_text,
+    replay,
     resolve_experiment,
     resolve_tracking_uri,
     sanitize,
+    write_run_info,
 )
 from xlsr_dist.world import World
 
@@ -158,6 +161,28 @@ def test_tracking_uri_and_experiment_resolution(tmp_path: Path, monkeypatch: pyt
     cfg = TrackingConfig(tracking_uri="sqlite:///rel/m.db", experiment_name="flag")
     assert resolve_tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve()}/rel/m.db"
     assert resolve_experiment(cfg) == "flag"
+
+
+def test_commands_on_a_recorded_run_take_its_uri_before_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env.example:5000")
+    recorded = "http://recorded.example:5000"
+    assert resolve_tracking_uri(TrackingConfig(), recorded=recorded) == recorded
+    assert resolve_tracking_uri(TrackingConfig(tracking_uri="http://flag.example"), recorded=recorded) == (
+        "http://flag.example"
+    )
+    # A URI recorded with its password redacted cannot be used: the environment is next.
+    redacted = f"http://bob:{REDACTED}@recorded.example:5000"
+    assert resolve_tracking_uri(TrackingConfig(), recorded=redacted) == "http://env.example:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    # No local default for a recorded run: a fresh sqlite store cannot hold it.
+    assert resolve_tracking_uri(TrackingConfig(), recorded=redacted) == ""
+    write_run_info(tmp_path, "abc", redacted, "e")
+    (tmp_path / UNSENT_FILE).write_text(json.dumps({"kind": "end", "status": "FINISHED"}) + "\n")
+    with pytest.raises(SystemExit, match="no usable tracking URI"):
+        replay(tmp_path)
 
 
 def test_only_rank0_tracks_and_report_to_none_keeps_the_local_record(tmp_path: Path) -> None:
