@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # Start the MLflow tracking server that training runs (rank 0 of each job) log to, and print the URI to use.
 #
-#   launch/mlflow_server.sh [ROOT]            # ROOT holds the sqlite database and the artifacts (default ./mlflow_server)
+#   launch/mlflow_server.sh [--unauthenticated] [ROOT]   # ROOT holds the sqlite database and the artifacts
+#                                                         # (default ./mlflow_server)
+#
+# Anything but a loopback MLFLOW_HOST exposes every run, model and artifact to whoever reaches the port, and lets
+# them write and delete: the script refuses that unless the server authenticates (MLFLOW_APP_NAME=basic-auth) or
+# --unauthenticated says the network is trusted (or a proxy in front authenticates); it warns either way.
 #
 # Environment (all optional):
 #   MLFLOW_HOST                 address to bind (default 127.0.0.1: this machine only). Use 0.0.0.0, or this node's
-#                               cluster address, so that training on other nodes can reach it.
+#                               cluster address, so that training on other nodes can reach it (with
+#                               MLFLOW_APP_NAME=basic-auth, or --unauthenticated: see above).
+#   MLFLOW_APP_NAME             basic-auth: MLflow's username/password login for the UI, API and artifacts (needs
+#                               `pip install 'mlflow[auth]'`; admin account and user store set in the file named by
+#                               MLFLOW_AUTH_CONFIG_PATH). Training ranks then read their login from
+#                               ~/.mlflow/credentials ([mlflow] mlflow_tracking_username / mlflow_tracking_password).
 #   MLFLOW_PORT                 port (default 5000)
 #   MLFLOW_BACKEND_STORE_URI    runs/params/metrics store (default sqlite:///ROOT/mlflow.db); for many concurrent jobs
 #                               use a database server, e.g. postgresql://user@dbhost/mlflow (password in ~/.pgpass,
@@ -21,8 +31,22 @@
 # and, once per experiment:         python -m xlsr_dist.reference   (imports the reference model card's results)
 set -euo pipefail
 
-ROOT=$(mkdir -p "${1:-${MLFLOW_ROOT:-$PWD/mlflow_server}}" && cd "${1:-${MLFLOW_ROOT:-$PWD/mlflow_server}}" && pwd)
+UNAUTHENTICATED=""
+if [[ ${1:-} == --unauthenticated ]]; then UNAUTHENTICATED=1; shift; fi
 HOST=${MLFLOW_HOST:-127.0.0.1}
+APP_NAME=${MLFLOW_APP_NAME:-}
+if [[ ! $HOST =~ ^(127\.[0-9.]+|localhost|::1)$ && -z $APP_NAME ]]; then
+  echo "WARNING: MLFLOW_HOST=$HOST serves runs, models and artifacts to anyone who reaches port" \
+       "${MLFLOW_PORT:-5000}, with no login: they can read, change and delete them." >&2
+  if [[ -z $UNAUTHENTICATED ]]; then
+    echo "error: refusing to serve without authentication on $HOST. Set MLFLOW_APP_NAME=basic-auth (MLflow's" \
+         "login), or pass --unauthenticated if only trusted machines reach this port (or a proxy in front" \
+         "authenticates), or bind MLFLOW_HOST=127.0.0.1 and tunnel (ssh -L)." >&2
+    exit 2
+  fi
+fi
+
+ROOT=$(mkdir -p "${1:-${MLFLOW_ROOT:-$PWD/mlflow_server}}" && cd "${1:-${MLFLOW_ROOT:-$PWD/mlflow_server}}" && pwd)
 PORT=${MLFLOW_PORT:-5000}
 BACKEND=${MLFLOW_BACKEND_STORE_URI:-sqlite:///$ROOT/mlflow.db}
 ARTIFACTS=${MLFLOW_ARTIFACTS_DESTINATION:-$ROOT/mlartifacts}
@@ -58,13 +82,15 @@ fi
 args=(server --backend-store-uri "$BACKEND" --artifacts-destination "$ARTIFACTS" --serve-artifacts
       --host "$HOST" --port "$PORT" --workers "$WORKERS" --allowed-hosts "$MLFLOW_ALLOWED_HOSTS")
 if [[ -n ${MLFLOW_CORS_ORIGINS:-} ]]; then args+=(--cors-allowed-origins "$MLFLOW_CORS_ORIGINS"); fi
+if [[ -n $APP_NAME ]]; then args+=(--app-name "$APP_NAME"); fi
 
 # Never echo a database password into a job log.
 SHOWN=$(printf '%s' "$BACKEND" | sed -E 's#(://[^:/@]+):[^@/]+@#\1:***@#')
 echo "MLflow server: store $SHOWN, artifacts $ARTIFACTS, listening on $HOST:$PORT"
 echo "MLFLOW_TRACKING_URI=http://$ADVERTISED:$PORT"
-if [[ $HOST == 127.0.0.1 || $HOST == localhost ]]; then
-  echo "(bound to this machine only; set MLFLOW_HOST=0.0.0.0 for training on other nodes, or tunnel:" \
+if [[ $HOST =~ ^(127\.[0-9.]+|localhost|::1)$ ]]; then
+  echo "(bound to this machine only; for training on other nodes set MLFLOW_HOST=0.0.0.0 with" \
+       "MLFLOW_APP_NAME=basic-auth, or tunnel:" \
        "ssh -L $PORT:127.0.0.1:$PORT $(hostname))"
 fi
 exec "$MLFLOW" "${args[@]}"

@@ -17,6 +17,15 @@
 #   - nodes x slots = 1, 2, 4 or 8 (xlsr_dist refuses other rank counts before any work starts).
 # Environment: DeepSpeed forwards variables starting with MLFLOW_, PYTHON and (on GPUs) NCCL_ to the other nodes;
 # the names in DS_FORWARD_ENV are forwarded too (through a temporary DS_ENV_FILE, DeepSpeed's NAME=value list).
+# In ssh mode it forwards them as `export NAME=value;` on the pdsh/mpirun command line, which every node's `ps` and
+# this launcher's log show, so this script refuses to start while a forwarded variable holds a secret
+# (MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN, a user:password@ URI, any *TOKEN*/*PASSWORD*/*SECRET* name).
+# Credentials for multi-node runs go where MLflow reads them without the environment, on every node (chmod 600):
+#   ~/.mlflow/credentials:   [mlflow]
+#                            mlflow_tracking_username = alice
+#                            mlflow_tracking_password = ...
+# MLflow has no file for a token: with MLFLOW_TRACKING_TOKEN use no-ssh mode or launch/multinode_torchrun.sh, whose
+# ranks inherit this shell's environment and put nothing on a command line.
 #
 # Failure handling: when any rank exits non-zero, the launcher on its node terminates that node's other ranks, the
 # remaining nodes' ranks see their peers' sockets close and exit within seconds (xlsr_dist logs "a collective failed,
@@ -55,6 +64,31 @@ done
 
 MODE=(--launcher "$LAUNCHER")
 [ -n "${NODE_RANK:-}" ] && MODE=(--no_ssh --node_rank "$NODE_RANK")
+
+# What DeepSpeed's runner forwards in ssh mode (deepspeed/launcher/runner.py: EXPORT_ENVS, the accelerator's
+# export_envs, the DS_ENV_FILE list): none of it may hold a secret. Names only in messages, never values.
+refuse_forwarded_secret() {
+    local name="$1" why="$2"
+    echo "error: $name $why, and in ssh mode DeepSpeed puts every forwarded variable on the pdsh/mpirun command" \
+         "line (\`ps\` on every node) and into this launcher's log. Unset it and give the ranks credentials without" \
+         "the environment: ~/.mlflow/credentials on every node (chmod 600; a [mlflow] section with" \
+         "mlflow_tracking_username = ... and mlflow_tracking_password = ..., which MLflow reads when" \
+         "MLFLOW_TRACKING_USERNAME/PASSWORD are unset), and MLFLOW_TRACKING_URI without user:password@. A token" \
+         "(MLFLOW_TRACKING_TOKEN) has no file form in MLflow: run without ssh (NODE_RANK=i on every node) or with" \
+         "launch/multinode_torchrun.sh, where the ranks inherit the environment instead." >&2
+    exit 2
+}
+if [ -z "${NODE_RANK:-}" ]; then
+    for name in $(compgen -e | grep -E '^(MLFLOW|PYTHON|MV2|UCX|NCCL)') $DS_FORWARD_ENV; do
+        value="${!name:-}"
+        [ -n "$value" ] || continue
+        if [[ ${name^^} =~ PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY ]]; then
+            refuse_forwarded_secret "$name" "is set"
+        elif [[ $value =~ ://[^/@:]+:[^/@]+@ ]]; then
+            refuse_forwarded_secret "$name" "holds a URL with a password (user:password@)"
+        fi
+    done
+fi
 
 set -x
 deepspeed --hostfile "$HOSTFILE" "${MODE[@]}" \

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._system import cannot_run
 from xlsr_dist.reference import RUN_NAME, ensure_reference_run
 from xlsr_dist.tracking import MlflowTracker, open_client
 
@@ -20,13 +21,17 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TRAIN_RUN = "ui-training-run"
 BUDGETS_MS = (15000, 30000, 60000, 120000)
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium; .ci/run installs it)",
-    ),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session", autouse=True)
+def chromium_installed() -> None:
+    """Session-scoped so it is decided before the MLflow server (a session fixture) starts for nothing."""
+    if not CHROMIUM.exists():
+        cannot_run(
+            "the MLflow UI charts and compares the reference run and a training run",
+            "needs Debian's chromium at /usr/bin/chromium; `make system-deps` as root installs it",
+        )
 
 
 def _chromium(url: str, profile: Path, *mode: str, budget_ms: int = 15000, size: str = "1600,1000") -> str:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from xlsr_dist.config import ConfigError
+
 
 @dataclass(frozen=True)
 class World:
@@ -58,12 +60,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def export_env(world: World, env: MutableMapping[str, str] | None = None) -> None:
+def export_env(world: World, env: MutableMapping[str, str] | None = None, device: torch.device | None = None) -> None:
     """Make the environment say what ``world`` says, so deepspeed.init_distributed does not go looking for mpi4py
     when started by plain python or a bare srun."""
     e = os.environ if env is None else env
     e.setdefault("RANK", str(world.rank))
     e.setdefault("LOCAL_RANK", str(world.local_rank))
+    if device is not None and device.type == "cuda":
+        # DeepSpeed takes LOCAL_RANK as the CUDA device index (engine set_device, init_process_group's device_id);
+        # with one GPU per task that index is 0 whatever the node-local rank. World keeps the node-local rank.
+        e["LOCAL_RANK"] = str(device.index)
     e.setdefault("WORLD_SIZE", str(world.world_size))
     e.setdefault("LOCAL_WORLD_SIZE", str(world.local_world_size))
     if "MASTER_ADDR" not in e:
@@ -89,11 +95,46 @@ def first_host(nodelist: str) -> str:
     return prefix + first
 
 
+# The two GPU layouts a rank can be started in; named in the error for any other.
+SUPPORTED_GPU_LAYOUTS = (
+    "every rank sees all GPUs of its node and uses cuda:LOCAL_RANK (torchrun, deepspeed, srun --gpus-per-node=G "
+    "with G tasks per node), or every rank sees exactly one GPU and uses it (srun --gpus-per-task=1, --gpu-bind, "
+    "CUDA_VISIBLE_DEVICES set per rank)"
+)
+
+
+def cuda_index(world: World, visible_gpus: int) -> int | None:
+    """The CUDA device this rank trains on, given how many GPUs it sees; None means no GPU: train on the CPU.
+
+    Under `srun --gpus-per-task=1` (or --gpu-bind) every task sees only its own GPU as cuda:0 while LOCAL_RANK still
+    counts the tasks of the node, so asking for cuda:LOCAL_RANK would fail with "invalid device ordinal".
+    """
+    if visible_gpus <= 0:
+        return None
+    if visible_gpus == 1:
+        return 0
+    # local_world_size too, so rank 0 (which the others rely on to print the error) sees a wrong layout as well.
+    if max(world.local_rank + 1, world.local_world_size) > visible_gpus:
+        raise ConfigError(
+            [
+                f"GPU layout: rank {world.rank} has LOCAL_RANK={world.local_rank} of {world.local_world_size} rank(s) "
+                f"on its node but sees {visible_gpus} GPUs, so ranks would share or miss a GPU. Supported: "
+                f"{SUPPORTED_GPU_LAYOUTS}. (A launcher that does not set LOCAL_WORLD_SIZE: set it.)"
+            ]
+        )
+    return world.local_rank
+
+
+def visible_gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def device_for(world: World) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(world.local_rank)
-        return torch.device("cuda", world.local_rank)
-    return torch.device("cpu")
+    index = cuda_index(world, visible_gpu_count())
+    if index is None:
+        return torch.device("cpu")
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 def backend_for(device: torch.device) -> str:
@@ -104,7 +145,7 @@ def init(world: World, device: torch.device, timeout_s: int) -> None:
     """Start the process group through DeepSpeed (it needs its own comm layer initialised)."""
     import deepspeed
 
-    export_env(world)
+    export_env(world, device=device)
     # A dead peer must turn into an error on every other rank, not an endless wait inside NCCL.
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     deepspeed.init_distributed(

@@ -1,0 +1,60 @@
+"""Which GPU a rank trains on, for the GPU layouts launchers produce (the GPU count is passed in, so these run on
+any machine): all GPUs of the node visible to every rank, or one GPU per rank (srun --gpus-per-task=1)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xlsr_dist.config import ConfigError
+from xlsr_dist.world import World, cuda_index, export_env
+
+
+def _srun_task(local_id: int, tasks_per_node: int, nodes: int = 1) -> World:
+    """The World a task started by `srun --ntasks-per-node=T` reads from SLURM's variables."""
+    return World.from_env(
+        {
+            "SLURM_PROCID": str(local_id),
+            "SLURM_NTASKS": str(tasks_per_node * nodes),
+            "SLURM_LOCALID": str(local_id),
+            "SLURM_NTASKS_PER_NODE": str(tasks_per_node),
+        }
+    )
+
+
+def test_one_visible_gpu_per_task_is_cuda_0_whatever_the_local_rank() -> None:
+    # srun --gpus-per-task=1 / --gpu-bind: each of the 4 tasks sees only its own GPU, as device 0.
+    assert [cuda_index(_srun_task(local, 4), visible_gpus=1) for local in range(4)] == [0, 0, 0, 0]
+
+
+def test_all_gpus_of_the_node_visible_uses_cuda_local_rank() -> None:
+    # srun --gpus-per-node=4 with 4 tasks per node, torchrun, deepspeed: every rank sees 4 GPUs.
+    assert [cuda_index(_srun_task(local, 4), visible_gpus=4) for local in range(4)] == [0, 1, 2, 3]
+    torchrun_rank = World.from_env({"RANK": "6", "WORLD_SIZE": "8", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "4"})
+    assert cuda_index(torchrun_rank, visible_gpus=4) == 2
+
+
+def test_no_visible_gpu_trains_on_the_cpu() -> None:
+    assert cuda_index(_srun_task(1, 2), visible_gpus=0) is None
+
+
+@pytest.mark.parametrize("local_rank", [0, 2, 3])
+def test_more_ranks_per_node_than_visible_gpus_is_a_user_error_naming_the_layout(local_rank: int) -> None:
+    # 4 tasks per node, each seeing 2 GPUs (e.g. --gpus-per-task=2): rank 0 fails too, so its message is printed.
+    with pytest.raises(ConfigError) as raised:
+        cuda_index(_srun_task(local_rank, 4), visible_gpus=2)
+    message = str(raised.value)
+    assert f"LOCAL_RANK={local_rank} of 4 rank(s)" in message and "sees 2 GPUs" in message
+    assert "--gpus-per-task=1" in message and "cuda:LOCAL_RANK" in message
+
+
+def test_deepspeed_is_told_the_device_index_while_world_keeps_the_node_local_rank() -> None:
+    # DeepSpeed's engine sets the CUDA device from LOCAL_RANK; with one GPU per task it must read 0.
+    world = _srun_task(3, 4)
+    env = {"LOCAL_RANK": "3"}
+    export_env(world, env, device=torch.device("cuda", 0))
+    assert env["LOCAL_RANK"] == "0" and world.local_rank == 3
+
+    cpu_env = {"LOCAL_RANK": "3"}
+    export_env(world, cpu_env, device=torch.device("cpu"))
+    assert cpu_env["LOCAL_RANK"] == "3"
