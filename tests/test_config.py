@@ -107,3 +107,38 @@ def test_shipped_launch_configs_are_valid() -> None:
     assert configs, "launch/ holds the demo config"
     for path in configs:
         parse_args(["--config", str(path)])
+
+
+def test_language_settings_are_validated_naming_each_flag() -> None:
+    with pytest.raises(ConfigError) as err:
+        build_config({"language": "zh-CN", "text_normalization": "nfkc", "fold_accents": "sometimes"})
+    assert err.value.problems == ["--fold_accents: expected true/false, got 'sometimes'"]
+    with pytest.raises(ConfigError) as err:
+        build_config({"language": "zh-CN", "text_normalization": "nfkc"})
+    assert err.value.problems == [
+        "--language: 'zh-CN' is not an ISO 639 language code (2-3 lower-case letters: en, de, tr, zh); "
+        "for 'zh-CN' give 'zh'",
+        "--text_normalization: 'nfkc' is not one of 'default', 'none'",
+    ]
+
+
+def test_language_settings_from_flags_and_files(tmp_path: Path) -> None:
+    data = build_config({}).data
+    assert (data.language, data.fold_accents, data.text_normalization, data.chars_to_ignore) == (
+        "en",
+        None,
+        "default",
+        "",
+    )
+    data = parse_args(["--language", "tr", "--fold_accents", "false", "--chars_to_ignore", ',?."']).data
+    assert (data.language, data.fold_accents, data.chars_to_ignore) == ("tr", False, ',?."')
+    path = tmp_path / "run.yaml"
+    path.write_text('language: fr\nfold_accents: true\nchars_to_ignore: [",", "?", "-"]\ntext_normalization: none\n')
+    data = parse_args(["--config", str(path)]).data
+    assert (data.language, data.fold_accents, data.chars_to_ignore, data.text_normalization) == (
+        "fr",
+        True,
+        ",?-",
+        "none",
+    )
+    assert parse_args(["--config", str(path), "--fold_accents", "none"]).data.fold_accents is None  # flags win

@@ -13,7 +13,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
+
+from xlsr_dist.text import settings_problems
 
 # The reference recipe keeps the optimizer batch at 8 utterances whatever the GPU count.
 REFERENCE_GLOBAL_BATCH = 8
@@ -78,6 +80,16 @@ class DataConfig:
     dataloader_num_workers: int = 1
     eval_max_utterances: int = 0
     """Evaluate on at most this many utterances (0 = all)."""
+    language: str = "en"
+    """ISO 639 code of the corpus's language (en, de, tr, zh, ...): its lower-casing, its number words, whether it
+    writes spaces between words (see xlsr_dist.text)."""
+    fold_accents: bool | None = None
+    """Fold accents away (café -> cafe); unset ('none'): on for English, off for every other language."""
+    text_normalization: str = "default"
+    """'default' (xlsr_dist.text.normalize) or 'none' for corpora normalised already (whitespace collapse only)."""
+    chars_to_ignore: str = ""
+    """Characters deleted from transcripts, HF's --chars_to_ignore given as one string (',?.!-;:"'); a config file
+    may give HF's list."""
 
 
 @dataclass
@@ -181,7 +193,18 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
+def _unset_or_kind(kind: Any) -> tuple[bool, type]:
+    """(may it be unset, its type): ``bool | None`` -> (True, bool)."""
+    members = get_args(kind)
+    if type(None) in members:
+        return True, next(m for m in members if m is not type(None))
+    return False, kind
+
+
 def _coerce(name: str, kind: type, value: Any, problems: list[str]) -> Any:
+    unsettable, kind = _unset_or_kind(kind)
+    if unsettable and (value is None or str(value).strip().lower() in ("", "none")):
+        return None
     try:
         if kind is bool:
             return value if isinstance(value, bool) else _parse_bool(str(value))
@@ -193,6 +216,8 @@ def _coerce(name: str, kind: type, value: Any, problems: list[str]) -> Any:
             if isinstance(value, bool):
                 raise ValueError(f"expected a number, got {value!r}")
             return float(value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return "".join(value)  # HF's list form, e.g. chars_to_ignore: [",", "?", "."]
         return str(value)
     except (TypeError, ValueError) as exc:
         problems.append(f"--{name}: {exc}")
@@ -228,8 +253,9 @@ def build_config(values: dict[str, Any], source: str = "flags") -> Config:
             problems.append(f"--{name}: unknown setting (from {source}); see `python -m xlsr_dist.train --help`")
             continue
         section, kind = FLAGS[name]
+        known_problems = len(problems)
         coerced = _coerce(name, kind, value, problems)
-        if coerced is not None:
+        if len(problems) == known_problems:
             sections[section][name] = coerced
     if problems:
         raise ConfigError(problems)
@@ -256,7 +282,7 @@ def _argparser() -> argparse.ArgumentParser:
         parser.add_argument(
             f"--{name}",
             default=None,
-            metavar=kind.__name__.upper(),
+            metavar=_unset_or_kind(kind)[1].__name__.upper(),
             help=f"[{section}] default: {defaults[name]!r}",
         )
     return parser
@@ -312,6 +338,7 @@ def validate(cfg: Config) -> None:
         p.append("--dataloader_num_workers: must be >= 0")
     if d.demo_train_utterances < 16 or d.demo_eval_utterances < 1:
         p.append("--demo_train_utterances/--demo_eval_utterances: need at least 16 and 1 utterances")
+    p.extend(settings_problems(d.language, d.text_normalization))
     if t.learning_rate <= 0:
         p.append(f"--learning_rate: {t.learning_rate} must be > 0")
     if t.warmup_steps < 0:
