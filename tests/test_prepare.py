@@ -14,23 +14,25 @@ import pytest
 import soundfile as sf
 
 from tests._corpus import SR, audio_bytes, good_items, make_bad_corpus, sine, write_jsonl
-from xlsr_dist import audio as A
-from xlsr_dist.data import prepare as P
-from xlsr_dist.data import shards as S
+from xlsr_dist import audio, prepare
+from xlsr_dist.data import convert, shards
+from xlsr_dist.data.recipes import detect_layout
+from xlsr_dist.data.recipes.items import Item, PrepareError
+from xlsr_dist.data.skip_reasons import DUPLICATE_ID, MALFORMED_ENTRY
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _prepare(*args: str) -> list[dict]:
-    return P.run([*args, "--no_progress"])
+    return prepare.run([*args, "--no_progress"])
 
 
 def _split_rows(split_dir: Path) -> dict[str, dict]:
-    paths = S.list_shards(split_dir)
+    paths = shards.list_shards(split_dir)
     out = {}
     for p in paths:
-        n = S.read_metadata([p]).num_rows
-        for r in S.read_rows(p, range(n)):
+        n = shards.read_metadata([p]).num_rows
+        for r in shards.read_rows(p, range(n)):
             out[r["id"]] = r
     return out
 
@@ -46,7 +48,7 @@ def test_bad_corpus_skips_and_names_every_bad_item_and_keeps_every_good_one(tmp_
     for g in good_items():
         row = rows[g.id]
         assert row["text"] == g.norm
-        wave = A.decode_bytes(row["audio"])
+        wave = audio.decode_bytes(row["audio"])
         assert abs(len(wave) - len(g.expected)) <= 1, g.name
         n = min(len(wave), len(g.expected))
         assert np.abs(wave[:n] - g.expected[:n]).max() <= g.tolerance + 1 / 32768, g.name
@@ -60,7 +62,7 @@ def test_bad_corpus_skips_and_names_every_bad_item_and_keeps_every_good_one(tmp_
     printed = capsys.readouterr().out
     assert f"prepared {len(good_ids)} utterances" in printed
     assert f"skipped {len(bad)}: " in printed and "2 truncated audio" in printed and "1 missing audio file" in printed
-    manifest = S.read_manifest(out / "train")
+    manifest = shards.read_manifest(out / "train")
     assert manifest["num_utterances"] == len(good_ids) and manifest["skipped"] == len(bad)
     assert set(manifest["vocabulary"]) <= set("abcdefghijklmnopqrstuvwxyz' ")
 
@@ -78,12 +80,12 @@ def test_rerun_keeps_finished_shards_and_rebuilds_missing_or_damaged_ones(tmp_pa
     before = _shard_state(out / "train")
 
     names = list(before)
-    lost_index = out / "train" / (names[0] + S.INDEX_SUFFIX)
+    lost_index = out / "train" / (names[0] + shards.INDEX_SUFFIX)
     lost_index.unlink()  # e.g. a copy that kept only *.parquet: the shard is still good, its index is rebuilt
     again = _prepare(*args)[0]
     assert (again["shards_reused"], again["shards_built"]) == (4, 0)
     assert _shard_state(out / "train") == before
-    assert lost_index.is_file() and S.read_manifest(out / "train")["shards"][0]["index"] == lost_index.name
+    assert lost_index.is_file() and shards.read_manifest(out / "train")["shards"][0]["index"] == lost_index.name
     assert again["skipped"] == first["skipped"]  # the report still names items skipped in reused shards
 
     (out / "train" / names[1]).unlink()
@@ -97,9 +99,9 @@ def test_rerun_keeps_finished_shards_and_rebuilds_missing_or_damaged_ones(tmp_pa
 
     fewer = _prepare("--input", str(tsv), "--output", str(out), "--num_shards", "2", "--num_workers", "1")[0]
     assert fewer["shards_built"] == 2
-    assert len(S.list_shards(out / "train")) == 2  # shards of the old plan were removed
+    assert len(shards.list_shards(out / "train")) == 2  # shards of the old plan were removed
     assert sorted(p.name for p in (out / "train").glob("*.idx")) == [
-        S.shard_name(k, 2) + S.INDEX_SUFFIX for k in range(2)
+        shards.shard_name(k, 2) + shards.INDEX_SUFFIX for k in range(2)
     ]  # and their indexes
     assert sorted(_split_rows(out / "train")) == good_ids
 
@@ -117,9 +119,9 @@ def test_output_is_deterministic_whatever_the_worker_count(tmp_path):
             "--num_workers",
             workers,
         )
-    m1, m2 = (S.read_manifest(tmp_path / f"out{w}" / "train") for w in ("1", "2"))
+    m1, m2 = (shards.read_manifest(tmp_path / f"out{w}" / "train") for w in ("1", "2"))
     assert [s["sha256"] for s in m1["shards"]] == [s["sha256"] for s in m2["shards"]]
-    ids = S.read_metadata(S.list_shards(tmp_path / "out1" / "train")).column("id").to_pylist()
+    ids = shards.read_metadata(shards.list_shards(tmp_path / "out1" / "train")).column("id").to_pylist()
     assert ids == sorted(ids)  # contiguous runs of the sorted ids
 
 
@@ -146,9 +148,9 @@ def test_commonvoice_layout(tmp_path):
     assert [r["split"] for r in reports] == ["train", "dev", "test"] and reports[0]["layout"] == "commonvoice"
     rows = _split_rows(tmp_path / "out" / "train")
     assert sorted(r["text"] for r in rows.values()) == ["first clip", "second with quotes", "third line"]
-    sources = pq.read_table(S.list_shards(tmp_path / "out" / "train")[0], columns=["id", "source"]).to_pylist()
+    sources = pq.read_table(shards.list_shards(tmp_path / "out" / "train")[0], columns=["id", "source"]).to_pylist()
     assert sources == [{"id": "common_voice_en_train_0.mp3", "source": "clips/common_voice_en_train_0.mp3"}]
-    assert abs(len(A.decode_bytes(rows["common_voice_en_train_0.mp3"]["audio"])) - 0.8 * SR) <= 1
+    assert abs(len(audio.decode_bytes(rows["common_voice_en_train_0.mp3"]["audio"])) - 0.8 * SR) <= 1
     assert [r["text"] for r in _split_rows(tmp_path / "out" / "test").values()] == ["test two"]
 
 
@@ -218,7 +220,7 @@ def test_nemo_layout(tmp_path):
     assert {k: v["text"] for k, v in rows.items()} == {"wavs/a.wav": "alpha", str(d / "wavs" / "b.wav"): "bravo"}
     assert rows["wavs/a.wav"]["duration"] == pytest.approx(1.0, abs=1e-4)
     assert sorted(s["id"] for s in r["skipped"]) == ["train_manifest.json:3", "train_manifest.json:4"]
-    assert {s["reason"] for s in r["skipped"]} == {P.MALFORMED}
+    assert {s["reason"] for s in r["skipped"]} == {MALFORMED_ENTRY}
 
 
 def test_folder_layout_csv_with_other_column_names_and_a_clear_error_otherwise(tmp_path):
@@ -229,10 +231,10 @@ def test_folder_layout_csv_with_other_column_names_and_a_clear_error_otherwise(t
     assert r["layout"] == "folder"
     assert _split_rows(tmp_path / "out" / "train").keys() == {"x/one.wav"}
     assert _split_rows(tmp_path / "out" / "train")["x/one.wav"]["text"] == "hello there"  # the first entry wins
-    assert [(s["id"], s["reason"]) for s in r["skipped"]] == [("x/one.wav", P.DUPLICATE)]
+    assert [(s["id"], s["reason"]) for s in r["skipped"]] == [("x/one.wav", DUPLICATE_ID)]
 
     (d / "meta.csv").write_text("wavefile,words\nx/one.wav,hi\n")
-    with pytest.raises(P.PrepareError, match=r"meta.csv: cannot tell which column holds the audio path"):
+    with pytest.raises(PrepareError, match=r"meta.csv: cannot tell which column holds the audio path"):
         _prepare("--input", str(d), "--output", str(tmp_path / "out2"))
     # the CLI turns it into a one-line error and exit status 2, not a traceback
     proc = subprocess.run(
@@ -289,8 +291,8 @@ def test_hf_layout_save_to_disk_and_local_parquet(tmp_path):
         "000000001": "flac bytes",
         "000000002": "from a path",
     }
-    assert abs(len(A.decode_bytes(train["000000000"]["audio"])) - SR) <= 1  # 8 kHz bytes resampled
-    assert abs(len(A.decode_bytes(train["000000002"]["audio"])) - 0.9 * SR) <= 1  # 44.1 kHz stereo file
+    assert abs(len(audio.decode_bytes(train["000000000"]["audio"])) - SR) <= 1  # 8 kHz bytes resampled
+    assert abs(len(audio.decode_bytes(train["000000002"]["audio"])) - 0.9 * SR) <= 1  # 44.1 kHz stereo file
     assert [(s["id"], s["reason"]) for s in reports[0]["skipped"]] == [("000000003", "unreadable audio")]
     assert list(_split_rows(tmp_path / "out" / "eval")) == ["000000000"]
 
@@ -321,27 +323,27 @@ def test_auto_layout_detection(tmp_path):
     (tmp_path / "ls" / "1" / "2" / "1-2.trans.txt").write_text("")
     (tmp_path / "m.jsonl").write_text("")
     (tmp_path / "t.tsv").write_text("")
-    assert P.detect_layout(str(tmp_path / "cv")) == "commonvoice"
-    assert P.detect_layout(str(tmp_path / "ls")) == "librispeech"
-    assert P.detect_layout(str(tmp_path / "m.jsonl")) == "nemo"
-    assert P.detect_layout(str(tmp_path / "t.tsv")) == "folder"
-    assert P.detect_layout("some-org/some-dataset") == "hf"
-    with pytest.raises(P.PrepareError, match="no such file"):
-        P.detect_layout(str(tmp_path / "absent"))
+    assert detect_layout(str(tmp_path / "cv")) == "commonvoice"
+    assert detect_layout(str(tmp_path / "ls")) == "librispeech"
+    assert detect_layout(str(tmp_path / "m.jsonl")) == "nemo"
+    assert detect_layout(str(tmp_path / "t.tsv")) == "folder"
+    assert detect_layout("some-org/some-dataset") == "hf"
+    with pytest.raises(PrepareError, match="no such file"):
+        detect_layout(str(tmp_path / "absent"))
 
 
-def _die_on_garbage(item: P.Item, settings: P.Settings):
+def _die_on_garbage(item: Item, settings: convert.Settings):
     if item.id.endswith("garbage.wav"):
         os._exit(1)  # what a crash inside a native decoder looks like to the pool
     return _real_process_item(item, settings)
 
 
-_real_process_item = P.process_item
+_real_process_item = convert.process_item
 
 
 def test_a_dead_worker_is_an_error_naming_the_item_not_a_hang(tmp_path, monkeypatch):
     tsv, _, _ = make_bad_corpus(tmp_path / "corpus")
-    monkeypatch.setattr(P, "process_item", _die_on_garbage)  # inherited by the forked workers
-    monkeypatch.setattr(P, "RESULT_TIMEOUT_S", 3.0)
-    with pytest.raises(P.PrepareError, match="garbage.wav"):
+    monkeypatch.setattr(convert, "process_item", _die_on_garbage)  # inherited by the forked workers
+    monkeypatch.setattr(convert, "RESULT_TIMEOUT_S", 3.0)
+    with pytest.raises(PrepareError, match="garbage.wav"):
         _prepare("--input", str(tsv), "--output", str(tmp_path / "out"), "--num_workers", "2")

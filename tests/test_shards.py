@@ -1,4 +1,4 @@
-"""shards.py: the on-disk format readers and writers agree on, local and through fsspec."""
+"""data/shards: the on-disk format readers and writers agree on, local and through fsspec."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests._corpus import sine
-from xlsr_dist import audio as A
-from xlsr_dist.data import shards as S
+from xlsr_dist import audio
+from xlsr_dist.data import shards
 
 
 def _rows(start: int, n: int) -> list[dict]:
@@ -24,7 +24,7 @@ def _rows(start: int, n: int) -> list[dict]:
         out.append(
             {
                 "id": f"utt{i:04d}",
-                "audio": A.encode_flac(wave),
+                "audio": audio.encode_flac(wave),
                 "text": f"text {'ab'[i % 2]}",
                 "duration": len(wave) / 16000,
                 "source": f"src/{i}.wav",
@@ -37,7 +37,7 @@ def _rows(start: int, n: int) -> list[dict]:
 def split(tmp_path) -> tuple[Path, list[dict]]:
     rows = _rows(0, 100)
     for k, chunk in enumerate([rows[:40], rows[40:70], rows[70:]]):
-        S.write_shard(tmp_path / S.shard_name(k, 3), chunk)
+        shards.write_shard(tmp_path / shards.shard_name(k, 3), chunk)
     return tmp_path, rows
 
 
@@ -45,9 +45,9 @@ def test_write_shard_layout(split):
     d, rows = split
     names = sorted(os.listdir(d))
     # each shard with its byte index, no temp files left behind
-    assert names == sorted(n for k in range(3) for n in (S.shard_name(k, 3), S.shard_name(k, 3) + ".idx"))
-    pf = pq.ParquetFile(d / S.shard_name(0, 3))
-    assert pf.schema_arrow.equals(S.SCHEMA)
+    assert names == sorted(n for k in range(3) for n in (shards.shard_name(k, 3), shards.shard_name(k, 3) + ".idx"))
+    pf = pq.ParquetFile(d / shards.shard_name(0, 3))
+    assert pf.schema_arrow.equals(shards.SCHEMA)
     assert pf.metadata.num_row_groups == 3  # 40 rows in groups of 16: a reader can fetch a few rows
     col = {
         pf.metadata.row_group(0).column(c).path_in_schema: pf.metadata.row_group(0).column(c)
@@ -59,80 +59,80 @@ def test_write_shard_layout(split):
 
 def test_list_shards_and_metadata(split):
     d, rows = split
-    paths = S.list_shards(d)
-    assert paths == [str(d / S.shard_name(k, 3)) for k in range(3)]
-    before = dict(S.IO_STATS)
-    meta = S.read_metadata(paths)
+    paths = shards.list_shards(d)
+    assert paths == [str(d / shards.shard_name(k, 3)) for k in range(3)]
+    before = dict(shards.IO_STATS)
+    meta = shards.read_metadata(paths)
     assert meta.column_names == ["id", "duration", "text", "shard", "row"]
     assert meta.column("id").to_pylist() == [r["id"] for r in rows]
     assert meta.column("shard").to_pylist() == [0] * 40 + [1] * 30 + [2] * 30
     assert meta.column("row").to_pylist() == list(range(40)) + list(range(30)) + list(range(30))
     assert np.allclose(meta.column("duration").to_numpy(), [r["duration"] for r in rows])
-    assert S.IO_STATS["row_groups_read"] == before["row_groups_read"]  # metadata never touches audio row reads
+    assert shards.IO_STATS["row_groups_read"] == before["row_groups_read"]  # metadata never touches audio row reads
 
 
 def test_read_rows_returns_asked_rows_in_order_reading_only_their_row_groups(split):
     d, rows = split
-    path = S.list_shards(d)[0]
-    os.unlink(S.index_path(path))  # the Parquet path (the byte index has its own tests below)
-    S.clear_cache()
-    before = dict(S.IO_STATS)
-    got = S.read_rows(path, [33, 2, 17, 2])
+    path = shards.list_shards(d)[0]
+    os.unlink(shards.index_path(path))  # the Parquet path (the byte index has its own tests below)
+    shards.clear_cache()
+    before = dict(shards.IO_STATS)
+    got = shards.read_rows(path, [33, 2, 17, 2])
     assert [g["id"] for g in got] == ["utt0033", "utt0002", "utt0017", "utt0002"]
     assert got[0]["audio"] == rows[33]["audio"] and got[0]["text"] == rows[33]["text"]
     assert set(got[0]) == {"id", "audio", "text", "duration"}
-    assert S.IO_STATS["row_groups_read"] - before["row_groups_read"] == 3  # groups 0, 1, 2 of 16 rows
-    got = S.read_rows(path, [20, 21])
+    assert shards.IO_STATS["row_groups_read"] - before["row_groups_read"] == 3  # groups 0, 1, 2 of 16 rows
+    got = shards.read_rows(path, [20, 21])
     assert [g["id"] for g in got] == ["utt0020", "utt0021"]
-    assert S.IO_STATS["row_groups_read"] - before["row_groups_read"] == 4  # one more group, not the shard
-    assert S.IO_STATS["files_opened"] - before["files_opened"] == 1  # the footer was parsed once
-    assert np.allclose(A.decode_bytes(got[0]["audio"]), A.decode_bytes(rows[20]["audio"]))
+    assert shards.IO_STATS["row_groups_read"] - before["row_groups_read"] == 4  # one more group, not the shard
+    assert shards.IO_STATS["files_opened"] - before["files_opened"] == 1  # the footer was parsed once
+    assert np.allclose(audio.decode_bytes(got[0]["audio"]), audio.decode_bytes(rows[20]["audio"]))
     with pytest.raises(IndexError, match="out of range"):
-        S.read_rows(path, [40])
+        shards.read_rows(path, [40])
 
 
 def test_rewritten_shard_is_not_served_from_a_stale_cache(split):
     d, rows = split
-    path = S.list_shards(d)[2]
-    assert S.read_rows(path, [0])[0]["id"] == "utt0070"
-    S.write_shard(path, _rows(500, 30))
-    assert S.read_rows(path, [0])[0]["id"] == "utt0500"
+    path = shards.list_shards(d)[2]
+    assert shards.read_rows(path, [0])[0]["id"] == "utt0070"
+    shards.write_shard(path, _rows(500, 30))
+    assert shards.read_rows(path, [0])[0]["id"] == "utt0500"
 
 
 def test_fsspec_memory_location(split):
     d, rows = split
     fs = fsspec.filesystem("memory")
     for k in range(3):
-        fs.pipe(f"/xlsr-test-split/{S.shard_name(k, 3)}", (d / S.shard_name(k, 3)).read_bytes())
+        fs.pipe(f"/xlsr-test-split/{shards.shard_name(k, 3)}", (d / shards.shard_name(k, 3)).read_bytes())
     fs.pipe("/xlsr-test-split/manifest.json", json.dumps({"num_utterances": 100}).encode())
     try:
-        paths = S.list_shards("memory://xlsr-test-split")
+        paths = shards.list_shards("memory://xlsr-test-split")
         assert [p.startswith("memory://") for p in paths] == [True] * 3
-        meta = S.read_metadata(paths)
+        meta = shards.read_metadata(paths)
         assert meta.column("id").to_pylist() == [r["id"] for r in rows]
-        got = S.read_rows(paths[1], [29, 0])
+        got = shards.read_rows(paths[1], [29, 0])
         assert [g["id"] for g in got] == ["utt0069", "utt0040"]
         assert got[1]["audio"] == rows[40]["audio"]
-        assert S.read_manifest("memory://xlsr-test-split")["num_utterances"] == 100
+        assert shards.read_manifest("memory://xlsr-test-split")["num_utterances"] == 100
     finally:
         fs.rm("/xlsr-test-split", recursive=True)
-        S.clear_cache()
+        shards.clear_cache()
 
 
 def test_list_shards_errors_name_the_location(tmp_path):
-    with pytest.raises(S.ShardError, match=str(tmp_path)):
-        S.list_shards(tmp_path)
+    with pytest.raises(shards.ShardError, match=str(tmp_path)):
+        shards.list_shards(tmp_path)
     rows = _rows(0, 3)
-    S.write_shard(tmp_path / S.shard_name(0, 3), rows)
-    S.write_shard(tmp_path / S.shard_name(2, 3), rows)
-    with pytest.raises(S.ShardError, match="incomplete"):  # shard 1 of 3 is missing
-        S.list_shards(tmp_path)
+    shards.write_shard(tmp_path / shards.shard_name(0, 3), rows)
+    shards.write_shard(tmp_path / shards.shard_name(2, 3), rows)
+    with pytest.raises(shards.ShardError, match="incomplete"):  # shard 1 of 3 is missing
+        shards.list_shards(tmp_path)
 
 
 def test_manifest(split):
     d, rows = split
-    m = S.write_manifest(d, extra={"split": "train"})
-    assert m == S.read_manifest(d)
+    m = shards.write_manifest(d, extra={"split": "train"})
+    assert m == shards.read_manifest(d)
     assert m["num_utterances"] == 100 and m["num_shards"] == 3 and m["split"] == "train"
     total = sum(r["duration"] for r in rows)
     assert m["total_seconds"] == pytest.approx(total, abs=1e-3)
@@ -140,111 +140,111 @@ def test_manifest(split):
     assert m["vocabulary"] == " abetx"
     assert sum(m["duration_seconds"]["histogram"]["counts"]) == 100
     for k, s in enumerate(m["shards"]):
-        assert s["name"] == S.shard_name(k, 3)
+        assert s["name"] == shards.shard_name(k, 3)
         assert s["sha256"] == hashlib.sha256((d / s["name"]).read_bytes()).hexdigest()
     assert [s["rows"] for s in m["shards"]] == [40, 30, 30]
-    with pytest.raises(S.ShardError, match="manifest"):
-        S.read_manifest(d / "nope")
+    with pytest.raises(shards.ShardError, match="manifest"):
+        shards.read_manifest(d / "nope")
 
 
 def _all_rows(path: str, n: int) -> list[dict]:
     # Asked out of order and with a repeat: the order asked must come back whichever path serves it.
     order = list(range(n - 1, -1, -2)) + list(range(0, n, 2)) + [0]
-    return S.read_rows(path, order)
+    return shards.read_rows(path, order)
 
 
 def test_byte_index_serves_rows_without_row_groups_identical_to_parquet(split):
     d, rows = split
-    path = S.list_shards(d)[0]
-    S.clear_cache()
-    before = dict(S.IO_STATS)
+    path = shards.list_shards(d)[0]
+    shards.clear_cache()
+    before = dict(shards.IO_STATS)
     indexed = _all_rows(path, 40)
-    assert S.IO_STATS["row_groups_read"] == before["row_groups_read"]  # no row group decoded
-    assert S.IO_STATS["blobs_read"] - before["blobs_read"] == len(indexed)
-    assert S.IO_STATS["index_fallbacks"] == before["index_fallbacks"]
-    os.unlink(S.index_path(path))
-    S.clear_cache()
+    assert shards.IO_STATS["row_groups_read"] == before["row_groups_read"]  # no row group decoded
+    assert shards.IO_STATS["blobs_read"] - before["blobs_read"] == len(indexed)
+    assert shards.IO_STATS["index_fallbacks"] == before["index_fallbacks"]
+    os.unlink(shards.index_path(path))
+    shards.clear_cache()
     assert _all_rows(path, 40) == indexed  # byte-identical audio, same id/text/duration, same order
-    assert S.IO_STATS["row_groups_read"] > before["row_groups_read"]
+    assert shards.IO_STATS["row_groups_read"] > before["row_groups_read"]
     assert [r["id"] for r in indexed[:2]] == ["utt0039", "utt0037"]
     assert indexed[0]["audio"] == rows[39]["audio"]
 
 
 def test_index_of_other_content_is_ignored(split):
     d, rows = split
-    p0, p1 = S.list_shards(d)[:2]
+    p0, p1 = shards.list_shards(d)[:2]
     want = _all_rows(p0, 40)
     # another shard's index (valid JSON, plausible offsets) copied over this one's: its footer hash differs
-    Path(S.index_path(p0)).write_bytes(Path(S.index_path(p1)).read_bytes())
-    S.clear_cache()
-    before = dict(S.IO_STATS)
+    Path(shards.index_path(p0)).write_bytes(Path(shards.index_path(p1)).read_bytes())
+    shards.clear_cache()
+    before = dict(shards.IO_STATS)
     assert _all_rows(p0, 40) == want
-    assert S.IO_STATS["blobs_read"] == before["blobs_read"]
-    assert S.IO_STATS["index_fallbacks"] - before["index_fallbacks"] == 1
+    assert shards.IO_STATS["blobs_read"] == before["blobs_read"]
+    assert shards.IO_STATS["index_fallbacks"] - before["index_fallbacks"] == 1
 
 
 def test_stale_index_after_rewrite_is_ignored_and_rebuilt_by_write_manifest(split):
     d, _ = split
-    path = S.list_shards(d)[2]
-    old_index = Path(S.index_path(path)).read_bytes()
-    S.write_shard(path, _rows(500, 30))
-    Path(S.index_path(path)).write_bytes(old_index)  # as if the new index never landed
-    S.clear_cache()
-    before = dict(S.IO_STATS)
-    got = S.read_rows(path, [0, 29])
+    path = shards.list_shards(d)[2]
+    old_index = Path(shards.index_path(path)).read_bytes()
+    shards.write_shard(path, _rows(500, 30))
+    Path(shards.index_path(path)).write_bytes(old_index)  # as if the new index never landed
+    shards.clear_cache()
+    before = dict(shards.IO_STATS)
+    got = shards.read_rows(path, [0, 29])
     assert [g["id"] for g in got] == ["utt0500", "utt0529"]
     assert got[0]["audio"] == _rows(500, 1)[0]["audio"]
-    assert S.IO_STATS["blobs_read"] == before["blobs_read"]  # served from Parquet
-    os.unlink(S.index_path(S.list_shards(d)[0]))
-    m = S.write_manifest(d)
-    assert [s["index"] for s in m["shards"]] == [S.shard_name(k, 3) + ".idx" for k in range(3)]
-    S.clear_cache()
-    before = dict(S.IO_STATS)
-    assert S.read_rows(path, [0, 29]) == got
-    assert S.read_rows(S.list_shards(d)[0], [5])[0]["id"] == "utt0005"
+    assert shards.IO_STATS["blobs_read"] == before["blobs_read"]  # served from Parquet
+    os.unlink(shards.index_path(shards.list_shards(d)[0]))
+    m = shards.write_manifest(d)
+    assert [s["index"] for s in m["shards"]] == [shards.shard_name(k, 3) + ".idx" for k in range(3)]
+    shards.clear_cache()
+    before = dict(shards.IO_STATS)
+    assert shards.read_rows(path, [0, 29]) == got
+    assert shards.read_rows(shards.list_shards(d)[0], [5])[0]["id"] == "utt0005"
     assert (
-        S.IO_STATS["blobs_read"] - before["blobs_read"] == 3
-        and S.IO_STATS["row_groups_read"] == before["row_groups_read"]
+        shards.IO_STATS["blobs_read"] - before["blobs_read"] == 3
+        and shards.IO_STATS["row_groups_read"] == before["row_groups_read"]
     )
 
 
 def test_corrupt_index_offsets_fall_back_to_parquet(split):
     d, rows = split
-    path = S.list_shards(d)[1]
-    idx = json.loads(Path(S.index_path(path)).read_text())
+    path = shards.list_shards(d)[1]
+    idx = json.loads(Path(shards.index_path(path)).read_text())
     idx["offsets"] = [o + 1 for o in idx["offsets"]]  # footer still matches; the blobs are not there
-    Path(S.index_path(path)).write_text(json.dumps(idx))
-    S.clear_cache()
-    before = dict(S.IO_STATS)
+    Path(shards.index_path(path)).write_text(json.dumps(idx))
+    shards.clear_cache()
+    before = dict(shards.IO_STATS)
     got = _all_rows(path, 30)
     assert [g["audio"] for g in got[-1:]] == [rows[40]["audio"]]
     assert got == [
         {k: rows[40 + i][k] for k in ("id", "audio", "text", "duration")}
         for i in list(range(29, -1, -2)) + list(range(0, 30, 2)) + [0]
     ]
-    assert S.IO_STATS["index_fallbacks"] - before["index_fallbacks"] == 1
-    Path(S.index_path(path)).write_text("{not json")
-    S.clear_cache()
+    assert shards.IO_STATS["index_fallbacks"] - before["index_fallbacks"] == 1
+    Path(shards.index_path(path)).write_text("{not json")
+    shards.clear_cache()
     assert _all_rows(path, 30) == got
 
 
 def test_orphan_indexes_are_removed_by_write_manifest(split):
     d, _ = split
-    orphan = d / (S.shard_name(7, 9) + ".idx")
+    orphan = d / (shards.shard_name(7, 9) + ".idx")
     orphan.write_text("{}")
-    S.write_manifest(d)
+    shards.write_manifest(d)
     assert not orphan.exists()
-    assert all(Path(S.index_path(p)).exists() for p in S.list_shards(d))
+    assert all(Path(shards.index_path(p)).exists() for p in shards.list_shards(d))
 
 
 def test_locate_blobs_finds_duplicate_blobs_in_their_own_rows(tmp_path):
     rows = _rows(0, 6)
     for r in rows[3:]:
         r["audio"] = rows[0]["audio"]  # identical audio in four rows
-    S.write_shard(tmp_path / S.shard_name(0, 1), rows, row_group_size=2)
-    idx = json.loads((tmp_path / (S.shard_name(0, 1) + ".idx")).read_text())
+    shards.write_shard(tmp_path / shards.shard_name(0, 1), rows, row_group_size=2)
+    idx = json.loads((tmp_path / (shards.shard_name(0, 1) + ".idx")).read_text())
     assert len(set(idx["offsets"])) == 6 and idx["offsets"] == sorted(idx["offsets"])
-    got = S.read_rows(str(tmp_path / S.shard_name(0, 1)), [5, 0, 4])
+    got = shards.read_rows(str(tmp_path / shards.shard_name(0, 1)), [5, 0, 4])
     assert [g["id"] for g in got] == ["utt0005", "utt0000", "utt0004"]
     assert all(g["audio"] == rows[0]["audio"] for g in got)
 
@@ -253,20 +253,20 @@ def test_byte_index_through_fsspec_memory(split):
     d, rows = split
     fs = fsspec.filesystem("memory")
     for k in range(3):
-        for name in (S.shard_name(k, 3), S.shard_name(k, 3) + ".idx"):
+        for name in (shards.shard_name(k, 3), shards.shard_name(k, 3) + ".idx"):
             fs.pipe(f"/xlsr-idx-split/{name}", (d / name).read_bytes())
     try:
-        paths = S.list_shards("memory://xlsr-idx-split")
-        S.clear_cache()
-        before = dict(S.IO_STATS)
+        paths = shards.list_shards("memory://xlsr-idx-split")
+        shards.clear_cache()
+        before = dict(shards.IO_STATS)
         indexed = _all_rows(paths[1], 30)
-        assert S.IO_STATS["blobs_read"] - before["blobs_read"] == len(indexed)
-        assert S.IO_STATS["row_groups_read"] == before["row_groups_read"]
+        assert shards.IO_STATS["blobs_read"] - before["blobs_read"] == len(indexed)
+        assert shards.IO_STATS["row_groups_read"] == before["row_groups_read"]
         assert indexed[-1]["audio"] == rows[40]["audio"]
-        fs.rm(f"/xlsr-idx-split/{S.shard_name(1, 3)}.idx")
-        S.clear_cache()
+        fs.rm(f"/xlsr-idx-split/{shards.shard_name(1, 3)}.idx")
+        shards.clear_cache()
         assert _all_rows(paths[1], 30) == indexed
-        assert S.IO_STATS["row_groups_read"] > before["row_groups_read"]
+        assert shards.IO_STATS["row_groups_read"] > before["row_groups_read"]
     finally:
         fs.rm("/xlsr-idx-split", recursive=True)
-        S.clear_cache()
+        shards.clear_cache()

@@ -15,16 +15,8 @@ import torch
 from xlsr_dist.audio import encode_flac
 from xlsr_dist.config import DataConfig, plan_batches
 from xlsr_dist.data import shards
-from xlsr_dist.data.stream import (
-    DUPLICATE,
-    EMPTY_TEXT,
-    TOO_LONG,
-    UNALIGNABLE,
-    DataState,
-    DataStateError,
-    EvalStream,
-    TrainStream,
-)
+from xlsr_dist.data.skip_reasons import DUPLICATE_ID, EMPTY_TRANSCRIPT, LONGER_THAN_MAX, UNALIGNABLE
+from xlsr_dist.data.stream import DataState, DataStateError, EvalStream, TrainStream
 from xlsr_dist.text import build_vocab
 from xlsr_dist.world import World
 
@@ -221,9 +213,14 @@ def test_unusable_utterances_are_skipped_and_reported(
     bad.append(dict(rows[3]))  # the same id twice
     stream = rank_streams(_write(tmp_path / "c", bad, 2), 1, vocab, max_duration_in_seconds=20.0)[0]
     reasons = {r["id"]: r["reason"] for r in stream.report}
-    assert reasons == {"utt0000": UNALIGNABLE, "utt0001": TOO_LONG, "utt0002": EMPTY_TEXT, "utt0003": DUPLICATE}
+    assert reasons == {
+        "utt0000": UNALIGNABLE,
+        "utt0001": LONGER_THAN_MAX,
+        "utt0002": EMPTY_TRANSCRIPT,
+        "utt0003": DUPLICATE_ID,
+    }
     assert stream.num_samples == 17
-    assert stream.skipped == {UNALIGNABLE: 1, TOO_LONG: 1, EMPTY_TEXT: 1, DUPLICATE: 1}
+    assert stream.skipped == {UNALIGNABLE: 1, LONGER_THAN_MAX: 1, EMPTY_TRANSCRIPT: 1, DUPLICATE_ID: 1}
     assert "skipped 4" in stream.describe()
     ids = {i for _, micro in take(stream, stream.initial_state(), 2) for b in micro for i in b["ids"]}
     assert not ids & {"utt0000", "utt0001", "utt0002"}
@@ -262,7 +259,7 @@ def test_eval_stream_sees_every_utterance_once_with_equal_batch_counts(
 
 
 def test_transcripts_taken_as_already_normalised_are_fixed_points_of_normalize() -> None:
-    from xlsr_dist import text as text_mod
+    from xlsr_dist import text
     from xlsr_dist.data.stream import _ALREADY_NORMAL
 
     rng = np.random.default_rng(0)
@@ -272,6 +269,6 @@ def test_transcripts_taken_as_already_normalised_are_fixed_points_of_normalize()
         t = "".join(rng.choice(alphabet, size=int(rng.integers(0, 9))))
         if _ALREADY_NORMAL.fullmatch(t):
             accepted += 1
-            assert text_mod.normalize(t) == t, t  # skipping normalize changes nothing
+            assert text.normalize(t) == t, t  # skipping normalize changes nothing
     assert accepted > 100
     assert _ALREADY_NORMAL.fullmatch("don't stop") and not _ALREADY_NORMAL.fullmatch("'quoted'")

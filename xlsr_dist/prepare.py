@@ -1,8 +1,141 @@
-"""`python -m xlsr_dist.prepare`: corpus layouts -> Parquet shards + manifest + report (see xlsr_dist.data.prepare)."""
+"""``python -m xlsr_dist.prepare`` (``xlsr-prepare``): a speech corpus -> Parquet shards + manifest + report.
 
-from xlsr_dist.data.prepare import main
+``--layout`` (default ``auto``, guessed from ``--input``) picks the recipe that reads the corpus: ``folder``,
+``commonvoice``, ``librispeech``, ``nemo`` or ``hf`` (see ``xlsr_dist.data.recipes``). Each split is written to
+``<output>/<split>/``: ``shard-NNNNN-of-NNNNN.parquet`` (16 kHz mono FLAC, see ``xlsr_dist.data.shards``),
+``manifest.json`` (counts, hours, duration histogram, character set, shard checksums) and ``report.json`` (every
+skipped item with its id and reason; ``xlsr_dist.data.convert`` lists the reasons); one summary line per split is
+printed. A re-run keeps the shards it finished for the same plan (``xlsr_dist.data.shard_plan``).
+"""
 
-__all__ = ["main"]
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from xlsr_dist.data.convert import Settings
+from xlsr_dist.data.prepare import prepare_split
+from xlsr_dist.data.recipes import FILE_RECIPES, LAYOUTS, detect_layout, hf
+from xlsr_dist.data.recipes.items import PrepareError, SplitInput
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours SLURM/cgroup CPU limits, unlike os.cpu_count()
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m xlsr_dist.prepare",
+        description="Convert a speech corpus into xlsr_dist Parquet shards (16 kHz mono FLAC + normalised text).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--layout", choices=LAYOUTS, default="auto", help="corpus layout (auto guesses from --input)")
+    p.add_argument("--input", required=True, help="corpus directory, transcript table, manifest, or dataset name")
+    p.add_argument("--output", required=True, help="output root; each split goes to OUTPUT/<split>/")
+    p.add_argument(
+        "--split",
+        nargs="+",
+        default=None,
+        help="splits to write (commonvoice: tsv names; librispeech: sub-directories; folder/nemo: "
+        "table/manifest names in --input, or the name of the one split; hf: output names)",
+    )
+    p.add_argument("--num_shards", type=int, default=8, help="shards per split")
+    p.add_argument("--num_workers", type=int, default=default_workers(), help="decoding processes")
+    p.add_argument("--max_duration_in_seconds", type=float, default=30.0, help="longer audio is skipped")
+    p.add_argument(
+        "--max_chars_per_second",
+        type=float,
+        default=25.0,
+        help="transcripts denser than this are skipped as unalignable (0 disables)",
+    )
+    p.add_argument("--hf_split", nargs="+", default=["train"], help="dataset splits to read (hf layout)")
+    p.add_argument("--hf_config", default=None, help="dataset configuration name (hf layout)")
+    p.add_argument("--hf_audio_column", default="audio", help="audio column (hf layout)")
+    p.add_argument("--hf_text_column", default="", help="transcript column (hf layout; default: auto-detect)")
+    p.add_argument("--hf_id_column", default="", help="id column (hf layout; default: id, else the row number)")
+    p.add_argument("--hf_cache_dir", default=None, help="datasets cache directory (hf layout)")
+    p.add_argument("--force", action="store_true", help="rebuild every shard even if a finished one matches")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    problems = []
+    if args.num_shards < 1:
+        problems.append("--num_shards: must be >= 1")
+    if args.num_workers < 1:
+        problems.append("--num_workers: must be >= 1")
+    if args.max_duration_in_seconds <= 0:
+        problems.append("--max_duration_in_seconds: must be > 0")
+    if args.max_chars_per_second < 0:
+        problems.append("--max_chars_per_second: must be >= 0")
+    for s in args.split or []:
+        if not s or "/" in s or s in (".", ".."):
+            problems.append(f"--split {s!r}: must be a plain directory name")
+    if problems:
+        raise PrepareError("; ".join(problems))
+
+
+def read_layout(args: argparse.Namespace) -> tuple[str, list[SplitInput]]:
+    """The layout (guessed when ``--layout auto``) and the splits its recipe reads from ``--input``."""
+    layout = detect_layout(args.input) if args.layout == "auto" else args.layout
+    if layout == "hf":
+        return layout, hf.read_splits(
+            args.input,
+            args.split,
+            args.hf_split,
+            args.hf_audio_column,
+            args.hf_text_column,
+            args.hf_id_column,
+            args.hf_config,
+            args.hf_cache_dir,
+        )
+    return layout, FILE_RECIPES[layout](Path(args.input).expanduser(), args.split)
+
+
+def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Parse flags, prepare every split, print one summary line each; returns the reports."""
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    layout, splits = read_layout(args)
+    names = [s.name for s in splits]
+    if len(set(names)) != len(names):
+        raise PrepareError(f"split names repeat: {names}")
+    settings = Settings(args.max_duration_in_seconds, args.max_chars_per_second)
+    output = Path(args.output).expanduser()
+    reports = []
+    for split in splits:
+        if not split.items and not split.skipped:
+            raise PrepareError(f"split {split.name}: no utterances found in {args.input}")
+        report = prepare_split(
+            split,
+            output,
+            args.num_shards,
+            args.num_workers,
+            settings,
+            extra={"layout": layout, "input": args.input},
+            force=args.force,
+            progress=not args.no_progress,
+        )
+        print(f"{split.name}: {report['summary']} -> {output / split.name}", flush=True)
+        reports.append(report)
+    return reports
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        run(argv)
+    except PrepareError as e:
+        print(f"prepare: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
 
 if __name__ == "__main__":
     main()

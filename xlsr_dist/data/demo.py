@@ -19,9 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from xlsr_dist.atomic import replacing_dir
 from xlsr_dist.audio import SAMPLE_RATE, encode_flac
 from xlsr_dist.data import shards
 
@@ -272,23 +271,15 @@ def ensure_demo_corpus(root: Path, seed: int = 42, n_train: int = 2000, n_eval: 
 
 
 def _generate_into(final: Path, seed: int, n_train: int, n_eval: int) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
+    # Another machine sharing the filesystem (no shared lock) may finish first: its copy is identical and kept.
+    with replacing_dir(final) as tmp:
         write_split(tmp / "train", seed, "train", n_train)
         write_split(tmp / "eval", seed, "eval", n_eval)
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
-        try:
-            os.rename(tmp, final)
-        except OSError as exc:
-            # Another machine sharing the filesystem (no shared lock) finished first: its copy is identical.
-            if not _complete(final):
-                raise OSError(
-                    f"cannot place the demo corpus at {final} ({exc}); it holds an incomplete corpus: "
-                    f"delete that directory and run again"
-                ) from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not _complete(final):
+        raise OSError(
+            f"cannot place the demo corpus at {final}: it holds an incomplete corpus; delete that directory and "
+            "run again"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,9 +10,10 @@ The resume state (DataState) is global -- (seed, epoch, step in epoch) plus the 
 the filtered corpus -- not per rank, so a run may resume on any world size; resuming costs one plan computation,
 no replay of the steps already taken.
 
-Skipped utterances (duration out of range, empty or unalignable transcript, duplicate id) are listed in
-``.report`` as {id, reason} and counted in ``.skipped``; an item whose audio fails to decode during training is
-dropped from its micro-batch with a warning naming it (see collate.dummy_item for a micro-batch left empty).
+Skipped utterances (duration out of range, empty or unalignable transcript, duplicate id: the reasons in
+``xlsr_dist.data.skip_reasons``) are listed in ``.report`` as {id, reason} and counted in ``.skipped``; an item
+whose audio fails to decode during training is dropped from its micro-batch with a warning naming it (see
+collate.dummy_item for a micro-batch left empty).
 """
 
 from __future__ import annotations
@@ -32,24 +33,24 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xlsr_dist import text as text_mod
+from xlsr_dist import text
 from xlsr_dist.audio import SAMPLE_RATE, AudioError, decode_bytes
 from xlsr_dist.config import BatchPlan, DataConfig
 from xlsr_dist.data import shards
 from xlsr_dist.data.collate import Batch, Item, collate, dummy_item
 from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
+from xlsr_dist.data.skip_reasons import (
+    DUPLICATE_ID,
+    EMPTY_TRANSCRIPT,
+    LONGER_THAN_MAX,
+    SHORTER_THAN_MIN,
+    UNALIGNABLE,
+)
 from xlsr_dist.world import World
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-
-# Reasons an utterance is left out before planning (stream.report).
-TOO_SHORT = "shorter than --min_duration_in_seconds"
-TOO_LONG = "longer than --max_duration_in_seconds"
-EMPTY_TEXT = "empty transcript"
-UNALIGNABLE = "unalignable: transcript needs more CTC frames than the audio gives"
-DUPLICATE = "duplicate id"
 
 # Transcripts prepare wrote are already normalised, and text.normalize leaves such a string as it is (a fixed point:
 # lower-case words of a-z, apostrophes only between letters, single spaces). Recognising them skips its per-character
@@ -154,7 +155,7 @@ def filter_metadata(
     max_seconds: float,
     frames_fn: Callable[[int], int],
 ) -> Catalog:
-    """Drop what cannot train (see the reasons above), then sort by id so the order ignores the sharding."""
+    """Drop what cannot train (the stream's skip reasons), then sort by id so the order ignores the sharding."""
     order = pc.sort_indices(meta, sort_keys=[("id", "ascending"), ("shard", "ascending"), ("row", "ascending")])
     meta = meta.take(order)
     ids = meta.column("id").to_pylist()
@@ -167,18 +168,18 @@ def filter_metadata(
     for i, (uid, dur, txt) in enumerate(zip(ids, durations.tolist(), texts)):
         reason = ""
         if uid == previous:
-            reason = DUPLICATE
+            reason = DUPLICATE_ID
         elif dur < min_seconds:
-            reason = TOO_SHORT
+            reason = SHORTER_THAN_MIN
         elif dur > max_seconds:
-            reason = TOO_LONG
+            reason = LONGER_THAN_MAX
         else:
-            normalised = txt if txt and _ALREADY_NORMAL.fullmatch(txt) else text_mod.normalize(txt or "")
+            normalised = txt if txt and _ALREADY_NORMAL.fullmatch(txt) else text.normalize(txt or "")
             if not normalised:
-                reason = EMPTY_TEXT
+                reason = EMPTY_TRANSCRIPT
             else:
-                lab = text_mod.encode(normalised, vocab)
-                if text_mod.ctc_min_frames(lab) > frames_fn(int(round(dur * SAMPLE_RATE))):
+                lab = text.encode(normalised, vocab)
+                if text.ctc_min_frames(lab) > frames_fn(int(round(dur * SAMPLE_RATE))):
                     reason = UNALIGNABLE
         previous = uid
         if reason:
