@@ -1,0 +1,125 @@
+"""A split's ``manifest.json``: counts, hours, duration histogram, character set, and per shard its rows, seconds,
+size, sha256 and byte index; written from the shards themselves, read from a local directory or any fsspec URL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xlsr_dist.atomic import write_json
+from xlsr_dist.data.shards.index import ensure_index
+from xlsr_dist.data.shards.reader import list_shards, read_metadata
+from xlsr_dist.data.shards.schema import FORMAT, INDEX_SUFFIX, MANIFEST, ShardError
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with fsspec.open(str(path), "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_shard(path: str | Path, rows: int, sha256: str) -> bool:
+    """True when the shard file exists with ``rows`` rows and checksum ``sha256``."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        if pq.ParquetFile(path).metadata.num_rows != rows:
+            return False
+    except (OSError, pa.ArrowException):
+        return False
+    return sha256_file(path) == sha256
+
+
+def duration_histogram(durations: Iterable[float], edges: Sequence[float] | None = None) -> dict[str, list]:
+    seconds = np.asarray(list(durations), dtype=np.float64)
+    if edges is None:
+        top = max(30.0, float(np.ceil(seconds.max()))) if seconds.size else 30.0
+        edges = [0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30] + ([top] if top > 30 else [])
+    counts, _ = np.histogram(seconds, bins=np.asarray(edges, dtype=np.float64))
+    return {"edges_seconds": [float(e) for e in edges], "counts": counts.tolist()}
+
+
+def write_manifest(
+    split_dir: str | Path, checksums: dict[str, str] | None = None, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Summarise the shards of a local split directory into ``manifest.json`` and return it.
+
+    ``checksums`` (shard file name -> sha256) saves hashing files the caller just hashed. Shards without a valid
+    byte index (a copy that lost it, an interrupted write, an older prepare) get one here, and indexes of shards
+    no longer in the split are removed.
+    """
+    split_dir = Path(split_dir)
+    paths = list_shards(split_dir)
+    names = {Path(p).name for p in paths}
+    for stale in split_dir.glob("shard-*.parquet" + INDEX_SUFFIX):
+        if stale.name[: -len(INDEX_SUFFIX)] not in names:
+            stale.unlink()
+    indexed = {Path(p).name: ensure_index(p) for p in paths}
+    meta = read_metadata(paths)
+    durations = meta.column("duration").to_numpy()
+    texts = meta.column("text").to_pylist()
+    shard_of_row = meta.column("shard").to_numpy()
+    chars: dict[str, int] = {}
+    for t in texts:
+        for c in t:
+            chars[c] = chars.get(c, 0) + 1
+    shards = []
+    for i, p in enumerate(paths):
+        name = Path(p).name
+        in_shard = shard_of_row == i
+        shards.append(
+            {
+                "name": name,
+                "rows": int(in_shard.sum()),
+                "seconds": round(float(durations[in_shard].sum()), 3),
+                "bytes": os.path.getsize(p),
+                "sha256": (checksums or {}).get(name) or sha256_file(p),
+                # An accelerator, not data: readers validate it against the shard and fall back without it.
+                "index": name + INDEX_SUFFIX if indexed[name] else None,
+            }
+        )
+    total = float(durations.sum())
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "num_shards": len(paths),
+        "num_utterances": int(meta.num_rows),
+        "total_seconds": round(total, 3),
+        "hours": round(total / 3600.0, 4),
+        "duration_seconds": {
+            "min": float(durations.min()) if durations.size else 0.0,
+            "max": float(durations.max()) if durations.size else 0.0,
+            "mean": float(durations.mean()) if durations.size else 0.0,
+            "histogram": duration_histogram(durations),
+        },
+        "vocabulary": "".join(sorted(chars)),
+        "character_counts": dict(sorted(chars.items())),
+        "shards": shards,
+    }
+    if extra:
+        manifest.update(extra)
+    write_json(split_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(split_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a split (local directory or fsspec URL)."""
+    url = str(split_dir).rstrip("/") + "/" + MANIFEST
+    try:
+        with fsspec.open(url, "r") as f:
+            return dict(json.load(f))
+    except FileNotFoundError as e:
+        raise ShardError(f"no {MANIFEST} in {split_dir!s}; it is written by `python -m xlsr_dist.prepare`") from e
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{url} is not valid JSON: {e}") from e

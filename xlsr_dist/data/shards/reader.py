@@ -1,0 +1,303 @@
+"""Reading shards, local or through fsspec: list a split, read every row's small columns, read chosen rows.
+
+Opened shards are kept in a bounded per-process cache (``open_shard``), so repeated reads neither re-open files
+nor re-parse footers; a forked worker starts with an empty cache, and a local file rewritten since it was opened
+is opened again. ``read_rows`` takes each row's audio through the shard's byte index when it has a valid one and
+through the Parquet row groups otherwise; the result is the same, byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from xlsr_dist.data.shards.index import footer_digest, index_path, load_index
+from xlsr_dist.data.shards.schema import (
+    FLAC_MAGIC,
+    METADATA_COLUMNS,
+    ROW_COLUMNS,
+    SHARD_FILE_PATTERN,
+    ShardError,
+)
+
+# Each cached OpenShard keeps a file handle (and for remote stores a connection): bound it so a reader over
+# thousands of shards does not run out of descriptors.
+_CACHE_SIZE = 64
+
+# Counters a test (or a curious user) reads to see how much a reader actually fetched.
+IO_STATS: dict[str, int] = {"files_opened": 0, "row_groups_read": 0, "blobs_read": 0, "index_fallbacks": 0}
+
+log = logging.getLogger(__name__)
+
+
+def _filesystem(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(str(location))
+    return fs, path
+
+
+def _as_openable(fs: fsspec.AbstractFileSystem, location: str, path: str) -> str:
+    """A path listed by ``fs`` with the protocol of ``location`` given back, so it can be opened again later."""
+    if "://" not in str(location):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def list_shards(location: str | Path) -> list[str]:
+    """Sorted shard paths (local) or URLs (fsspec) of the split at ``location``; checks the set is complete."""
+    location = str(location)
+    try:
+        fs, path = _filesystem(location)
+    except (ImportError, ValueError) as e:
+        raise ShardError(f"cannot open shard location {location!r}: {e}") from e
+    if path.endswith(".parquet"):
+        found = [path] if fs.isfile(path) else []
+    else:
+        found = fs.glob(path.rstrip("/") + "/shard-*-of-*.parquet")
+    found = sorted(p for p in found if SHARD_FILE_PATTERN.search(p))
+    if not found:
+        raise ShardError(
+            f"no shards (shard-NNNNN-of-NNNNN.parquet) at {location!r}; write them with "
+            f"`python -m xlsr_dist.prepare --output DIR` and point at DIR/<split>"
+        )
+    if not path.endswith(".parquet"):
+        totals = {int(SHARD_FILE_PATTERN.search(p).group(2)) for p in found}  # type: ignore[union-attr]
+        indices = sorted(int(SHARD_FILE_PATTERN.search(p).group(1)) for p in found)  # type: ignore[union-attr]
+        if len(totals) != 1 or indices != list(range(next(iter(totals)))):
+            raise ShardError(
+                f"incomplete or mixed shard set at {location!r}: found {len(found)} files "
+                f"({', '.join(Path(p).name for p in found[:4])}{', ...' if len(found) > 4 else ''}) "
+                f"but the names promise {sorted(totals)} shards; re-run prepare"
+            )
+    return [_as_openable(fs, location, p) for p in found]
+
+
+class OpenShard:
+    """One shard file held open: its handle, Parquet footer and row-group starts, and, once a read needed them, its
+    byte index and small columns."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd: int | None = None
+        if "://" in path:
+            fs, fs_path = _filesystem(path)
+            self.handle: Any = fs.open(fs_path, "rb")
+            # (mtime, size) of a local file when opened; remote files are not checked for rewrites.
+            self.stamp: tuple[int, int] | None = None
+            size = getattr(self.handle, "size", None)
+            self.size = int(size if size is not None else fs.size(fs_path))
+            self.parquet = pq.ParquetFile(self.handle)
+        else:
+            self.handle = None
+            self.fd = os.open(path, os.O_RDONLY)
+            st = os.fstat(self.fd)
+            self.stamp = (st.st_mtime_ns, st.st_size)
+            self.size = int(st.st_size)
+            self.parquet = pq.ParquetFile(path, memory_map=False)
+        meta = self.parquet.metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        self.num_rows = int(meta.num_rows)
+        self.lock = threading.Lock()  # one handle per file: reads through it must not interleave
+        # Loaded on the first read_rows: (offset, length) per row or False (no valid index), and the small columns
+        # the index path answers from (read_metadata leaves its table here so they are not read twice).
+        self.index: np.ndarray | None | bool = None
+        self.metadata_table: pa.Table | None = None
+        self.metadata_rows: tuple[list[str], list[str], list[float]] | None = None
+        IO_STATS["files_opened"] += 1
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        if self.fd is not None:
+            return os.pread(self.fd, n, offset)  # positional: threads need no lock
+        with self.lock:
+            self.handle.seek(offset)
+            return bytes(self.handle.read(n))
+
+    def load_index(self) -> np.ndarray | None:
+        if self.index is None:
+            where = None
+            try:
+                where = load_index(
+                    index_path(self.path), self.size, footer_digest(self.read_at, self.size), self.num_rows
+                )
+            except (OSError, ValueError):
+                pass
+            if where is None:
+                IO_STATS["index_fallbacks"] += 1
+            self.index = where if where is not None else False
+        return self.index if self.index is not False else None  # type: ignore[return-value]
+
+    def small_columns(self) -> tuple[list[str], list[str], list[float]]:
+        """(ids, texts, durations) of every row."""
+        if self.metadata_rows is None:
+            table = self.metadata_table
+            if table is None:
+                with self.lock:
+                    table = self.parquet.read(columns=METADATA_COLUMNS)
+            self.metadata_rows = (
+                table.column("id").to_pylist(),
+                table.column("text").to_pylist(),
+                table.column("duration").to_pylist(),
+            )
+            self.metadata_table = None
+        return self.metadata_rows
+
+    def close(self) -> None:
+        try:
+            self.parquet.close()
+        finally:
+            if self.handle is not None:
+                self.handle.close()
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_open_shards: OrderedDict[str, OpenShard] = OrderedDict()
+_open_shards_pid = os.getpid()
+_open_shards_lock = threading.Lock()
+
+
+def open_shard(path: str) -> OpenShard:
+    """The shard at ``path``, opened once per process and kept (least recently used first out)."""
+    global _open_shards_pid
+    path = str(path)
+    with _open_shards_lock:
+        if _open_shards_pid != os.getpid():
+            # A forked worker must not share its parent's file offsets or connections.
+            _open_shards.clear()
+            _open_shards_pid = os.getpid()
+        opened = _open_shards.get(path)
+    if opened is not None and opened.stamp is not None:
+        st = os.stat(path)
+        if (st.st_mtime_ns, st.st_size) != opened.stamp:  # rebuilt by a re-run of prepare
+            opened = None
+    if opened is not None:
+        with _open_shards_lock:
+            if path in _open_shards:
+                _open_shards.move_to_end(path)
+        return opened
+    # Opened outside the lock: a remote open takes a round trip and threads open different shards in parallel.
+    try:
+        opened = OpenShard(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ShardError(f"cannot read shard {path}: {e}") from e
+    missing = [c for c in ROW_COLUMNS if c not in opened.parquet.schema_arrow.names]
+    if missing:
+        opened.close()
+        raise ShardError(f"{path} is not an xlsr_dist shard: missing columns {missing}")
+    with _open_shards_lock:
+        # An evicted/replaced entry is not closed here: another thread may still be reading through it; its
+        # handle is released when the last reference goes.
+        _open_shards[path] = opened
+        _open_shards.move_to_end(path)
+        while len(_open_shards) > _CACHE_SIZE:
+            _open_shards.popitem(last=False)
+    return opened
+
+
+def clear_cache() -> None:
+    with _open_shards_lock:
+        _open_shards.clear()
+
+
+def read_metadata(shard_paths: Sequence[str]) -> pa.Table:
+    """id, duration, text, shard (index into ``shard_paths``), row (within shard) of every utterance; no audio."""
+    if not shard_paths:
+        raise ShardError("read_metadata: no shard paths given")
+
+    def one(position_and_path: tuple[int, str]) -> pa.Table:
+        position, path = position_and_path
+        opened = open_shard(path)
+        with opened.lock:
+            table = opened.parquet.read(columns=METADATA_COLUMNS)
+        if opened.metadata_rows is None:
+            opened.metadata_table = table  # read_rows' byte-index path answers id/text/duration from it
+        n = table.num_rows
+        return table.append_column("shard", pa.array(np.full(n, position, dtype=np.int32))).append_column(
+            "row", pa.array(np.arange(n, dtype=np.int32))
+        )
+
+    # Remote stores answer slowly but in parallel; the footers and small columns are tiny.
+    workers = min(16, len(shard_paths))
+    if workers <= 1:
+        tables = [one(x) for x in enumerate(shard_paths)]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            tables = list(pool.map(one, enumerate(shard_paths)))
+    return pa.concat_tables(tables)
+
+
+def read_rows(shard_path: str, rows: Sequence[int]) -> list[dict[str, Any]]:
+    """Rows ``rows`` of one shard as dicts (id, audio, text, duration), in the order asked.
+
+    With a valid byte index each row's audio is one ranged read; otherwise only the row groups that hold the rows
+    are read. Either way the result is the same, byte for byte.
+    """
+    opened = open_shard(shard_path)
+    wanted = np.asarray(list(rows), dtype=np.int64)
+    if wanted.size == 0:
+        return []
+    if wanted.min() < 0 or wanted.max() >= opened.num_rows:
+        raise IndexError(
+            f"{shard_path}: rows {wanted[(wanted < 0) | (wanted >= opened.num_rows)].tolist()} "
+            f"out of range (shard has {opened.num_rows} rows)"
+        )
+    where = opened.load_index()
+    if where is not None:
+        got = _read_indexed(opened, where, wanted)
+        if got is not None:
+            return got
+    return _read_row_groups(opened, wanted)
+
+
+def _read_indexed(opened: OpenShard, where: np.ndarray, wanted: np.ndarray) -> list[dict[str, Any]] | None:
+    ids, texts, durations = opened.small_columns()
+    out = []
+    for r in wanted.tolist():
+        offset, length = int(where[r, 0]), int(where[r, 1])
+        raw = opened.read_at(offset - 4, length + 4)
+        IO_STATS["blobs_read"] += 1
+        if len(raw) != length + 4 or struct.unpack("<I", raw[:4])[0] != length or raw[4:8] != FLAC_MAGIC:
+            # The index passed its footer check yet points at something else: trust Parquet from now on.
+            log.warning(
+                "%s: byte index does not match row %d; reading through Parquet row groups instead", opened.path, r
+            )
+            opened.index = False
+            IO_STATS["index_fallbacks"] += 1
+            return None
+        out.append({"id": ids[r], "audio": raw[4:], "text": texts[r], "duration": durations[r]})
+    return out
+
+
+def _read_row_groups(opened: OpenShard, wanted: np.ndarray) -> list[dict[str, Any]]:
+    group_of = np.searchsorted(opened.starts, wanted, side="right") - 1
+    groups = sorted(set(group_of.tolist()))
+    with opened.lock:
+        table = opened.parquet.read_row_groups(groups, columns=ROW_COLUMNS)
+        IO_STATS["row_groups_read"] += len(groups)
+    # Position of each wanted row in the concatenation of the fetched groups.
+    offset_in_table = {}
+    pos = 0
+    for g in groups:
+        offset_in_table[g] = pos
+        pos += int(opened.starts[g + 1] - opened.starts[g])
+    take = [offset_in_table[g] + int(r - opened.starts[g]) for g, r in zip(group_of.tolist(), wanted.tolist())]
+    return table.take(pa.array(take, type=pa.int64())).to_pylist()
