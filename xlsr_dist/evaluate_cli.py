@@ -30,7 +30,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pyarrow as pa
 import torch
@@ -46,6 +46,10 @@ log = logging.getLogger("xlsr_dist.evaluate")
 
 PROG = "xlsr_dist.evaluate"
 EVAL_DIR = "eval"
+DESCRIPTION = (
+    "Score a trained model on test sets (WER, CER, loss, per-utterance hypotheses, error report) on one rank, or on N "
+    "with torchrun / the deepspeed launcher."
+)
 _NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -70,7 +74,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(**kwargs)
         self.quiet = quiet
 
-    def error(self, message: str) -> Any:
+    def error(self, message: str) -> NoReturn:
         if self.quiet:
             sys.exit(2)
         super().error(message)
@@ -81,18 +85,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _argparser(quiet: bool) -> argparse.ArgumentParser:
-    p = _Parser(quiet, prog=f"python -m {PROG}", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = _Parser(quiet, prog=f"python -m {PROG}", description=DESCRIPTION)
     p.add_argument("--model", required=True, help="exported model dir, run --output_dir, final/ or best/, checkpoint")
     p.add_argument("--data", required=True, nargs="+", metavar="SHARDS", help="one shard directory or URL per set")
     p.add_argument("--names", nargs="+", default=[], help="one name per --data set (default: each one's basename)")
     p.add_argument("--output_dir", default="", help="per-set outputs go to OUTPUT_DIR/<set>/ (default: <run>/eval)")
-    p.add_argument("--batch_size", type=int, default=8, help="utterances per forward pass on each rank")
-    p.add_argument("--num_workers", type=int, default=1, help="data loader processes per rank")
+    p.add_argument("--batch_size", type=int, default=8, help="utterances per forward pass on each rank (default 8)")
+    p.add_argument("--num_workers", type=int, default=1, help="data loader processes per rank (default 1)")
     p.add_argument("--tracking_uri", default="", help="default: the training run's, else $MLFLOW_TRACKING_URI")
     p.add_argument("--experiment_name", default="", help="experiment of a new evaluation run (default: xlsr_dist)")
     p.add_argument("--no_mlflow", action="store_true", help="do not log to MLflow")
     # Ranks meet only at the end of each set; their shares take about, not exactly, the same time.
-    p.add_argument("--dist_timeout_s", type=int, default=1800, help="how long a rank waits for the others")
+    p.add_argument(
+        "--dist_timeout_s", type=int, default=1800, help="how long a rank waits for the others (default 1800)"
+    )
     # DeepSpeed's launcher appends --local_rank=N; the rank itself is read from the environment (world.py).
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
