@@ -104,3 +104,10 @@ def evaluate(
     if was_training:
         module.train()
     return rates(summed), shown
+
+
+if __name__ == "__main__":
+    # `python -m xlsr_dist.evaluate` is the evaluation command; it lives in evaluate_cli, which builds on this module.
+    from xlsr_dist.evaluate_cli import main
+
+    main()

@@ -1,0 +1,156 @@
+"""A model scored utterance by utterance against a test set's transcripts, and the totals ranks sum.
+
+The reference is the set's normalised transcript text, not its label ids decoded through the model's vocabulary: a
+character the vocabulary lacks would decode as "[UNK]" and be scored against nothing real. Kept as it is, such a
+character can never be produced by the model and simply counts as an error (``unrepresentable_characters`` names
+them so the caller can say so once).
+
+A rank scores only its own batches; ``SetTotals`` holds what ranks sum (counts, not rates: see evaluate.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from xlsr_dist import ctc, text
+from xlsr_dist.audio import SAMPLE_RATE
+from xlsr_dist.evaluate import error_counts
+
+
+@dataclass(frozen=True)
+class UtteranceScore:
+    """One scored utterance (one line of the hypotheses file)."""
+
+    id: str
+    reference: str
+    hypothesis: str
+    seconds: float
+    word_errors: int
+    words: int
+    char_errors: int
+    chars: int
+    loss: float | None
+    """CTC loss per label (as training's eval_loss); None where the labels need more frames than the audio gives."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> UtteranceScore:
+        return UtteranceScore(**{f.name: d[f.name] for f in dataclasses.fields(UtteranceScore)})
+
+
+@dataclass
+class SetTotals:
+    """Sums over utterances; summing these across ranks gives exactly the totals of a one-rank run."""
+
+    utterances: int = 0
+    seconds: float = 0.0
+    word_errors: int = 0
+    words: int = 0
+    char_errors: int = 0
+    chars: int = 0
+    loss_sum: float = 0.0
+    loss_utterances: int = 0
+
+    @staticmethod
+    def of(scores: Iterable[UtteranceScore]) -> SetTotals:
+        t = SetTotals()
+        for s in scores:
+            t.utterances += 1
+            t.seconds += s.seconds
+            t.word_errors += s.word_errors
+            t.words += s.words
+            t.char_errors += s.char_errors
+            t.chars += s.chars
+            if s.loss is not None:
+                t.loss_sum += s.loss
+                t.loss_utterances += 1
+        return t
+
+    def vector(self) -> list[float]:
+        return [float(getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+    @staticmethod
+    def from_vector(values: Sequence[float]) -> SetTotals:
+        fields = dataclasses.fields(SetTotals)
+        if len(values) != len(fields):
+            raise ValueError(f"expected {len(fields)} totals, got {len(values)}")
+        # Counts travel as float64 (exact up to 2**53) through the all-reduce.
+        return SetTotals(
+            **{f.name: (float(v) if f.type in (float, "float") else int(round(v))) for f, v in zip(fields, values)}
+        )
+
+    def metrics(self, elapsed_s: float) -> dict[str, float]:
+        """wer, cer, loss (only if some utterance allowed one), utterances, audio_hours, rtf (wall seconds per
+        second of audio, over all ranks together)."""
+        out = {
+            "wer": self.word_errors / max(self.words, 1),
+            "cer": self.char_errors / max(self.chars, 1),
+            "utterances": float(self.utterances),
+            "audio_hours": self.seconds / 3600.0,
+            "rtf": elapsed_s / self.seconds if self.seconds > 0 else math.nan,
+        }
+        if self.loss_utterances:
+            out["loss"] = self.loss_sum / self.loss_utterances
+        return out
+
+
+def unrepresentable_characters(references: Iterable[str], vocab: Mapping[str, int]) -> dict[str, int]:
+    """Characters of ``references`` (other than the space, the word delimiter) the vocabulary has no token for,
+    with how often each occurs, most frequent first."""
+    counts: Counter[str] = Counter()
+    for ref in references:
+        counts.update(c for c in ref if c != " " and c not in vocab)
+    return dict(counts.most_common())
+
+
+@torch.no_grad()
+def score_utterances(
+    model: torch.nn.Module,
+    batches: Iterable[dict[str, Any]],
+    references: Mapping[str, str],
+    inverse_vocab: Sequence[str],
+    blank_id: int,
+    zero_infinity: bool,
+    device: torch.device,
+) -> Iterator[UtteranceScore]:
+    """Greedy CTC hypothesis, errors and loss of every valid item of ``batches`` (collate.Batch), in batch order.
+
+    ``references`` maps utterance id -> normalised transcript. No collective: a rank scores its own batches.
+    """
+    model.eval()
+    for batch in batches:
+        mask = batch["attention_mask"].to(device)
+        logits = model(input_values=batch["input_values"].to(device), attention_mask=mask).logits
+        frames = ctc.frame_lengths(model, mask)
+        losses = ctc.per_utterance_loss(logits, frames, batch["labels"].to(device), blank_id, zero_infinity).cpu()
+        predicted = logits.argmax(-1).cpu()
+        frames = frames.cpu()
+        samples = batch["attention_mask"].sum(-1)
+        for i in batch["valid"].nonzero().flatten().tolist():
+            uid = batch["ids"][i]
+            n_frames = int(frames[i])
+            hypothesis = text.ctc_greedy_decode(predicted[i, :n_frames].tolist(), inverse_vocab, blank_id)
+            reference = references[uid]
+            counts = error_counts([reference], [hypothesis])
+            labels = [x for x in batch["labels"][i].tolist() if x >= 0]
+            alignable = bool(labels) and text.ctc_min_frames(labels) <= n_frames
+            yield UtteranceScore(
+                id=uid,
+                reference=reference,
+                hypothesis=hypothesis,
+                seconds=int(samples[i]) / SAMPLE_RATE,
+                word_errors=counts.word_errors,
+                words=counts.words,
+                char_errors=counts.char_errors,
+                chars=counts.chars,
+                loss=float(losses[i]) if alignable else None,
+            )
