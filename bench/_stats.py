@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-SAMPLE_RATE = 16000
+from xlsr_dist.audio import SAMPLE_RATE
 
 # Dense fp16/bf16 tensor-core peak (TFLOP/s) by device-name fragment, most specific first.
 PEAK_TFLOPS_16BIT: tuple[tuple[str, float], ...] = (

@@ -44,7 +44,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from _record import RECORD_ENV, StepRecorder  # noqa: E402
 
-SAMPLE_RATE = 16000
+from xlsr_dist.audio import SAMPLE_RATE, decode_bytes  # noqa: E402
 
 
 def precision_of(ds: dict[str, Any]) -> str:
@@ -148,7 +148,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 
     from xlsr_dist import text
-    from xlsr_dist.audio import decode_bytes
     from xlsr_dist.config import ModelConfig
     from xlsr_dist.data import shards
     from xlsr_dist.model import build_model, build_processor

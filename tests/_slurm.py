@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests._net import free_port
 from tests._system import cannot_run
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -51,12 +52,6 @@ def missing_binaries() -> list[str]:
 
 def _binary(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def slurm_conf(root: Path, munge_socket: Path, host: str, ctld_port: int, slurmd_port: int) -> str:
@@ -262,7 +257,7 @@ def start_cluster(root: Path) -> SlurmCluster:
             os.chown(path, pw.pw_uid, pw.pw_gid)
         os.chmod(munge_dir, 0o755)
         os.chmod(munge_dir / "munge.key", 0o400)
-        cluster.conf.write_text(slurm_conf(root, munge_dir / "munge.socket", host, _free_port(), _free_port()))
+        cluster.conf.write_text(slurm_conf(root, munge_dir / "munge.socket", host, free_port(), free_port()))
         (root / "etc" / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null,/dev/zero\n")
         spawn(
             "munged",

@@ -102,16 +102,16 @@ from xlsr_dist.config import build_config, plan_batches
 cfg = build_config({"deepspeed": "ds_configs/zero2_fp32.json", "learning_rate": 1e-3})
 ds = engine.resolve_ds_config(cfg, plan_batches(8, 1), torch.device("cpu"))
 world.init(world.World(), torch.device("cpu"), 60)
-m = torch.nn.Linear(4, 2)
-eng = engine.initialize(m, ds, warmup_steps=10, total_steps=25)
+model = torch.nn.Linear(4, 2)
+model_engine = engine.initialize(model, ds, warmup_steps=10, total_steps=25)
 ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
 ref = get_linear_schedule_with_warmup(ref_opt, 10, 25)
 out = []
 for step in range(25):
     for _ in range(2):  # gradient accumulation 2: the schedule moves per optimizer step, not per micro-batch
-        loss = eng(torch.randn(4, 4)).pow(2).mean(); eng.backward(loss); eng.step()
+        loss = model_engine(torch.randn(4, 4)).pow(2).mean(); model_engine.backward(loss); model_engine.step()
     ref_opt.step(); ref.step()
-    out.append((engine.current_lr(eng), ref.get_last_lr()[0]))
+    out.append((engine.current_lr(model_engine), ref.get_last_lr()[0]))
 print(json.dumps(out))
 """
 

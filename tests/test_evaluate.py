@@ -46,17 +46,18 @@ def test_empty_hypothesis_counts_as_deletions() -> None:
 
 
 RANK_SCRIPT = r"""
-import json, os, sys, torch
-from xlsr_dist import world as W
+import json, sys, torch
 from xlsr_dist.evaluate import error_counts, rates
+from xlsr_dist.world import World, all_reduce_sum, init, shutdown
 refs = json.loads(sys.argv[1]); hyps = json.loads(sys.argv[2])
-w = W.World.from_env()
-W.init(w, torch.device("cpu"), 60)
-mine = [i for i in range(len(refs)) if i % w.world_size == w.rank]
-c = error_counts([refs[i] for i in mine], [hyps[i] for i in mine])
-summed = W.all_reduce_sum([0.0, len(mine), c.word_errors, c.words, c.char_errors, c.chars], torch.device("cpu"))
+world = World.from_env()
+init(world, torch.device("cpu"), 60)
+mine = [i for i in range(len(refs)) if i % world.world_size == world.rank]
+counts = error_counts([refs[i] for i in mine], [hyps[i] for i in mine])
+totals = [0.0, len(mine), counts.word_errors, counts.words, counts.char_errors, counts.chars]
+summed = all_reduce_sum(totals, torch.device("cpu"))
 print("RESULT", json.dumps(rates(summed.tolist())))
-W.shutdown()
+shutdown()
 """
 
 

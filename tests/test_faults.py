@@ -136,19 +136,19 @@ def test_kill_one_of_four_ranks_takes_all_down_within_a_minute(tmp_path: Path) -
 
 
 # Rank 1 raises inside its second training step, as a CUDA out-of-memory or a bug on one rank would: the code path
-# is the real one, only the exception is injected.
+# is the real one, only the exception is injected (through the trainer's step hooks, once the step's batches are in).
 _RAISE_ON_RANK_1 = """
 import os, sys
-import xlsr_dist.train as train
-real_step, calls = train.train_step, [0]
-def failing_step(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == 2 and os.environ["RANK"] == "1":
-        train.log.error("injecting a failure")
-        raise RuntimeError("injected failure on rank 1")
-    return real_step(*args, **kwargs)
-train.train_step = failing_step
-train.main(sys.argv[1:])
+from xlsr_dist import train
+from xlsr_dist.trainer import StepHooks
+
+class FailOnRank1(StepHooks):
+    def batches_ready(self, step, micro_batches):
+        if step == 2 and os.environ["RANK"] == "1":
+            train.log.error("injecting a failure")
+            raise RuntimeError("injected failure on rank 1")
+
+train.main(sys.argv[1:], hooks=FailOnRank1())
 """
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,9 +74,6 @@ def test_torchrun_two_ranks(tmp_path: Path) -> None:
 
 def test_plain_python_one_rank(tmp_path: Path) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    import subprocess
-    import sys
-
     proc = subprocess.run(
         [sys.executable, "-m", "xlsr_dist.train", *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4)],
         cwd=Path(__file__).resolve().parent.parent,

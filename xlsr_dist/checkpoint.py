@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from xlsr_dist import world as world_mod
-from xlsr_dist.world import World
+from xlsr_dist import atomic
+from xlsr_dist.world import World, barrier
 
 CHECKPOINTS = "checkpoints"
 MODEL_CONFIG = "model_config"
@@ -49,15 +49,6 @@ def _test_pause() -> None:
 
 def tag_for(step: int) -> str:
     return f"{PREFIX}{step:07d}"
-
-
-def _atomic_write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def complete_checkpoints(output_dir: str | Path) -> list[Path]:
@@ -105,10 +96,10 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
     # DeepSpeed's own "latest" file is written before we know every rank finished; resume never reads it.
     engine.save_checkpoint(str(root), tag=tag, client_state={"xlsr_dist": client_state}, save_latest=False)
     _test_pause()
-    world_mod.barrier()
+    barrier()
     path = root / tag
     if world.is_main:
-        _atomic_write_json(path / MARKER, {"step": step, **client_state})
+        atomic.write_json(path / MARKER, {"step": step, **client_state})
         if keep > 0:
             for old in complete_checkpoints(output_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -122,7 +113,7 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
                 and int(stale.name[len(PREFIX) :]) < step
             ):
                 shutil.rmtree(stale, ignore_errors=True)
-    world_mod.barrier()
+    barrier()
     return path
 
 
@@ -147,7 +138,8 @@ def _module_state(ckpt: Path) -> dict[str, torch.Tensor]:
 def load_hf_model(path: str | Path) -> tuple[Any, Any]:
     """(Wav2Vec2ForCTC in fp32, Wav2Vec2Processor) from a save_pretrained dir, a run's --output_dir (final/, else
     its newest complete checkpoint) or one checkpoint directory."""
-    from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
+    # Here, not at the top: train.py imports this module before checking its flags, and transformers takes seconds.
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor
 
     p = Path(path)
     if (p / "config.json").is_file() and not (p / MARKER).is_file():
@@ -158,8 +150,6 @@ def load_hf_model(path: str | Path) -> tuple[Any, Any]:
     if ckpt is None or not (ckpt / MARKER).is_file():
         raise CheckpointError(f"{path}: neither a saved model, a run output dir, nor a complete checkpoint")
     base = ckpt.parent.parent / MODEL_CONFIG
-    from transformers import Wav2Vec2Config
-
     model = Wav2Vec2ForCTC(Wav2Vec2Config.from_pretrained(base))
     model.load_state_dict(_module_state(ckpt))
     return model.eval(), Wav2Vec2Processor.from_pretrained(base)

@@ -135,12 +135,12 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
 def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """The multiplier of transformers.get_linear_schedule_with_warmup, step for step."""
 
-    def f(step: int) -> float:
+    def multiplier(step: int) -> float:
         if step < warmup_steps:
             return float(step) / float(max(1, warmup_steps))
         return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
 
-    return f
+    return multiplier
 
 
 def initialize(model: torch.nn.Module, ds_config: dict[str, Any], warmup_steps: int, total_steps: int) -> Any:

@@ -14,8 +14,7 @@ from typing import Any
 import jiwer
 import torch
 
-from xlsr_dist import ctc, text
-from xlsr_dist import world as world_mod
+from xlsr_dist import ctc, text, world
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ def evaluate(
         for i, ref, hyp in zip(keep, refs, hyps):
             if len(shown) < examples:
                 shown.append((batch["ids"][i], ref, hyp))
-    summed = world_mod.all_reduce_sum(totals, device).tolist()
+    summed = world.all_reduce_sum(totals, device).tolist()
     if was_training:
         module.train()
     return rates(summed), shown

@@ -22,10 +22,10 @@ from transformers import (
     Wav2Vec2Processor,
 )
 
+from xlsr_dist.audio import SAMPLE_RATE
 from xlsr_dist.config import ModelConfig
 from xlsr_dist.text import PAD, UNK, WORD_DELIMITER
 
-SAMPLE_RATE = 16000
 # How long to wait for the hub before calling it unreachable: huggingface_hub otherwise retries a failed DNS lookup
 # for ~25 s before saying so, on every rank.
 _HUB_PROBE_TIMEOUT_S = 5.0

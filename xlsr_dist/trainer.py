@@ -1,0 +1,498 @@
+"""The training loop and the parts that decide their own timing.
+
+Trainer builds what a run needs (data, model, engine, tracker; a resume restores the engine and the data position),
+then train() is the loop, read top to bottom: next batch -> train_step -> stop/non-finite vote -> maybe_log ->
+maybe_eval -> maybe_save. Each part knows its own interval (MetricsWindow.should_log, Evaluator.should_eval,
+Checkpointer.maybe_save) and what it last did. Every rank runs every collective (the vote, the loss average of a log
+line, eval, save) at the same step; only the sinks (console, MLflow) differ by rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+from transformers import set_seed
+
+from xlsr_dist import checkpoint, ctc, engine, evaluate, text, tracking
+from xlsr_dist.config import BatchPlan, Config
+from xlsr_dist.data import demo, shards
+from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
+from xlsr_dist.model import build_model, build_processor, count_parameters, output_frames
+from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, barrier
+
+log = logging.getLogger("xlsr_dist")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class StopFlag(Protocol):
+    """A stop request (train.StopRequest): set by a signal on this rank; the loop's per-step vote shares it."""
+
+    signal_name: str
+
+    @property
+    def requested(self) -> bool: ...
+
+    def install(self) -> None: ...
+
+
+class StepHooks:
+    """Observers of each training step on this rank, for measurement (bench/train_speed.py); these do nothing.
+
+    Per step, in order: step_begin -> batches_ready -> per micro-batch phase("forward"), phase("backward"),
+    phase("optimizer") -> phase("vote") -> step_end. They run inside the step, on every rank: what they spend is
+    part of what they measure, and one that raises fails the run as a failing step would.
+    """
+
+    def step_begin(self, step: int) -> None:
+        """Step ``step`` (counted from 1, as logged) is about to ask for its batches."""
+
+    def batches_ready(self, step: int, micro_batches: Sequence[dict[str, Any]]) -> None:
+        """This rank's micro-batches of the step are in hand (step_begin -> here: the wait for data)."""
+
+    def phase(self, name: str) -> AbstractContextManager[None]:
+        """Around each part of the step: "forward", "backward", "optimizer" (each micro-batch), "vote" (once)."""
+        return contextlib.nullcontext()
+
+    def step_end(self, step: int, last: bool) -> None:
+        """The step and its vote are done; logging, eval and saving come next. ``last``: the run's final step."""
+
+
+def due(step: int, every: int, total_steps: int) -> bool:
+    """Every ``every`` steps, and at the run's last step."""
+    return step % every == 0 or step == total_steps
+
+
+@dataclass
+class MetricsWindow:
+    """What accumulates between two log lines, kept on-device so no step waits on the host, and when to log it."""
+
+    model_engine: Any
+    tracker: Any
+    world: World
+    device: torch.device
+    every: int
+    total_steps: int
+    steps_per_epoch: int
+    progress: Any
+    loss_sum: torch.Tensor = field(init=False)
+    steps: int = field(init=False)
+    audio_seconds: float = field(init=False)
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.steps, self.audio_seconds, self.started = 0, 0.0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, micro_batches: Sequence[dict[str, Any]]) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.audio_seconds += sum(b["audio_seconds"] for b in micro_batches)
+
+    def should_log(self, step: int) -> bool:
+        return due(step, self.every, self.total_steps)
+
+    def maybe_log(self, step: int) -> None:
+        if self.should_log(step):
+            self.log(step)
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def log_partial(self, step: int) -> None:
+        """The steps since the last log line, when the run stops between log steps: their loss is not lost."""
+        if self.steps:
+            self.log(step)
+
+    def log(self, step: int) -> None:
+        """Collective: averages the window's loss over ranks (the global batch's loss) and logs on rank 0."""
+        summed = all_reduce_sum([float(self.loss_sum), self.audio_seconds], self.device).tolist()
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        metrics = {
+            "loss": summed[0] / (self.steps * self.world.world_size),
+            "learning_rate": engine.current_lr(self.model_engine),
+            "grad_norm": engine.grad_norm(self.model_engine),
+            "loss_scale": engine.loss_scale(self.model_engine),
+            "epoch": step / max(1, self.steps_per_epoch),
+            "throughput": summed[1] / elapsed,
+        }
+        self.tracker.log_metrics(metrics, step)
+        if self.progress is not None:
+            self.progress.set_postfix(
+                loss=f"{metrics['loss']:.4f}",
+                lr=f"{metrics['learning_rate']:.2e}",
+                audio_s_per_s=f"{metrics['throughput']:.1f}",
+                refresh=False,
+            )
+        self._reset()
+
+
+@dataclass
+class Evaluator:
+    """Eval loss, WER and CER on the eval set, every eval_steps and once at the end (collective: all ranks)."""
+
+    model_engine: Any
+    stream: EvalStream
+    inverse_vocab: list[str]
+    blank_id: int
+    zero_infinity: bool
+    device: torch.device
+    dtype: torch.dtype
+    tracker: Any
+    progress: Any
+    every: int
+    total_steps: int
+    last_step: int = -1
+
+    def should_eval(self, step: int) -> bool:
+        return due(step, self.every, self.total_steps)
+
+    def maybe_eval(self, step: int, last: bool = False) -> None:
+        """``last``: the run is over; evaluate this step unless that is done already."""
+        if step != self.last_step and (last or self.should_eval(step)):
+            self.run(step)
+
+    def run(self, step: int) -> None:
+        metrics, examples = evaluate.evaluate(
+            self.model_engine,
+            self.stream,
+            self.inverse_vocab,
+            self.blank_id,
+            self.zero_infinity,
+            self.device,
+            self.dtype,
+        )
+        self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "eval_samples"}, step)
+        msg = (
+            f"eval step {step}: loss {metrics['eval_loss']:.4f} wer {metrics['eval_wer']:.4f} "
+            f"cer {metrics['eval_cer']:.4f} ({int(metrics['eval_samples'])} utterances)"
+        )
+        if self.progress is not None:
+            self.progress.write(msg)
+        else:
+            log.info(msg)
+        for uid, ref, hyp in examples:
+            log.info("  %s  ref: %s | hyp: %s", uid, ref, hyp)
+        self.last_step = step
+
+
+@dataclass
+class Checkpointer:
+    """Checkpoints every save_steps and at the end (rotation in checkpoint.save), then the final model on rank 0."""
+
+    model_engine: Any
+    output_dir: Path
+    world: World
+    tracker: Any
+    run_id: str | None  # start()'s answer, or the resumed run's
+    every: int
+    keep: int
+    total_steps: int
+    last_step: int = -1
+
+    def maybe_save(self, step: int, data_state: DataState, last: bool = False) -> None:
+        """Collective. ``last``: the run ends at this step (done, or stopped); save it unless that is done already."""
+        if step != self.last_step and (last or due(step, self.every, self.total_steps)):
+            state = self.client_state(step, data_state)
+            checkpoint.save(self.model_engine, self.output_dir, step, state, self.keep, self.world)
+            self.last_step = step
+
+    def client_state(self, step: int, data_state: DataState) -> dict[str, Any]:
+        # tracker.run_id, not start()'s answer: with the server away at start the run is created later.
+        return {
+            "step": step,
+            "data_state": data_state.to_dict(),
+            "mlflow_run_id": self.tracker.run_id or self.run_id,
+            "world_size": self.world.world_size,
+        }
+
+    def save_final_model(self, step: int) -> None:
+        if not self.world.is_main:
+            return
+        final = self.output_dir / checkpoint.FINAL
+        self.model_engine.module.save_pretrained(final)
+        build_processor(str(self.output_dir / checkpoint.MODEL_CONFIG / "vocab.json")).save_pretrained(final)
+        log.info("done: %d steps; model saved to %s", step, final)
+
+
+class NonFiniteGuard:
+    """Ends the run at a non-finite loss on any rank; under fp16, whose loss scaler skips overflowing steps and
+    retries with a smaller scale, only after max_nonfinite_steps skipped steps in a row."""
+
+    def __init__(self, precision: str, max_skips: int) -> None:
+        self.precision, self.max_skips = precision, max_skips
+        self.consecutive_skips = 0
+
+    def check(
+        self, step: int, nonfinite_anywhere: bool, skipped: bool, micro_batches: Sequence[dict[str, Any]]
+    ) -> None:
+        self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
+        overflowing = self.consecutive_skips >= self.max_skips
+        if not overflowing and not (nonfinite_anywhere and self.precision != "fp16"):
+            return
+        if nonfinite_anywhere:
+            bad_ids = [uid for b in micro_batches for uid, bad in zip(b["ids"], b["nonfinite"].tolist()) if bad]
+            if bad_ids:
+                log.error("non-finite CTC loss at step %d for utterances: %s", step, ", ".join(bad_ids))
+            raise NonFiniteLoss(
+                f"non-finite loss at step {step} ({self.precision}); offending utterance ids are logged by their "
+                f"rank. Resume from the last checkpoint with --resume_from_checkpoint latest after removing them."
+            )
+        raise NonFiniteLoss(
+            f"{self.consecutive_skips} consecutive fp16 overflow steps up to step {step}; "
+            f"last batch ids: {[i for b in micro_batches for i in b['ids']]}"
+        )
+
+
+class Trainer:
+    """One run: everything built and restored in __init__ (collective: every rank constructs it), then train()."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        world: World,
+        plan: BatchPlan,
+        device: torch.device,
+        ds_config: dict[str, Any],
+        stop: StopFlag,
+        hooks: StepHooks | None = None,
+    ) -> None:
+        t = cfg.train
+        self.world, self.device, self.stop, self.hooks = world, device, stop, hooks or StepHooks()
+        self.zero_infinity = cfg.model.ctc_zero_infinity
+        output_dir = Path(t.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        resume_from = checkpoint.resolve_resume(t.resume_from_checkpoint, output_dir)
+        train_location, eval_location = resolve_data(cfg, world)
+
+        vocab = load_or_build_vocab(train_location, output_dir, resuming=resume_from is not None)
+        self.blank_id = vocab[text.PAD]
+        # Same seed on every rank for the initial weights (DeepSpeed also broadcasts rank 0's), then per-rank streams.
+        set_seed(t.seed)
+        model = build_model(cfg.model, vocab_size=len(vocab), pad_token_id=self.blank_id)
+        set_seed(t.seed + world.rank)
+
+        frames = functools.partial(output_frames, model.config)
+        self.train_stream = TrainStream(train_location, world, plan, t.seed, vocab, cfg.data, frames)
+        eval_stream = EvalStream(
+            eval_location, world, t.per_device_eval_batch_size, vocab, cfg.data, frames, cfg.data.eval_max_utterances
+        )
+        steps_per_epoch = self.train_stream.steps_per_epoch
+        self.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
+        log.info("data: %s", self.train_stream.describe())
+        for item in self.train_stream.report[:20]:
+            log.info("skipped %s: %s", item["id"], item["reason"])
+
+        self.model_engine = engine.initialize(model, ds_config, t.warmup_steps, self.total_steps)
+        self.dtype = engine.torch_dtype(ds_config)
+        precision = engine.precision(ds_config)
+
+        self.step, self.data_state, run_id = 0, self.train_stream.initial_state(), None
+        if resume_from is not None:
+            client = checkpoint.load(self.model_engine, resume_from)
+            self.step, run_id = int(client["step"]), client.get("mlflow_run_id")
+            self.data_state = DataState.from_dict(client["data_state"])
+            log.info(
+                "resumed from %s at step %d (epoch %d, batch %d of the epoch)",
+                resume_from,
+                self.step,
+                self.data_state.epoch,
+                self.data_state.step_in_epoch,
+            )
+        elif world.is_main:
+            save_model_config(model, vocab, output_dir)
+        barrier()
+
+        params = {
+            **cfg.flat(),
+            **tracking.flatten("deepspeed", ds_config, {}),
+            "world_size": world.world_size,
+            "micro_batch": plan.micro_batch,
+            "grad_accum": plan.grad_accum,
+            "precision": precision,
+            "num_train_utterances": self.train_stream.num_samples,
+            "steps_per_epoch": steps_per_epoch,
+            "total_steps": self.total_steps,
+            "num_parameters": count_parameters(model),
+        }
+        if world.is_main:
+            (output_dir / "train_config.json").write_text(json.dumps(params, indent=1, default=str))
+        self.tracker = tracking.build_tracker(world, cfg.tracking, str(output_dir))
+        run_id = self.tracker.start(
+            params,
+            {"xlsr_dist.kind": "training", "xlsr_dist.output_dir": str(output_dir.resolve())},
+            resume_run_id=run_id,
+        )
+        # main() installed it before loading anything; installed again in case a library replaced the handlers since.
+        stop.install()
+
+        self.progress = progress_bar(world, t.disable_tqdm, self.step, self.total_steps)
+        self.metrics = MetricsWindow(
+            self.model_engine,
+            self.tracker,
+            world,
+            device,
+            t.logging_steps,
+            self.total_steps,
+            steps_per_epoch,
+            self.progress,
+        )
+        self.evaluator = Evaluator(
+            self.model_engine,
+            eval_stream,
+            text.inverse(vocab),
+            self.blank_id,
+            self.zero_infinity,
+            device,
+            self.dtype,
+            self.tracker,
+            self.progress,
+            t.eval_steps,
+            self.total_steps,
+        )
+        self.checkpointer = Checkpointer(
+            self.model_engine,
+            output_dir,
+            world,
+            self.tracker,
+            run_id,
+            t.save_steps,
+            t.save_total_limit,
+            self.total_steps,
+        )
+        self.guard = NonFiniteGuard(precision, t.max_nonfinite_steps)
+
+    def train(self) -> bool:
+        """Train to total_steps; True when a requested stop ended the run early, its checkpoint saved at self.step."""
+        status, stopped = "FINISHED", False
+        batches = self.train_stream.steps(self.data_state)
+        self.model_engine.train()
+        try:
+            while self.step < self.total_steps:
+                self.hooks.step_begin(self.step + 1)
+                self.data_state, micro_batches = next(batches)
+                self.hooks.batches_ready(self.step + 1, micro_batches)
+                skipped_before = self.model_engine.skipped_steps
+                loss, nonfinite = self.train_step(micro_batches)
+                self.step += 1
+                self.metrics.add(loss, micro_batches)
+                stop_anywhere, nonfinite_anywhere = self.vote(nonfinite)
+                skipped = self.model_engine.skipped_steps > skipped_before
+                self.guard.check(self.step, nonfinite_anywhere, skipped, micro_batches)
+                self.hooks.step_end(self.step, last=self.step == self.total_steps)
+
+                self.metrics.maybe_log(self.step)
+                self.evaluator.maybe_eval(self.step)
+                self.checkpointer.maybe_save(self.step, self.data_state)
+                if stop_anywhere:
+                    self.metrics.log_partial(self.step)
+                    self.checkpointer.maybe_save(self.step, self.data_state, last=True)
+                    status, stopped = "KILLED", True
+                    break
+            if not stopped:
+                self.evaluator.maybe_eval(self.step, last=True)
+                self.checkpointer.maybe_save(self.step, self.data_state, last=True)
+                self.checkpointer.save_final_model(self.step)
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            self.tracker.close(status)
+        return stopped
+
+    def train_step(self, micro_batches: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step over grad_accum micro-batches.
+
+        Returns (mean loss, any non-finite valid item) as device tensors: nothing here waits for the accelerator.
+        Each batch gets a "nonfinite" mask so ids can be named later, only if the step's vote says something went
+        wrong.
+        """
+        device, hooks = self.device, self.hooks
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        for batch in micro_batches:
+            mask = batch["attention_mask"].to(device, non_blocking=True)
+            input_values = batch["input_values"].to(device, self.dtype, non_blocking=True)
+            with hooks.phase("forward"):
+                logits = self.model_engine(input_values=input_values, attention_mask=mask).logits
+            losses = ctc.per_utterance_loss(
+                logits,
+                ctc.frame_lengths(self.model_engine.module, mask),
+                batch["labels"].to(device, non_blocking=True),
+                self.blank_id,
+                self.zero_infinity,
+            )
+            valid = batch["valid"].to(device)
+            loss = ctc.batch_loss(losses, valid)
+            with hooks.phase("backward"):
+                self.model_engine.backward(loss)
+            with hooks.phase("optimizer"):
+                self.model_engine.step()
+            step_loss += loss.detach().double()
+            batch["nonfinite"] = ~torch.isfinite(losses.detach()) & valid
+            nonfinite |= batch["nonfinite"].any()
+        return step_loss / len(micro_batches), nonfinite
+
+    def vote(self, nonfinite: torch.Tensor) -> tuple[bool, bool]:
+        """(a stop was requested on some rank, some rank saw a non-finite loss). One tiny collective per step, so
+        that all ranks stop, save or raise at the same step and no collective is left waiting."""
+        with self.hooks.phase("vote"):
+            flags = torch.stack([torch.tensor(float(self.stop.requested), device=self.device), nonfinite.float()])
+            stop_anywhere, nonfinite_anywhere = all_reduce_max(flags, self.device).tolist()
+        return bool(stop_anywhere), bool(nonfinite_anywhere)
+
+
+def resolve_data(cfg: Config, world: World) -> tuple[str, str]:
+    """Shard locations for train and eval; the demo corpus is generated once per node, then shared."""
+    if cfg.data.train_data != "demo":
+        return cfg.data.train_data, cfg.data.eval_data
+    root = Path(cfg.data.data_cache_dir) if cfg.data.data_cache_dir else demo.default_cache_dir()
+    if world.is_local_main:
+        demo.ensure_demo_corpus(root, n_train=cfg.data.demo_train_utterances, n_eval=cfg.data.demo_eval_utterances)
+    barrier()
+    train_dir, eval_dir = demo.ensure_demo_corpus(
+        root, n_train=cfg.data.demo_train_utterances, n_eval=cfg.data.demo_eval_utterances
+    )
+    return str(train_dir), (cfg.data.eval_data or str(eval_dir))
+
+
+def load_or_build_vocab(train_location: str, output_dir: Path, resuming: bool) -> dict[str, int]:
+    """The training transcripts' characters; a resumed run reuses the saved vocabulary so the head keeps its meaning."""
+    saved = output_dir / checkpoint.MODEL_CONFIG / "vocab.json"
+    if resuming and saved.is_file():
+        return text.load_vocab(saved)
+    meta = shards.read_metadata(shards.list_shards(train_location))
+    return text.build_vocab(text.normalize(t) for t in meta.column("text").to_pylist())
+
+
+def save_model_config(model: Any, vocab: dict[str, int], output_dir: Path) -> None:
+    target = output_dir / checkpoint.MODEL_CONFIG
+    target.mkdir(parents=True, exist_ok=True)
+    text.save_vocab(vocab, target / "vocab.json")
+    build_processor(str(target / "vocab.json")).save_pretrained(target)
+    model.config.save_pretrained(target)
+
+
+def progress_bar(world: World, disabled: bool, start: int, total: int) -> Any:
+    if not world.is_main or disabled:
+        return None
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, file=sys.stderr)
