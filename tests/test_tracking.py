@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._mlflow_server import free_port
+from tests._net import free_port
 from xlsr_dist.config import TrackingConfig
 from xlsr_dist.tracking import (
     METRICS_FILE,
