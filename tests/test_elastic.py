@@ -73,21 +73,21 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[R
     return get
 
 
-def _resume(ckpt: Path, world_size: int, tmp: Path, precision: str = "fp32") -> Run:
-    return _train(tmp, world_size, "--resume", str(ckpt), "--precision", precision, name=f"resume{world_size}")
+def _resume(ckpt: Path, world_size: int, tmp: Path, *flags: str, precision: str = "fp32") -> Run:
+    return _train(tmp, world_size, "--resume", str(ckpt), "--precision", precision, *flags, name=f"resume{world_size}")
 
 
-def _assert_continues(resumed: Run, uninterrupted: Run, rel: float) -> None:
-    assert sorted(resumed.losses) == list(range(SAVE_AT + 1, STEPS + 1))
+def _assert_continues(resumed: Run, uninterrupted: Run, rel: float, saved_at: int = SAVE_AT) -> None:
+    assert sorted(resumed.losses) == list(range(saved_at + 1, STEPS + 1))
     for step, loss in resumed.losses.items():
         expected = uninterrupted.losses[step]
         assert abs(loss - expected) <= rel * abs(expected), (step, loss, expected, resumed.losses, uninterrupted.losses)
     # Whatever the checkpoint holds besides the optimizer partitions came back too.
     state = resumed.resumed
     assert state is not None and state["universal"] is True
-    assert state["global_steps"] == SAVE_AT
-    assert state["lr"] == uninterrupted.lrs[SAVE_AT]
-    assert state["client"] == {"step": SAVE_AT, "note": "client state survives"}
+    assert state["global_steps"] == saved_at
+    assert state["lr"] == uninterrupted.lrs[saved_at]
+    assert state["client"] == {"step": saved_at, "note": "client state survives"}
     assert state["offset"] == 0.5, "a buffer was not restored"
     assert state["frozen_sum"] == uninterrupted.frozen_sum, "a frozen parameter was not restored"
 
@@ -95,16 +95,22 @@ def _assert_continues(resumed: Run, uninterrupted: Run, rel: float) -> None:
 def test_2_ranks_resume_on_1_then_again_without_converting(
     reference: Callable[..., tuple[Run, Path]], tmp_path: Path
 ) -> None:
+    """... and the second resumed run's checkpoint, saved on 1 rank, resumes on 2."""
     uninterrupted, ckpt = reference(2)
     first = _resume(ckpt, 1, tmp_path / "a")
     _assert_continues(first, uninterrupted, rel=1e-5)
     assert "saved on 2 rank(s), resuming on 1: " + CONVERTED in first.output
-    converted_at = elastic.universal_dir(ckpt).stat().st_mtime_ns
+    # A conversion, even one whose result were dropped, writes a temporary directory beside the universal one.
+    converted_at = (ckpt.stat().st_mtime_ns, elastic.universal_dir(ckpt).stat().st_mtime_ns)
 
-    second = _resume(ckpt, 1, tmp_path / "b")
+    second = _resume(ckpt, 1, tmp_path / "b", "--save_at", "5")
     _assert_continues(second, uninterrupted, rel=1e-5)
     assert CONVERTED not in second.output
-    assert elastic.universal_dir(ckpt).stat().st_mtime_ns == converted_at
+    assert (ckpt.stat().st_mtime_ns, elastic.universal_dir(ckpt).stat().st_mtime_ns) == converted_at
+
+    third = _resume(tmp_path / "b" / "checkpoints" / "step-0000005", 2, tmp_path / "c")
+    _assert_continues(third, uninterrupted, rel=1e-5, saved_at=5)
+    assert "saved on 1 rank(s), resuming on 2: " + CONVERTED in third.output
 
 
 def test_2_ranks_resume_on_4(reference: Callable[..., tuple[Run, Path]], tmp_path: Path) -> None:
