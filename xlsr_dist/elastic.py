@@ -124,7 +124,7 @@ def zero_partitions(ckpt: Path) -> dict[int, Path]:
 
 
 def _saved_state(ckpt: Path) -> dict[str, Any]:
-    """The small, non-tensor part of DeepSpeed's model-states file (memory-mapped: the weights are not read)."""
+    """What resume checks in DeepSpeed's model-states file (memory-mapped: tensors are read only where looked at)."""
     path = ckpt / MODEL_STATES
     if not path.is_file():
         raise ElasticResumeError(f"{ckpt}: no {MODEL_STATES} (not a DeepSpeed checkpoint)")
