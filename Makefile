@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-fast lint clean-outputs
+.PHONY: setup system-deps demo test test-fast lint clean-outputs gpu-wheels gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -42,3 +42,27 @@ test: setup system-deps lint
 # Without the multi-process runs (seconds, for editing).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# GPU check, on a CUDA machine with no package index (bench/gpu_check.py): first, here, `make gpu-wheels` puts the
+# wheels it needs beyond the machine's own torch into .whl/ (CPython 3.12, manylinux x86_64; DeepSpeed built from its
+# sdist as pure Python, no CUDA ops); there, `make gpu-check` installs .whl/ beside that torch and runs the check
+# (~8 min on one GPU). GPU_PY is the GPU machine's Python, the one with CUDA torch.
+GPU_PY ?= python3
+GPU_SITE ?= /tmp/xlsr_dist_site
+GPU_CHECK_ARGS ?=
+WHEEL_PLATFORMS := $(foreach n,2_17 2_24 2_27 2_28 2_31 2_34,--platform manylinux_$(n)_x86_64) \
+	--platform manylinux2014_x86_64 --platform manylinux1_x86_64
+
+gpu-wheels: setup
+	mkdir -p .whl
+	$(PY) bench/gpu_wheels.py > .whl/requirements.txt
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  $(WHEEL_PLATFORMS) -d .whl -r .whl/requirements.txt
+	DS_BUILD_OPS=0 $(PY) -m pip wheel -q --no-deps --no-build-isolation -w .whl $$($(PY) bench/gpu_wheels.py --built)
+	@du -sh .whl
+
+gpu-check:
+	if ls .whl/*.whl >/dev/null 2>&1; then \
+	  $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl; \
+	fi
+	PYTHONPATH=$(GPU_SITE):$$PYTHONPATH $(GPU_PY) bench/gpu_check.py $(GPU_CHECK_ARGS)
