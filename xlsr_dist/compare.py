@@ -5,6 +5,8 @@ RUN is a run id, a run name, or 'latest' (the newest non-reference run of the ex
 Rows are the reference steps the run has reached plus the run's own evaluation steps. A run's value at a step is
 the one logged there, or at the nearest earlier step within its logging interval ('-' if none). A reference value
 between the card's steps is linearly interpolated and marked '~'. The plot is logged as an artifact of the run.
+A run whose primary metric is CER (a language written without spaces between words: zh, ja, th, ...) gets CER as
+its first column and plot; its WER is still shown, with a note that it is not meaningful there.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from xlsr_dist.config import TrackingConfig
 from xlsr_dist.reference import REFERENCE_MODEL, reference_series
+from xlsr_dist.text import writes_words
 from xlsr_dist.tracking import (
     REFERENCE_TAG,
     open_client,
@@ -30,14 +33,16 @@ from xlsr_dist.tracking import (
 )
 
 COMPARED = ("loss", "eval_loss", "eval_wer")
-LABELS = {"loss": "training loss", "eval_loss": "eval loss", "eval_wer": "WER"}
+LABELS = {"loss": "training loss", "eval_loss": "eval loss", "eval_wer": "WER", "eval_cer": "CER"}
 # Which flag sets each metric's logging interval.
 INTERVAL_PARAM = {
     "loss": "logging_steps",
     "eval_loss": "eval_steps",
     "eval_wer": "eval_steps",
+    "eval_cer": "eval_steps",
     "epoch": "logging_steps",
 }
+PRIMARY_METRIC_TAG = "xlsr_dist.primary_metric"
 ARTIFACT_DIR = "compare"
 
 
@@ -102,17 +107,30 @@ def logging_interval(series: dict[int, float], param: str | None) -> int:
     return int(statistics.median(gaps)) if gaps else 1
 
 
+def compared_metrics(primary_metric: str) -> tuple[str, ...]:
+    """The metrics of the table and plot: COMPARED, led by CER where it is the run's primary metric."""
+    return ("eval_cer", *COMPARED) if primary_metric == "eval_cer" else COMPARED
+
+
+def run_primary_metric(run: Any) -> str:
+    """The primary metric a training run recorded (tag, else param); runs from before it existed: eval_wer."""
+    return run.data.tags.get(PRIMARY_METRIC_TAG) or run.data.params.get("primary_metric") or "eval_wer"
+
+
 def compare_rows(
-    run: dict[str, dict[int, float]], reference: dict[str, dict[int, float]], params: dict[str, str]
+    run: dict[str, dict[int, float]],
+    reference: dict[str, dict[int, float]],
+    params: dict[str, str],
+    metrics: Sequence[str] = COMPARED,
 ) -> list[Row]:
-    """Rows at the reference steps the run reached and at the run's evaluation steps."""
+    """Rows at the reference steps the run reached and at the run's evaluation steps; cells in ``metrics`` order."""
     reached = max((s for series in run.values() for s in series), default=0)
-    eval_steps = set(run.get("eval_loss", {})) | set(run.get("eval_wer", {}))
+    eval_steps = set(run.get("eval_loss", {})) | set(run.get("eval_wer", {})) | set(run.get("eval_cer", {}))
     ref_steps = {s for series in reference.values() for s in series if s <= reached}
     rows = []
     for step in sorted(ref_steps | eval_steps):
         cells = {}
-        for key in COMPARED:
+        for key in metrics:
             series = run.get(key, {})
             interval = logging_interval(series, params.get(INTERVAL_PARAM[key]))
             ref, approx = interpolate(reference.get(key, {}), step)
@@ -129,14 +147,15 @@ def _fmt(value: float | None, approx: bool = False, signed: bool = False) -> str
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    """A fixed-width table: step, then run / reference / difference for each compared metric."""
+    """A fixed-width table: step, then run / reference / difference for each compared metric (the rows' order)."""
+    metrics = list(rows[0].cells) if rows else list(COMPARED)
     header = ["step"]
-    for key in COMPARED:
+    for key in metrics:
         header += [f"{key} run", "reference", "diff"]
     lines = [header]
     for row in rows:
         line = [str(row.step)]
-        for key in COMPARED:
+        for key in metrics:
             c = row.cells[key]
             line += [_fmt(c.run), _fmt(c.reference, c.interpolated), _fmt(c.difference, c.interpolated, True)]
         lines.append(line)
@@ -149,15 +168,22 @@ def format_table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
-def plot(run: dict[str, dict[int, float]], reference: dict[str, dict[int, float]], out: Path, title: str) -> Path:
-    """Loss, eval loss and WER against step for the run and the reference, as a PNG."""
+def plot(
+    run: dict[str, dict[int, float]],
+    reference: dict[str, dict[int, float]],
+    out: Path,
+    title: str,
+    metrics: Sequence[str] = COMPARED,
+) -> Path:
+    """Each of ``metrics`` (loss, eval loss, WER; CER first where it is primary) against step for the run and the
+    reference, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(COMPARED), figsize=(15, 4.5))
-    for ax, key in zip(axes, COMPARED):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4.5))
+    for ax, key in zip(axes, metrics):
         ref = reference.get(key, {})
         if ref:
             steps = sorted(ref)
@@ -236,11 +262,12 @@ def compare(
 ) -> tuple[Any, list[Row], Path]:
     """Resolve the run, build the rows, write the plot (and log it to the run); returns (run, rows, png)."""
     run = resolve_run(client, experiment_name, spec)
-    series = metric_series(client, run.info.run_id, COMPARED + ("epoch",))
+    metrics = compared_metrics(run_primary_metric(run))
+    series = metric_series(client, run.info.run_id, (*metrics, "epoch"))
     reference = reference_series()
-    rows = compare_rows(series, reference, dict(run.data.params))
+    rows = compare_rows(series, reference, dict(run.data.params), metrics)
     name = run.info.run_name or run.info.run_id
-    png = plot(series, reference, out or default_out(run), f"{name} vs reference {REFERENCE_MODEL}")
+    png = plot(series, reference, out or default_out(run), f"{name} vs reference {REFERENCE_MODEL}", metrics)
     if log_artifact:
         upload_artifact(client, run.info.run_id, png, ARTIFACT_DIR)
     return run, rows, png
@@ -279,6 +306,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     if rows:
         print(format_table(rows))
+        language = params.get("language", "en")
+        if not writes_words(language):
+            print(
+                f"eval_wer: not meaningful for --language {language}, written without spaces between words; "
+                f"this run's primary metric is {run_primary_metric(run)}"
+            )
         if any(c.interpolated for r in rows for c in r.cells.values()):
             print("~ reference interpolated linearly between the model card's steps (it evaluated every 500)")
     else:

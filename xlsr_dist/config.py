@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from xlsr_dist.text import settings_problems
+from xlsr_dist.text import TextNormalization, settings_problems, writes_words
 
 # The reference recipe keeps the optimizer batch at 8 utterances whatever the GPU count.
 REFERENCE_GLOBAL_BATCH = 8
@@ -91,6 +91,10 @@ class DataConfig:
     """Characters deleted from transcripts, HF's --chars_to_ignore given as one string (',?.!-;:"'); a config file
     may give HF's list."""
 
+    def normalization(self) -> TextNormalization:
+        """How this run reads transcripts (the split's own settings: train.main checks they agree)."""
+        return TextNormalization(self.language, self.fold_accents, self.text_normalization, self.chars_to_ignore)
+
 
 @dataclass
 class TrainConfig:
@@ -126,6 +130,9 @@ class TrainConfig:
     """Collective timeout: a rank stuck longer than this ends the job instead of hanging it."""
     max_nonfinite_steps: int = 20
     """fp16 only: consecutive skipped (overflowing) steps tolerated before training stops."""
+    primary_metric: str = ""
+    """The metric that says how good a model is: eval_wer, eval_cer or eval_loss; '' picks eval_cer for languages
+    written without spaces between words (zh, ja, th, ...: their WER counts chance spaces), else eval_wer."""
     disable_tqdm: bool = False
 
 
@@ -169,6 +176,14 @@ def flatten(prefix: str, value: Any, out: dict[str, Any]) -> dict[str, Any]:
 
 SECTIONS: tuple[str, ...] = ("model", "data", "train", "tracking")
 ARCHITECTURES = ("", "xlsr-53", "tiny")
+PRIMARY_METRICS = ("eval_wer", "eval_cer", "eval_loss")
+
+
+def primary_metric(cfg: Config) -> str:
+    """--primary_metric, or its default for the run's language (see TrainConfig.primary_metric)."""
+    if cfg.train.primary_metric:
+        return cfg.train.primary_metric
+    return "eval_wer" if writes_words(cfg.data.language) else "eval_cer"
 
 
 def _flag_owners() -> dict[str, tuple[str, type]]:
@@ -376,6 +391,10 @@ def validate(cfg: Config) -> None:
         p.append("--dist_timeout_s: must be >= 10 seconds")
     if t.max_nonfinite_steps < 1:
         p.append("--max_nonfinite_steps: must be >= 1")
+    if t.primary_metric and t.primary_metric not in PRIMARY_METRICS:
+        p.append(
+            f"--primary_metric: {t.primary_metric!r} is not one of {', '.join(PRIMARY_METRICS)} (or '': by language)"
+        )
     if k.report_to not in ("mlflow", "none"):
         p.append(f"--report_to: {k.report_to!r} must be 'mlflow' or 'none'")
     if p:

@@ -37,7 +37,7 @@ import torch
 
 from xlsr_dist import checkpoint, error_report, eval_tracking, hypotheses, text, tracking
 from xlsr_dist.config import ConfigError
-from xlsr_dist.data import partition, shards, stream
+from xlsr_dist.data import language, partition, shards, stream
 from xlsr_dist.export import TRAIN_CONFIG, markdown_table
 from xlsr_dist.scoring import SetTotals, score_utterances, unrepresentable_characters
 from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, device_for, init, shutdown
@@ -270,7 +270,12 @@ def read_set(location: str) -> tuple[list[str], pa.Table]:
 def build_set(
     name: str, location: str, paths: list[str], meta: pa.Table, vocab: dict[str, int], output_root: Path
 ) -> EvalSet:
-    catalog = stream.filter_metadata(meta, paths, vocab, 0.0, math.inf, _any_length)
+    try:
+        # Scored the way the set was prepared (its manifest's language and settings; shards without one: English).
+        normalization = language.split_normalization(location) or text.ENGLISH
+    except ValueError as exc:
+        raise ConfigError([f"--data {location}: {exc}"]) from None
+    catalog = stream.filter_metadata(meta, paths, vocab, 0.0, math.inf, _any_length, normalization)
     if len(catalog) == 0:
         why = ", ".join(f"{n} {reason}" for reason, n in catalog.skipped.items())
         raise ConfigError([f"--data {location}: none of its {meta.num_rows} utterance(s) can be scored ({why})"])
@@ -281,7 +286,7 @@ def build_set(
         )
     }
     references = {
-        uid: text.normalize(raw[(int(s), int(r))] or "")
+        uid: text.normalize(raw[(int(s), int(r))] or "", normalization)
         for uid, s, r in zip(catalog.ids, catalog.shard.tolist(), catalog.row.tolist())
     }
     return EvalSet(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from xlsr_dist.config import TrackingConfig
+from xlsr_dist.text import writes_words
 from xlsr_dist.tracking import (
     METRICS_FILE,
     RUN_INFO,
@@ -198,8 +199,11 @@ def model_card(
         origin = (
             f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset."
         )
+    language = str(_get(cfg, "language", default="en"))  # runs from before --language were English
+    primary = str(_get(cfg, "primary_metric", default="eval_wer" if writes_words(language) else "eval_cer"))
     lines = [
         "---",
+        f"language: {language}",
         "license: apache-2.0",
         "tags:",
         "- automatic-speech-recognition",
@@ -221,12 +225,20 @@ def model_card(
     if final_eval:
         last = final_eval[-1]
         lines.append("It achieves the following results on the evaluation set:")
-        lines += [f"- Loss: {maybe_round(last[3])}", f"- Wer: {maybe_round(last[4])}"]
+        results = [f"- Loss: {maybe_round(last[3])}", f"- Wer: {maybe_round(last[4])}"]
         cer = metrics.get("eval_cer", {}).get(int(last[2]))
         if cer is not None:
-            lines.append(f"- Cer: {maybe_round(round(cer, 4))}")
+            cer_line = f"- Cer: {maybe_round(round(cer, 4))}"
+            results = [cer_line, *results] if primary == "eval_cer" else [*results, cer_line]
+        lines += results
+        if not writes_words(language):
+            lines.append(
+                f"The language ({language}) is written without spaces between words: the character error rate is "
+                "the measure that counts, the word error rate only counts the text's chance spaces."
+            )
     eval_data = _get(cfg, "eval_data", default="")
     data_line = f"Training data: {dataset}" + (f"; evaluation data: {eval_data}." if eval_data else ".")
+    data_line += f" Language: {language} (ISO 639 code)."
     if _get(cfg, "num_train_utterances") is not None:
         data_line += f" {_get(cfg, 'num_train_utterances')} training utterances."
     lines += [

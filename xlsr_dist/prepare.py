@@ -3,9 +3,14 @@
 ``--layout`` (default ``auto``, guessed from ``--input``) picks the recipe that reads the corpus: ``folder``,
 ``commonvoice``, ``librispeech``, ``nemo`` or ``hf`` (see ``xlsr_dist.data.recipes``). Each split is written to
 ``<output>/<split>/``: ``shard-NNNNN-of-NNNNN.parquet`` (16 kHz mono FLAC, see ``xlsr_dist.data.shards``),
-``manifest.json`` (counts, hours, duration histogram, character set, shard checksums) and ``report.json`` (every
-skipped item with its id and reason; ``xlsr_dist.data.convert`` lists the reasons); one summary line per split is
-printed. A re-run keeps the shards it finished for the same plan (``xlsr_dist.data.shard_plan``).
+``manifest.json`` (counts, hours, duration histogram, character set, shard checksums, the text normalisation) and
+``report.json`` (every skipped item with its id and reason; ``xlsr_dist.data.convert`` lists the reasons); one
+summary line per split is printed. A re-run keeps the shards it finished for the same plan
+(``xlsr_dist.data.shard_plan``).
+
+Transcripts are normalised for ``--language`` (ISO 639, default en; see ``xlsr_dist.text``): ``--fold_accents``,
+``--text_normalization none`` and HF's ``--chars_to_ignore`` adjust it. The settings are recorded in the manifest,
+and training checks its ``--language`` (and the rest) against them.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from xlsr_dist.data.convert import Settings
 from xlsr_dist.data.prepare import prepare_split
 from xlsr_dist.data.recipes import FILE_RECIPES, LAYOUTS, detect_layout, hf
 from xlsr_dist.data.recipes.items import PrepareError, SplitInput
+from xlsr_dist.text import MODES, TextNormalization, settings_problems
 
 
 def default_workers() -> int:
@@ -55,6 +61,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=25.0,
         help="transcripts denser than this are skipped as unalignable (0 disables)",
     )
+    p.add_argument("--language", default="en", help="ISO 639 code of the transcripts' language (en, de, tr, zh, ...)")
+    p.add_argument(
+        "--fold_accents",
+        type=_parse_fold,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="true|false",
+        help="fold accents away (café -> cafe); default: on for English only",
+    )
+    p.add_argument(
+        "--text_normalization",
+        default="default",
+        choices=MODES,
+        help="'none' for transcripts normalised already (only --chars_to_ignore and whitespace are applied)",
+    )
+    p.add_argument(
+        "--chars_to_ignore",
+        default="",
+        help="characters deleted from every transcript, as one string (HF's --chars_to_ignore: ',?.!-;:\"')",
+    )
     p.add_argument("--hf_split", nargs="+", default=["train"], help="dataset splits to read (hf layout)")
     p.add_argument("--hf_config", default=None, help="dataset configuration name (hf layout)")
     p.add_argument("--hf_audio_column", default="audio", help="audio column (hf layout)")
@@ -66,8 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_fold(value: str) -> bool | None:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    if lowered == "none":
+        return None
+    raise argparse.ArgumentTypeError(f"expected true, false or none, got {value!r}")
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    problems = []
+    problems = settings_problems(args.language, args.text_normalization)
     if args.num_shards < 1:
         problems.append("--num_shards: must be >= 1")
     if args.num_workers < 1:
@@ -108,7 +146,8 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     names = [s.name for s in splits]
     if len(set(names)) != len(names):
         raise PrepareError(f"split names repeat: {names}")
-    settings = Settings(args.max_duration_in_seconds, args.max_chars_per_second)
+    normalization = TextNormalization(args.language, args.fold_accents, args.text_normalization, args.chars_to_ignore)
+    settings = Settings(args.max_duration_in_seconds, args.max_chars_per_second, normalization)
     output = Path(args.output).expanduser()
     reports = []
     for split in splits:

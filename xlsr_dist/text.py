@@ -128,6 +128,29 @@ class TextNormalization:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @staticmethod
+    def from_dict(recorded: dict[str, Any]) -> TextNormalization:
+        """The settings ``to_dict`` wrote (a manifest's record); raises ValueError when they are not valid."""
+        fold = recorded.get("fold_accents")
+        if fold is not None and not isinstance(fold, bool):
+            raise ValueError(f"fold_accents {fold!r} is not true, false or null")
+        return TextNormalization(
+            language=str(recorded.get("language", "en")),
+            fold_accents=fold,
+            mode=str(recorded.get("mode", "default")),
+            chars_to_ignore=str(recorded.get("chars_to_ignore", "")),
+        )
+
+    def same_effect(self, other: TextNormalization) -> bool:
+        """True when both normalise every transcript alike (fold_accents None is the language's default; the
+        order and spacing of chars_to_ignore do not matter)."""
+        return (
+            self.language == other.language
+            and self.mode == other.mode
+            and (self.mode == "none" or self.folds_accents == other.folds_accents)
+            and set(_deletions(self.chars_to_ignore)) == set(_deletions(other.chars_to_ignore))
+        )
+
 
 ENGLISH = TextNormalization()
 
@@ -339,6 +362,8 @@ def characters_per_second_limit(text: str, max_chars_per_second: float) -> float
     if max_chars_per_second <= 0 or not text:
         return max_chars_per_second
     weighted = sum(_speaking_weight(c) for c in text)
+    if weighted == len(text):  # alphabetic text: the cap itself, not cap * n / n, which may round off it
+        return max_chars_per_second
     return max_chars_per_second * len(text) / weighted
 
 

@@ -26,6 +26,7 @@ if __name__ == "__main__":
 
 from xlsr_dist import checkpoint, engine  # noqa: E402
 from xlsr_dist.config import ConfigError, parse_args, plan_batches  # noqa: E402
+from xlsr_dist.data import language  # noqa: E402
 from xlsr_dist.world import (  # noqa: E402
     World,
     barrier,
@@ -87,6 +88,11 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
     world = World.from_env()
     try:
         cfg = parse_args(argv)
+        # A corpus prepared for one language (or normalisation) and trained as another: said once, before any rank
+        # waits for another.
+        mismatches = language.training_problems(cfg)
+        if mismatches:
+            raise ConfigError(mismatches)
         plan = plan_batches(cfg.train.global_batch_size, world.world_size, cfg.train.per_device_train_batch_size)
         device = device_for(world)
         ds_config = engine.resolve_ds_config(cfg, plan, device)

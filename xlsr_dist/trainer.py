@@ -27,7 +27,7 @@ from tqdm import tqdm
 from transformers import set_seed
 
 from xlsr_dist import checkpoint, ctc, engine, evaluate, text, tracking
-from xlsr_dist.config import BatchPlan, Config
+from xlsr_dist.config import BatchPlan, Config, primary_metric
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
 from xlsr_dist.model import build_model, build_processor, count_parameters, output_frames
@@ -160,6 +160,9 @@ class Evaluator:
     every: int
     total_steps: int
     last_step: int = -1
+    primary_metric: str = "eval_wer"
+    writes_words: bool = True
+    """False for languages written without spaces (zh, ja, th, ...): their WER is shown, marked not meaningful."""
 
     def should_eval(self, step: int) -> bool:
         return due(step, self.every, self.total_steps)
@@ -180,10 +183,7 @@ class Evaluator:
             self.dtype,
         )
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "eval_samples"}, step)
-        msg = (
-            f"eval step {step}: loss {metrics['eval_loss']:.4f} wer {metrics['eval_wer']:.4f} "
-            f"cer {metrics['eval_cer']:.4f} ({int(metrics['eval_samples'])} utterances)"
-        )
+        msg = f"eval step {step}: {eval_line(metrics, self.primary_metric, self.writes_words)}"
         if self.progress is not None:
             self.progress.write(msg)
         else:
@@ -191,6 +191,21 @@ class Evaluator:
         for uid, ref, hyp in examples:
             log.info("  %s  ref: %s | hyp: %s", uid, ref, hyp)
         self.last_step = step
+
+
+def eval_line(metrics: dict[str, float], primary_metric: str, writes_words: bool) -> str:
+    """'loss L wer W cer C (N utterances)', a primary metric other than WER moved to the front; in a language
+    written without spaces the WER is marked: it counts the text's chance spaces, not words."""
+    cells = {
+        "eval_loss": f"loss {metrics['eval_loss']:.4f}",
+        "eval_wer": f"wer {metrics['eval_wer']:.4f}" + ("" if writes_words else " (n/a: no word spaces)"),
+        "eval_cer": f"cer {metrics['eval_cer']:.4f}",
+    }
+    order = ["eval_loss", "eval_wer", "eval_cer"]
+    if primary_metric != "eval_wer":
+        order.remove(primary_metric)
+        order.insert(0, primary_metric)
+    return " ".join(cells[k] for k in order) + f" ({int(metrics['eval_samples'])} utterances)"
 
 
 @dataclass
@@ -282,7 +297,9 @@ class Trainer:
         resume_from = checkpoint.resolve_resume(t.resume_from_checkpoint, output_dir)
         train_location, eval_location = resolve_data(cfg, world)
 
-        vocab = load_or_build_vocab(train_location, output_dir, resuming=resume_from is not None)
+        vocab = load_or_build_vocab(
+            train_location, output_dir, resuming=resume_from is not None, normalization=cfg.data.normalization()
+        )
         self.blank_id = vocab[text.PAD]
         # Same seed on every rank for the initial weights (DeepSpeed also broadcasts rank 0's), then per-rank streams.
         set_seed(t.seed)
@@ -331,13 +348,18 @@ class Trainer:
             "steps_per_epoch": steps_per_epoch,
             "total_steps": self.total_steps,
             "num_parameters": count_parameters(model),
+            "primary_metric": primary_metric(cfg),
         }
         if world.is_main:
             (output_dir / "train_config.json").write_text(json.dumps(params, indent=1, default=str))
         self.tracker = tracking.build_tracker(world, cfg.tracking, str(output_dir))
         run_id = self.tracker.start(
             params,
-            {"xlsr_dist.kind": "training", "xlsr_dist.output_dir": str(output_dir.resolve())},
+            {
+                "xlsr_dist.kind": "training",
+                "xlsr_dist.output_dir": str(output_dir.resolve()),
+                "xlsr_dist.primary_metric": primary_metric(cfg),
+            },
             resume_run_id=run_id,
         )
         # main() installed it before loading anything; installed again in case a library replaced the handlers since.
@@ -366,6 +388,8 @@ class Trainer:
             self.progress,
             t.eval_steps,
             self.total_steps,
+            primary_metric=primary_metric(cfg),
+            writes_words=text.writes_words(cfg.data.language),
         )
         self.checkpointer = Checkpointer(
             self.model_engine,
@@ -475,13 +499,16 @@ def resolve_data(cfg: Config, world: World) -> tuple[str, str]:
     return str(train_dir), (cfg.data.eval_data or str(eval_dir))
 
 
-def load_or_build_vocab(train_location: str, output_dir: Path, resuming: bool) -> dict[str, int]:
-    """The training transcripts' characters; a resumed run reuses the saved vocabulary so the head keeps its meaning."""
+def load_or_build_vocab(
+    train_location: str, output_dir: Path, resuming: bool, normalization: text.TextNormalization
+) -> dict[str, int]:
+    """The training transcripts' characters, in any script (normalised as the split was prepared: the manifest's
+    character set); a resumed run reuses the saved vocabulary so the head keeps its meaning."""
     saved = output_dir / checkpoint.MODEL_CONFIG / "vocab.json"
     if resuming and saved.is_file():
         return text.load_vocab(saved)
     meta = shards.read_metadata(shards.list_shards(train_location))
-    return text.build_vocab(text.normalize(t) for t in meta.column("text").to_pylist())
+    return text.build_vocab(text.normalize(t, normalization) for t in meta.column("text").to_pylist())
 
 
 def save_model_config(model: Any, vocab: dict[str, int], output_dir: Path) -> None:

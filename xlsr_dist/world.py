@@ -210,5 +210,9 @@ def describe_peer_failure(exc: BaseException) -> str:
 
 
 def shutdown() -> None:
+    """End the process group init() started, through DeepSpeed as it was started: that also drops the groups DeepSpeed
+    cached from it, which a later init in the same process (a second run in one interpreter) would otherwise use."""
     if is_initialized():
-        torch.distributed.destroy_process_group()
+        import deepspeed.comm
+
+        deepspeed.comm.destroy_process_group()

@@ -4,8 +4,9 @@ Each item is converted (channels averaged to mono, resampled to 16 kHz with soxr
 skipped with a reason: missing or unreadable audio, truncated audio (the header promises more than the file holds),
 zero-length or non-finite audio, audio longer than ``--max_duration_in_seconds`` (those are xlsr_dist.audio's), an
 empty transcript (before or after normalisation), more than ``--max_chars_per_second`` characters per second of
-audio (a transcript CTC cannot align). Transcripts are normalised with ``xlsr_dist.text.normalize`` (lower case,
-digits spelled out, accents folded to ASCII, punctuation removed, apostrophes kept inside words).
+audio (a transcript CTC cannot align; the cap is ``text.characters_per_second_limit``, lower in scripts where one
+character is a syllable or a word). Transcripts are normalised with ``xlsr_dist.text.normalize`` and the corpus's
+``TextNormalization`` (``--language`` and the flags around it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from xlsr_dist.audio import SAMPLE_RATE, UNREADABLE, AudioError, encode_flac, load_audio
 from xlsr_dist.data.recipes.items import Item, PrepareError, RowAudio, Skip
 from xlsr_dist.data.skip_reasons import EMPTY_TRANSCRIPT, TRANSCRIPT_TOO_DENSE
-from xlsr_dist.text import normalize
+from xlsr_dist.text import ENGLISH, TextNormalization, characters_per_second_limit, normalize
 
 # Bump when the same item and settings would convert to other bytes: finished shards of older plans are rebuilt.
 PLAN_VERSION = 1
@@ -38,14 +39,19 @@ Task = tuple[int, Item]
 class Settings:
     max_duration_in_seconds: float = 30.0
     max_chars_per_second: float = 25.0
+    normalization: TextNormalization = ENGLISH
 
     def key(self) -> dict[str, Any]:
         """What a shard's plan hash and report.json record of the settings."""
-        return {
+        key: dict[str, Any] = {
             "version": PLAN_VERSION,
             "max_duration_in_seconds": self.max_duration_in_seconds,
             "max_chars_per_second": self.max_chars_per_second,
         }
+        # English's transcripts and plans are those of the versions before languages: their finished shards stay.
+        if self.normalization != ENGLISH:
+            key["text_normalization"] = self.normalization.to_dict()
+        return key
 
 
 # What every task in this process needs, set once per worker process (and once in-process for one worker).
@@ -68,17 +74,18 @@ def process_item(item: Item, settings: Settings) -> Row | Skip:
     try:
         if not item.text.strip():
             return Skip(item.id, item.source, EMPTY_TRANSCRIPT, "no transcript")
-        text = normalize(item.text)
+        text = normalize(item.text, settings.normalization)
         if not text:
             return Skip(item.id, item.source, EMPTY_TRANSCRIPT, f"nothing left after normalising {item.text[:60]!r}")
         wave = _load(item, settings.max_duration_in_seconds)
         duration = wave.shape[0] / SAMPLE_RATE
-        if settings.max_chars_per_second > 0 and len(text) > settings.max_chars_per_second * duration:
+        limit = characters_per_second_limit(text, settings.max_chars_per_second)
+        if limit > 0 and len(text) > limit * duration:
             return Skip(
                 item.id,
                 item.source,
                 TRANSCRIPT_TOO_DENSE,
-                f"{len(text)} characters in {duration:.2f} s (> {settings.max_chars_per_second:g}/s)",
+                f"{len(text)} characters in {duration:.2f} s (> {limit:g}/s)",
             )
         return {"id": item.id, "audio": encode_flac(wave), "text": text, "duration": duration, "source": item.source}
     except AudioError as e:

@@ -19,6 +19,7 @@ from typing import Any
 from tqdm import tqdm
 
 from xlsr_dist.atomic import write_json
+from xlsr_dist.data import language
 from xlsr_dist.data.convert import Row, Settings, convert_items
 from xlsr_dist.data.recipes.items import Item, Skip, SplitInput
 from xlsr_dist.data.shard_plan import plan_hash, plan_shards, remove_other_plans, reusable_shard, write_sidecar
@@ -120,7 +121,12 @@ def prepare_split(
     manifest = write_manifest(
         split_dir,
         {names[i]: done[i]["sha256"] for i in done},
-        extra={"split": split.name, **(extra or {}), "skipped": len(skipped)},
+        extra={
+            "split": split.name,
+            **(extra or {}),
+            "skipped": len(skipped),
+            language.MANIFEST_KEY: settings.normalization.to_dict(),
+        },
     )
     report = {
         "split": split.name,

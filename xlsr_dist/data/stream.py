@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import logging
 import re
+import string
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,9 +54,11 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 
 # Transcripts prepare wrote are already normalised, and text.normalize leaves such a string as it is (a fixed point:
-# lower-case words of a-z, apostrophes only between letters, single spaces). Recognising them skips its per-character
-# Unicode pass, the larger part of every rank's start-up.
+# lower-case words of a-z, apostrophes only between letters, single spaces) in every language and mode, unless
+# chars_to_ignore deletes one of those characters. Recognising them skips its per-character Unicode pass, the larger
+# part of every rank's start-up.
 _ALREADY_NORMAL = re.compile(r"[a-z]+(?:'[a-z]+)*(?: [a-z]+(?:'[a-z]+)*)*")
+_ALREADY_NORMAL_CHARACTERS = frozenset(string.ascii_lowercase + "'")
 
 
 class DataStateError(ValueError):
@@ -143,7 +146,13 @@ def build_catalog(
     paths = shards.list_shards(location)
     meta = shards.read_metadata(paths)
     return filter_metadata(
-        meta, paths, vocab, data_cfg.min_duration_in_seconds, data_cfg.max_duration_in_seconds, frames_fn
+        meta,
+        paths,
+        vocab,
+        data_cfg.min_duration_in_seconds,
+        data_cfg.max_duration_in_seconds,
+        frames_fn,
+        data_cfg.normalization(),
     )
 
 
@@ -154,8 +163,10 @@ def filter_metadata(
     min_seconds: float,
     max_seconds: float,
     frames_fn: Callable[[int], int],
+    normalization: text.TextNormalization,
 ) -> Catalog:
-    """Drop what cannot train (the stream's skip reasons), then sort by id so the order ignores the sharding."""
+    """Drop what cannot train (the stream's skip reasons), then sort by id so the order ignores the sharding.
+    Transcripts are normalised (again: a no-op for what prepare wrote) the way the split was prepared."""
     order = pc.sort_indices(meta, sort_keys=[("id", "ascending"), ("shard", "ascending"), ("row", "ascending")])
     meta = meta.take(order)
     ids = meta.column("id").to_pylist()
@@ -165,6 +176,7 @@ def filter_metadata(
     labels: list[list[int]] = []
     report: list[dict[str, str]] = []
     previous = None
+    shortcut = not _ALREADY_NORMAL_CHARACTERS & set(normalization.chars_to_ignore)
     for i, (uid, dur, txt) in enumerate(zip(ids, durations.tolist(), texts)):
         reason = ""
         if uid == previous:
@@ -174,7 +186,10 @@ def filter_metadata(
         elif dur > max_seconds:
             reason = LONGER_THAN_MAX
         else:
-            normalised = txt if txt and _ALREADY_NORMAL.fullmatch(txt) else text.normalize(txt or "")
+            if shortcut and txt and _ALREADY_NORMAL.fullmatch(txt):
+                normalised = txt
+            else:
+                normalised = text.normalize(txt or "", normalization)
             if not normalised:
                 reason = EMPTY_TRANSCRIPT
             else:
