@@ -4,6 +4,7 @@ Layout under --output_dir:
     model_config/                  config.json + processor (vocab, feature extractor), written once by rank 0
     checkpoints/step-0000500/      DeepSpeed's files (one optimizer partition per rank) + COMPLETE.json
     final/                         save_pretrained model + processor at the end of training
+    best/                          the same, from the best checkpoint's weights (xlsr_dist.best_checkpoint)
 
 A checkpoint counts only when COMPLETE.json exists: rank 0 writes it (atomically) after every rank has returned from
 save_checkpoint and passed a barrier. A save killed half way therefore never becomes the one resume picks, and the
@@ -30,6 +31,8 @@ MODEL_CONFIG = "model_config"
 FINAL = "final"
 MARKER = "COMPLETE.json"
 PREFIX = "step-"
+# In a model directory the run writes from a checkpoint (best/): which step its weights come from.
+MODEL_INFO = "xlsr_dist_model.json"
 
 
 # Test hook (tests/test_faults.py): every rank sleeps this many seconds between DeepSpeed's files and the marker,
@@ -58,6 +61,10 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.name.startswith(PREFIX) and (p / MARKER).is_file()]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def complete_steps(output_dir: str | Path) -> set[int]:
+    return {int(p.name[len(PREFIX) :]) for p in complete_checkpoints(output_dir)}
 
 
 def newest_complete(output_dir: str | Path) -> Path | None:
@@ -89,8 +96,17 @@ def read_client_state(ckpt: Path) -> dict[str, Any]:
     return dict(json.loads((ckpt / MARKER).read_text()))
 
 
-def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str, Any], keep: int, world: World) -> Path:
-    """Collective: every rank must call it at the same step."""
+def save(
+    engine: Any,
+    output_dir: str | Path,
+    step: int,
+    client_state: dict[str, Any],
+    keep: int,
+    world: World,
+    protect: int | None = None,
+) -> Path:
+    """Collective: every rank must call it at the same step. ``protect``: the step of a checkpoint rotation keeps
+    besides the ``keep`` newest (the best one, as HF Trainer keeps it)."""
     root = Path(output_dir) / CHECKPOINTS
     tag = tag_for(step)
     # DeepSpeed's own "latest" file is written before we know every rank finished; resume never reads it.
@@ -100,9 +116,7 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
     path = root / tag
     if world.is_main:
         atomic.write_json(path / MARKER, {"step": step, **client_state})
-        if keep > 0:
-            for old in complete_checkpoints(output_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+        rotate(output_dir, keep, protect)
         # Saves interrupted before this one (no marker, older step) can never be resumed from: reclaim their space.
         for stale in root.iterdir():
             if (
@@ -115,6 +129,14 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
                 shutil.rmtree(stale, ignore_errors=True)
     barrier()
     return path
+
+
+def rotate(output_dir: str | Path, keep: int, protect: int | None = None) -> None:
+    """Remove complete checkpoints beyond the ``keep`` newest (0 keeps all), except step ``protect``."""
+    if keep > 0:
+        for old in complete_checkpoints(output_dir)[:-keep]:
+            if protect is None or old.name != tag_for(protect):
+                shutil.rmtree(old, ignore_errors=True)
 
 
 def load(engine: Any, ckpt: Path) -> dict[str, Any]:
@@ -153,3 +175,22 @@ def load_hf_model(path: str | Path) -> tuple[Any, Any]:
     model = Wav2Vec2ForCTC(Wav2Vec2Config.from_pretrained(base))
     model.load_state_dict(_module_state(ckpt))
     return model.eval(), Wav2Vec2Processor.from_pretrained(base)
+
+
+def save_model_from(ckpt: Path, dest: Path, info: dict[str, Any]) -> None:
+    """The checkpoint's weights (fp32) + processor as a transformers model at ``dest``, replacing what is there, with
+    ``info`` (its step, ...) in MODEL_INFO. A reader sees the old directory, none, or the whole new one."""
+    model, processor = load_hf_model(ckpt)
+    shutil.rmtree(dest, ignore_errors=True)
+    with atomic.replacing_dir(dest) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        atomic.write_json(tmp / MODEL_INFO, info)
+
+
+def model_step(model_dir: Path) -> int | None:
+    """The training step a model directory's weights come from, when the run recorded it (MODEL_INFO)."""
+    try:
+        return int(json.loads((model_dir / MODEL_INFO).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

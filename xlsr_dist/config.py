@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
+from xlsr_dist.best_checkpoint import metric_problems
 from xlsr_dist.text import TextNormalization, settings_problems, writes_words
 
 # The reference recipe keeps the optimizer batch at 8 utterances whatever the GPU count.
@@ -121,7 +122,15 @@ class TrainConfig:
     eval_steps: int = 500
     save_steps: int = 500
     save_total_limit: int = 3
-    """Keep only the newest K complete checkpoints (0 keeps all)."""
+    """Keep only the newest K complete checkpoints (0 keeps all), and the best one besides."""
+    metric_for_best_model: str = "eval_wer"
+    """Which evaluation metric picks the best checkpoint (written to best/ at the end): wer, cer or loss, with or
+    without HF's "eval_" prefix; lower is better. Languages written without spaces between words: eval_cer."""
+    greater_is_better: bool | None = None
+    """HF's flag, accepted for HF configs: unset or false (every metric here is lower-is-better)."""
+    load_best_model_at_end: bool = False
+    """final/ holds the best checkpoint's weights too (best/ is always written); needs --save_steps to be a multiple
+    of --eval_steps, as in HF."""
     deepspeed: str = "ds_configs/zero2_fp16.json"
     """DeepSpeed JSON config; 'auto' batch/optimizer keys are filled from these flags."""
     resume_from_checkpoint: str = ""
@@ -381,6 +390,12 @@ def validate(cfg: Config) -> None:
             p.append(f"--{name}: must be >= 1")
     if t.save_total_limit < 0:
         p.append("--save_total_limit: must be >= 0 (0 keeps every checkpoint)")
+    p.extend(metric_problems(t.metric_for_best_model, t.greater_is_better))
+    if t.load_best_model_at_end and t.eval_steps >= 1 and t.save_steps % t.eval_steps:
+        p.append(
+            f"--load_best_model_at_end: --save_steps ({t.save_steps}) must be a multiple of --eval_steps "
+            f"({t.eval_steps}), so that every saved checkpoint has an evaluation to rank it by"
+        )
     if not t.output_dir:
         p.append("--output_dir: empty")
     if not t.deepspeed:

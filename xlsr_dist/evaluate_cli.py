@@ -182,7 +182,10 @@ def _checkpoint_step(ckpt: Path | None) -> int | None:
 
 
 def _final_step(run_dir: Path) -> int | None:
-    """A finished run's last step, which its final/ model holds."""
+    """The step a finished run's final/ model holds: the one it records (--load_best_model_at_end), else the last."""
+    recorded = checkpoint.model_step(run_dir / checkpoint.FINAL)
+    if recorded is not None:
+        return recorded
     try:
         return int(json.loads((run_dir / TRAIN_CONFIG).read_text())["total_steps"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -201,7 +204,9 @@ def locate_model(path: str | Path) -> ModelSource:
         return ModelSource(p, p, _checkpoint_step(checkpoint.newest_complete(p)))
     parent = p.parent
     if any((parent / marker).exists() for marker in (tracking.RUN_INFO, TRAIN_CONFIG, checkpoint.CHECKPOINTS)):
-        return ModelSource(p, parent, _final_step(parent) if p.name == checkpoint.FINAL else None)
+        # best/ records the step its weights come from (checkpoint.MODEL_INFO).
+        step = _final_step(parent) if p.name == checkpoint.FINAL else checkpoint.model_step(p)
+        return ModelSource(p, parent, step)
     return ModelSource(p, None, None)
 
 

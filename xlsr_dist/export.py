@@ -1,6 +1,6 @@
 """A trained run as a Hugging Face model directory with a model card in the seed card's format.
 
-`python -m xlsr_dist.export --output_dir RUN_OUTPUT_DIR [--checkpoint PATH] --export_dir DIR`
+`python -m xlsr_dist.export --output_dir RUN_OUTPUT_DIR [--checkpoint final|best|latest|PATH] --export_dir DIR`
 writes model + processor (save_pretrained; `transformers.pipeline("automatic-speech-recognition", model=DIR)`
 loads it) and README.md: hyperparameters from <output_dir>/train_config.json, the training results table from
 <output_dir>/metrics.jsonl at the evaluation steps, the framework versions actually used. The directory is then
@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from xlsr_dist.best_checkpoint import BEST_DIR, read_record
+from xlsr_dist.best_checkpoint import RECORD as BEST_RECORD
 from xlsr_dist.config import TrackingConfig
 from xlsr_dist.text import writes_words
 from xlsr_dist.tracking import (
@@ -280,19 +282,50 @@ def _step_of(path: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def resolve_checkpoint(output_dir: Path, checkpoint: str) -> str:
+    """--checkpoint as a path ('' for final/): 'final' -> '', 'latest' -> the newest complete checkpoint, 'best' ->
+    best/ (written at the end of training), else the checkpoint best.json names (a run not finished yet)."""
+    # Here, not at the top: checkpoint imports torch, which writing a card or --help does not need.
+    from xlsr_dist.checkpoint import newest_complete
+
+    if checkpoint in ("", "final"):
+        return ""
+    if checkpoint == "latest":
+        newest = newest_complete(output_dir)
+        if newest is None:
+            raise ExportError(f"--checkpoint latest: no complete checkpoint under {output_dir}")
+        return str(newest)
+    if checkpoint == BEST_DIR:
+        if (output_dir / BEST_DIR / "config.json").is_file():
+            return str(output_dir / BEST_DIR)
+        record = read_record(output_dir)
+        if record is None or not (output_dir / str(record["checkpoint"])).is_dir():
+            raise ExportError(
+                f"--checkpoint best: {output_dir} has neither {BEST_DIR}/ nor a best checkpoint named in {BEST_RECORD} "
+                "(the best is chosen at steps with both an evaluation and a save)"
+            )
+        return str(output_dir / str(record["checkpoint"]))
+    return checkpoint
+
+
 def load_model(output_dir: Path, checkpoint: str) -> tuple[Any, Any, int | None]:
     """(model, processor, step the weights come from or None for final/)."""
-    # Here, not at the top: checkpoint imports torch, which writing a card or --help does not need.
-    from xlsr_dist.checkpoint import FINAL, load_hf_model, newest_complete
+    from xlsr_dist.checkpoint import FINAL, load_hf_model, model_step, newest_complete
 
+    checkpoint = resolve_checkpoint(output_dir, checkpoint)
     source = Path(checkpoint) if checkpoint else output_dir
     if not source.exists():
         raise ExportError(
             f"--checkpoint {source}: no such directory" if checkpoint else f"--output_dir {source}: no such directory"
         )
     model, processor = load_hf_model(source)
-    step = _step_of(source) if checkpoint else None
-    if not checkpoint and not (output_dir / FINAL / "config.json").is_file():
+    if checkpoint:
+        step = _step_of(source)
+        if step is None:  # best/ (or final/ with --load_best_model_at_end) names the step its weights come from
+            step = model_step(source)
+    elif (output_dir / FINAL / "config.json").is_file():
+        step = model_step(output_dir / FINAL)
+    else:
         newest = newest_complete(output_dir)
         step = _step_of(newest) if newest is not None else None
     return model, processor, step
@@ -346,7 +379,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--checkpoint",
         default="",
-        help="a checkpoint directory (default: <output_dir>/final, else its newest complete checkpoint)",
+        help="final (default: <output_dir>/final, else its newest complete checkpoint), best (<output_dir>/best, "
+        "the checkpoint with the best --metric_for_best_model), latest (the newest complete checkpoint) or a "
+        "checkpoint directory",
     )
     parser.add_argument("--export_dir", required=True, help="where to write the model directory")
     parser.add_argument("--model_name", default="", help="name in the card (default: the export dir's name)")

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 from transformers import set_seed
 
-from xlsr_dist import checkpoint, ctc, engine, evaluate, text, tracking
+from xlsr_dist import best_checkpoint, checkpoint, ctc, engine, evaluate, text, tracking
 from xlsr_dist.config import BatchPlan, Config, primary_metric
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
@@ -163,6 +163,7 @@ class Evaluator:
     primary_metric: str = "eval_wer"
     writes_words: bool = True
     """False for languages written without spaces (zh, ja, th, ...): their WER is shown, marked not meaningful."""
+    best: best_checkpoint.BestTracker | None = None
 
     def should_eval(self, step: int) -> bool:
         return due(step, self.every, self.total_steps)
@@ -191,6 +192,8 @@ class Evaluator:
         for uid, ref, hyp in examples:
             log.info("  %s  ref: %s | hyp: %s", uid, ref, hyp)
         self.last_step = step
+        if self.best is not None:
+            self.best.observe(step, metrics)
 
 
 def eval_line(metrics: dict[str, float], primary_metric: str, writes_words: bool) -> str:
@@ -221,13 +224,20 @@ class Checkpointer:
     keep: int
     total_steps: int
     last_step: int = -1
+    best: best_checkpoint.BestTracker | None = None
+    load_best_model_at_end: bool = False
 
     def maybe_save(self, step: int, data_state: DataState, last: bool = False) -> None:
         """Collective. ``last``: the run ends at this step (done, or stopped); save it unless that is done already."""
         if step != self.last_step and (last or due(step, self.every, self.total_steps)):
+            # Judged before the save, so its client state (and rotation) already know whether it is the best.
+            new_best = self.best.saved(step) if self.best is not None else None
             state = self.client_state(step, data_state)
-            checkpoint.save(self.model_engine, self.output_dir, step, state, self.keep, self.world)
+            protect = self.best.step if self.best is not None else None
+            path = checkpoint.save(self.model_engine, self.output_dir, step, state, self.keep, self.world, protect)
             self.last_step = step
+            if new_best is not None:
+                self.record_best(new_best, path)
 
     def client_state(self, step: int, data_state: DataState) -> dict[str, Any]:
         # tracker.run_id, not start()'s answer: with the server away at start the run is created later.
@@ -236,7 +246,30 @@ class Checkpointer:
             "data_state": data_state.to_dict(),
             "mlflow_run_id": self.tracker.run_id or self.run_id,
             "world_size": self.world.world_size,
+            "best": self.best.state() if self.best is not None else None,
         }
+
+    def record_best(self, best: best_checkpoint.Best, path: Path) -> None:
+        """A new best checkpoint, complete at ``path``: best.json on rank 0 and best_step / best_<metric> metrics."""
+        if self.world.is_main:
+            best_checkpoint.write_record(self.output_dir, best, path)
+        self.tracker.log_metrics(best_checkpoint.mlflow_metrics(best), best.step)
+
+    def save_best_model(self) -> None:
+        """Rank 0, at the end of training: best/ from the best checkpoint's weights; with load_best_model_at_end,
+        final/ too (HF's meaning: the model training ends with is the best)."""
+        if not self.world.is_main or self.best is None:
+            return
+        best = self.best.best
+        if best is None:
+            log.warning("no best/: no step with both an evaluation and a checkpoint had a finite %s", self.best.metric)
+            return
+        ckpt = self.output_dir / checkpoint.CHECKPOINTS / checkpoint.tag_for(best.step)
+        info = {**best.to_dict(), "checkpoint": str(ckpt.relative_to(self.output_dir))}
+        targets = [best_checkpoint.BEST_DIR] + ([checkpoint.FINAL] if self.load_best_model_at_end else [])
+        for name in targets:
+            checkpoint.save_model_from(ckpt, self.output_dir / name, info)
+        log.info("best: step %d (%s %.4f) saved to %s", best.step, best.metric, best.value, ", ".join(targets))
 
     def save_final_model(self, step: int) -> None:
         if not self.world.is_main:
@@ -322,8 +355,19 @@ class Trainer:
         precision = engine.precision(ds_config)
 
         self.step, self.data_state, run_id = 0, self.train_stream.initial_state(), None
+        self.best = best_checkpoint.BestTracker(t.metric_for_best_model)
+        if t.save_steps % t.eval_steps:
+            log.info(
+                "best checkpoint: chosen by %s among the steps with both an evaluation and a save (every %d and the "
+                "last), --save_steps %d not being a multiple of --eval_steps %d",
+                self.best.metric,
+                math.lcm(t.save_steps, t.eval_steps),
+                t.save_steps,
+                t.eval_steps,
+            )
         if resume_from is not None:
             client = checkpoint.load(self.model_engine, resume_from)
+            self.best.restore(client.get("best"), checkpoint.complete_steps(output_dir))
             self.step, run_id = int(client["step"]), client.get("mlflow_run_id")
             self.data_state = DataState.from_dict(client["data_state"])
             log.info(
@@ -390,6 +434,7 @@ class Trainer:
             self.total_steps,
             primary_metric=primary_metric(cfg),
             writes_words=text.writes_words(cfg.data.language),
+            best=self.best,
         )
         self.checkpointer = Checkpointer(
             self.model_engine,
@@ -400,6 +445,8 @@ class Trainer:
             t.save_steps,
             t.save_total_limit,
             self.total_steps,
+            best=self.best,
+            load_best_model_at_end=t.load_best_model_at_end,
         )
         self.guard = NonFiniteGuard(precision, t.max_nonfinite_steps)
 
@@ -434,6 +481,7 @@ class Trainer:
                 self.evaluator.maybe_eval(self.step, last=True)
                 self.checkpointer.maybe_save(self.step, self.data_state, last=True)
                 self.checkpointer.save_final_model(self.step)
+                self.checkpointer.save_best_model()
         except BaseException:
             status = "FAILED"
             raise
