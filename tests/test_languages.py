@@ -24,7 +24,7 @@ from tests._dist import ROOT, base_env, run_launcher, venv_bin
 from tests._net import free_port
 from tests._runs import metrics_by_step
 from xlsr_dist import compare, evaluate_cli, export, prepare, text, transcribe
-from xlsr_dist.config import ConfigError, DataConfig, build_config, primary_metric
+from xlsr_dist.config import ConfigError, DataConfig, best_model_metric, build_config, primary_metric
 from xlsr_dist.data import language, shards, stream
 from xlsr_dist.data.recipes.items import PrepareError
 from xlsr_dist.data.skip_reasons import TRANSCRIPT_TOO_DENSE
@@ -333,6 +333,12 @@ def test_primary_metric_defaults_by_language_and_is_validated() -> None:
     assert primary_metric(_config(language="zh", primary_metric="eval_loss")) == "eval_loss"
     with pytest.raises(ConfigError, match=r"--primary_metric: 'wer' is not one of eval_wer, eval_cer, eval_loss"):
         _config(primary_metric="wer")
+
+
+def test_the_primary_metric_picks_the_best_checkpoint_unless_metric_for_best_model_says_otherwise() -> None:
+    assert best_model_metric(_config()) == "eval_wer"
+    assert best_model_metric(_config(language="zh")) == "eval_cer"
+    assert best_model_metric(_config(language="zh", metric_for_best_model="loss")) == "loss"
 
 
 def test_eval_line_puts_the_primary_metric_first_and_marks_a_wordless_wer() -> None:

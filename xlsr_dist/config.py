@@ -123,9 +123,10 @@ class TrainConfig:
     save_steps: int = 500
     save_total_limit: int = 3
     """Keep only the newest K complete checkpoints (0 keeps all), and the best one besides."""
-    metric_for_best_model: str = "eval_wer"
+    metric_for_best_model: str = ""
     """Which evaluation metric picks the best checkpoint (written to best/ at the end): wer, cer or loss, with or
-    without HF's "eval_" prefix; lower is better. Languages written without spaces between words: eval_cer."""
+    without HF's "eval_" prefix; lower is better. Default: the run's --primary_metric (eval_wer, or eval_cer for
+    languages written without spaces between words)."""
     greater_is_better: bool | None = None
     """HF's flag, accepted for HF configs: unset or false (every metric here is lower-is-better)."""
     load_best_model_at_end: bool = False
@@ -193,6 +194,12 @@ def primary_metric(cfg: Config) -> str:
     if cfg.train.primary_metric:
         return cfg.train.primary_metric
     return "eval_wer" if writes_words(cfg.data.language) else "eval_cer"
+
+
+def best_model_metric(cfg: Config) -> str:
+    """--metric_for_best_model, else the run's primary metric: the one metric the console, compare and best/ put
+    first."""
+    return cfg.train.metric_for_best_model or primary_metric(cfg)
 
 
 def _flag_owners() -> dict[str, tuple[str, type]]:
@@ -390,7 +397,7 @@ def validate(cfg: Config) -> None:
             p.append(f"--{name}: must be >= 1")
     if t.save_total_limit < 0:
         p.append("--save_total_limit: must be >= 0 (0 keeps every checkpoint)")
-    p.extend(metric_problems(t.metric_for_best_model, t.greater_is_better))
+    p.extend(metric_problems(t.metric_for_best_model or "eval_wer", t.greater_is_better))
     if t.load_best_model_at_end and t.eval_steps >= 1 and t.save_steps % t.eval_steps:
         p.append(
             f"--load_best_model_at_end: --save_steps ({t.save_steps}) must be a multiple of --eval_steps "

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from transformers import set_seed
 
 from xlsr_dist import best_checkpoint, checkpoint, ctc, engine, evaluate, text, tracking
-from xlsr_dist.config import BatchPlan, Config, primary_metric
+from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metric
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
 from xlsr_dist.model import build_model, build_processor, count_parameters, output_frames
@@ -355,7 +355,7 @@ class Trainer:
         precision = engine.precision(ds_config)
 
         self.step, self.data_state, run_id = 0, self.train_stream.initial_state(), None
-        self.best = best_checkpoint.BestTracker(t.metric_for_best_model)
+        self.best = best_checkpoint.BestTracker(best_model_metric(cfg))
         if t.save_steps % t.eval_steps:
             log.info(
                 "best checkpoint: chosen by %s among the steps with both an evaluation and a save (every %d and the "
