@@ -159,6 +159,7 @@ class Evaluator:
     progress: Any
     every: int
     total_steps: int
+    ctc_loss_reduction: str = "mean"
     last_step: int = -1
 
     def should_eval(self, step: int) -> bool:
@@ -178,6 +179,7 @@ class Evaluator:
             self.zero_infinity,
             self.device,
             self.dtype,
+            reduction=self.ctc_loss_reduction,
         )
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "eval_samples"}, step)
         msg = (
@@ -277,6 +279,7 @@ class Trainer:
         t = cfg.train
         self.world, self.device, self.stop, self.hooks = world, device, stop, hooks or StepHooks()
         self.zero_infinity = cfg.model.ctc_zero_infinity
+        self.ctc_loss_reduction = cfg.model.ctc_loss_reduction
         output_dir = Path(t.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         resume_from = checkpoint.resolve_resume(t.resume_from_checkpoint, output_dir)
@@ -366,6 +369,7 @@ class Trainer:
             self.progress,
             t.eval_steps,
             self.total_steps,
+            ctc_loss_reduction=self.ctc_loss_reduction,
         )
         self.checkpointer = Checkpointer(
             self.model_engine,
@@ -440,9 +444,10 @@ class Trainer:
                 batch["labels"].to(device, non_blocking=True),
                 self.blank_id,
                 self.zero_infinity,
+                self.ctc_loss_reduction,
             )
             valid = batch["valid"].to(device)
-            loss = ctc.batch_loss(losses, valid)
+            loss = ctc.batch_loss(losses, valid, self.ctc_loss_reduction)
             with hooks.phase("backward"):
                 self.model_engine.backward(loss)
             with hooks.phase("optimizer"):
