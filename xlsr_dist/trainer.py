@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import sys
@@ -336,7 +335,7 @@ class Trainer:
             "num_parameters": count_parameters(model),
         }
         if world.is_main:
-            (output_dir / "train_config.json").write_text(json.dumps(params, indent=1, default=str))
+            tracking.write_train_config(output_dir, params)
         self.tracker = tracking.build_tracker(world, cfg.tracking, str(output_dir))
         run_id = self.tracker.start(
             params,
