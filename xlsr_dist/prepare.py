@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from xlsr_dist.data.convert import Settings
 from xlsr_dist.data.prepare import prepare_split
@@ -30,8 +31,16 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's own errors (a required flag missing, a value of the wrong type) as one line, like every other
+    error of prepare, instead of the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise PrepareError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _ArgumentParser(
         prog="python -m xlsr_dist.prepare",
         description="Convert a speech corpus into xlsr_dist Parquet shards (16 kHz mono FLAC + normalised text).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -108,12 +117,21 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     names = [s.name for s in splits]
     if len(set(names)) != len(names):
         raise PrepareError(f"split names repeat: {names}")
+    for split in splits:
+        if not split.items:
+            rejected = Counter(s.reason for s in split.skipped)
+            why = f" (every entry rejected: {', '.join(f'{n} {r}' for r, n in rejected.items())})" if rejected else ""
+            raise PrepareError(f"--input {args.input}: split {split.name}: no usable utterances found{why}")
     settings = Settings(args.max_duration_in_seconds, args.max_chars_per_second)
     output = Path(args.output).expanduser()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrepareError(f"--output {args.output}: cannot create the directory ({exc.strerror or exc})") from None
+    if not os.access(output, os.W_OK):
+        raise PrepareError(f"--output {args.output}: not writable")
     reports = []
     for split in splits:
-        if not split.items and not split.skipped:
-            raise PrepareError(f"split {split.name}: no utterances found in {args.input}")
         report = prepare_split(
             split,
             output,
