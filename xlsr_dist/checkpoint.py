@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import time
 from pathlib import Path
@@ -143,10 +144,11 @@ def safe_load(path: Path, mmap: bool = False) -> Any:
         with torch.serialization.safe_globals(_deepspeed_state_classes()):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if "WeightsUnpickler error" in line), "")
+        named = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+        what = f"it would call {named.group(1)}" if named else " ".join(str(exc).split())[:200]
         raise CheckpointError(
             f"{path}: refused: it holds objects other than tensors and DeepSpeed's training state, which could run "
-            f"code when loaded ({reason or type(exc).__name__}). Use a checkpoint written by xlsr_dist training."
+            f"code when loaded ({what}). Use a checkpoint written by xlsr_dist training."
         ) from None
     except (RuntimeError, OSError, EOFError) as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint file ({str(exc).splitlines()[0]})") from None

@@ -22,6 +22,7 @@ from xlsr_dist.data.convert import Settings
 from xlsr_dist.data.prepare import prepare_split
 from xlsr_dist.data.recipes import FILE_RECIPES, LAYOUTS, detect_layout, hf
 from xlsr_dist.data.recipes.items import PrepareError, SplitInput
+from xlsr_dist.data.shards import REPORT
 
 
 def default_workers() -> int:
@@ -144,6 +145,15 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         )
         print(f"{split.name}: {report['summary']} -> {output / split.name}", flush=True)
         reports.append(report)
+    unusable = [r for r in reports if not r["prepared"]]
+    if unusable:
+        reasons = "; ".join(
+            f"split {r['split']}: none of its {r['num_items']} entries ("
+            + ", ".join(f"{n} {reason}" for reason, n in r["skipped_by_reason"].items())
+            + f"), see {output / r['split'] / REPORT}"
+            for r in unusable
+        )
+        raise PrepareError(f"--input {args.input}: no usable utterances: {reasons}")
     return reports
 
 
