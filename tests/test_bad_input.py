@@ -82,6 +82,8 @@ def test_missing_weights_say_how_to_provide_them_and_nothing_else(tmp_path: Path
         ["-m", "xlsr_dist.train", "--train_data", "demo", "--deepspeed", "ds_configs/zero2_fp32.json"],
         HF_HUB_OFFLINE="1",
         HF_HOME=str(empty_cache),
+        HF_HUB_CACHE=str(empty_cache / "hub"),
+        TRANSFORMERS_CACHE=str(empty_cache / "hub"),
     )
     stderr = _one_message(
         proc,
