@@ -53,26 +53,57 @@ def test_every_problem_is_reported_at_once_naming_each_flag() -> None:
                 "deepspeed": "nope.json",
             }
         )
-    # unknown keys are reported first (values cannot be checked against an unknown schema)
-    assert [p.split(":")[0] for p in err.value.problems] == ["--bogus_key"]
-    with pytest.raises(ConfigError) as err:
-        build_config(
-            {
-                "learning_rate": -1,
-                "warmup_steps": -5,
-                "architecture": "huge",
-                "logging_steps": 0,
-                "deepspeed": "nope.json",
-            }
-        )
-    flags = {p.split(":")[0] for p in err.value.problems}
-    assert {"--learning_rate", "--warmup_steps", "--architecture", "--logging_steps", "--deepspeed"} <= flags
+    flags = [p.split(":")[0] for p in err.value.problems]
+    assert flags == [
+        "--bogus_key",
+        "--architecture",
+        "--learning_rate",
+        "--warmup_steps",
+        "--logging_steps",
+        "--deepspeed",
+    ]
 
 
 def test_bad_types_are_reported_together() -> None:
     with pytest.raises(ConfigError) as err:
         build_config({"max_steps": "ten", "learning_rate": "fast", "freeze_feature_encoder": "maybe"})
-    assert len(err.value.problems) == 3
+    assert err.value.problems == [
+        "--max_steps: expected an integer, got 'ten'",
+        "--learning_rate: expected a number, got 'fast'",
+        "--freeze_feature_encoder: expected true/false, got 'maybe'",
+    ]
+
+
+def test_a_value_that_does_not_parse_and_an_invalid_one_are_reported_together() -> None:
+    # The command line of issue 11: only the parse error used to be shown.
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--learning_rate", "-1", "--warmup_steps", "abc", "--bogus", "5"])
+    assert err.value.problems == [
+        "unrecognized argument(s): --bogus 5 (see `python -m xlsr_dist.train --help`)",
+        "--warmup_steps: expected an integer, got 'abc'",
+        "--learning_rate: -1.0 must be > 0",
+    ]
+
+
+def test_a_flag_that_did_not_parse_is_not_also_judged_by_its_default() -> None:
+    # max_duration keeps its default 20 while unparsed: "must be greater than --min_duration_in_seconds" would
+    # be about that default, not about what was typed.
+    with pytest.raises(ConfigError) as err:
+        build_config({"max_duration_in_seconds": "long", "min_duration_in_seconds": 30})
+    assert err.value.problems == ["--max_duration_in_seconds: expected a number, got 'long'"]
+
+
+def test_argparse_errors_and_unreadable_config_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--learning_rate"])
+    assert err.value.problems == [
+        "argument --learning_rate: expected one argument (see `python -m xlsr_dist.train --help`)"
+    ]
+    broken = tmp_path / "run.yaml"
+    broken.write_text("learning_rate: [1e-4\n")
+    with pytest.raises(ConfigError) as err:
+        parse_args(["--config", str(broken)])
+    assert err.value.problems[0].startswith(f"--config {broken}: cannot be read as YAML (")
 
 
 def test_defaults_are_the_reference_recipe() -> None:
@@ -112,7 +143,8 @@ def test_shipped_launch_configs_are_valid() -> None:
 def test_language_settings_are_validated_naming_each_flag() -> None:
     with pytest.raises(ConfigError) as err:
         build_config({"language": "zh-CN", "text_normalization": "nfkc", "fold_accents": "sometimes"})
-    assert err.value.problems == ["--fold_accents: expected true/false, got 'sometimes'"]
+    assert err.value.problems[0] == "--fold_accents: expected true/false, got 'sometimes'"
+    assert [p.split(":")[0] for p in err.value.problems[1:]] == ["--language", "--text_normalization"]
     with pytest.raises(ConfigError) as err:
         build_config({"language": "zh-CN", "text_normalization": "nfkc"})
     assert err.value.problems == [

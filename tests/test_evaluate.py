@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests._dist import run_ranks
+from tests._runs import DATA_CACHE
+from xlsr_dist.data import demo
 from xlsr_dist.evaluate import error_counts, rates
 
 REFS = ["the cat sat on the mat", "hello", "a much longer reference sentence with many words in it", "yes no"]
@@ -45,31 +47,75 @@ def test_empty_hypothesis_counts_as_deletions() -> None:
     assert (c.word_errors, c.words) == (3, 3)
 
 
+# The in-training evaluation as Trainer runs it: the demo eval set through EvalStream (duration-sorted rounds split by
+# eval_rank_batches, a padding slot for a rank left without an utterance), a tiny model from a fixed seed, and
+# evaluate.evaluate ending in its all-reduce, under both --ctc_loss_reduction settings.
 RANK_SCRIPT = r"""
-import json, sys, torch
-from xlsr_dist.evaluate import error_counts, rates
-from xlsr_dist.world import World, all_reduce_sum, init, shutdown
-refs = json.loads(sys.argv[1]); hyps = json.loads(sys.argv[2])
+import functools, json, sys, tempfile
+from pathlib import Path
+import torch
+from transformers import set_seed
+from xlsr_dist import evaluate, text
+from xlsr_dist.config import DataConfig, ModelConfig
+from xlsr_dist.data.stream import EvalStream
+from xlsr_dist.model import build_model, output_frames
+from xlsr_dist.trainer import load_or_build_vocab
+from xlsr_dist.world import World, init, shutdown
+
+train_dir, eval_dir, utterances, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 world = World.from_env()
-init(world, torch.device("cpu"), 60)
-mine = [i for i in range(len(refs)) if i % world.world_size == world.rank]
-counts = error_counts([refs[i] for i in mine], [hyps[i] for i in mine])
-totals = [0.0, len(mine), counts.word_errors, counts.words, counts.char_errors, counts.chars]
-summed = all_reduce_sum(totals, torch.device("cpu"))
-print("RESULT", json.dumps(rates(summed.tolist())))
+device = torch.device("cpu")
+init(world, device, 120)
+vocab = load_or_build_vocab(train_dir, Path(tempfile.mkdtemp()), resuming=False)
+set_seed(0)
+model = build_model(ModelConfig(architecture="tiny"), len(vocab), vocab[text.PAD])
+frames = functools.partial(output_frames, model.config)
+stream = EvalStream(eval_dir, world, batch_size, vocab, DataConfig(), frames, utterances)
+print("PADDING_SLOT", json.dumps(any(b.min() < 0 for b in stream.batches)))
+for reduction in ("mean", "sum"):
+    metrics, examples = evaluate.evaluate(
+        model, stream, text.inverse(vocab), vocab[text.PAD], True, device, torch.float32, reduction=reduction
+    )
+    print("RESULT", reduction, json.dumps({"metrics": metrics, "hypotheses": [hyp for _, _, hyp in examples]}))
 shutdown()
 """
 
 
-@pytest.mark.slow
-def test_wer_over_real_gloo_ranks_equals_single_process(tmp_path: Path) -> None:
-    whole = error_counts(REFS, HYPS)
-    results = run_ranks(
-        ["-c", RANK_SCRIPT, json.dumps(REFS), json.dumps(HYPS)], world_size=2, timeout=180, log_dir=tmp_path
-    )
+def _eval_results(tmp_path: Path, world_size: int, utterances: int, batch_size: int) -> list[dict]:
+    train_dir, eval_dir = demo.ensure_demo_corpus(DATA_CACHE, n_train=96, n_eval=16)
+    args = ["-c", RANK_SCRIPT, str(train_dir), str(eval_dir), str(utterances), str(batch_size)]
+    results = run_ranks(args, world_size=world_size, timeout=300, log_dir=tmp_path / f"world{world_size}")
+    parsed = []
     for r in results:
-        assert r.returncode == 0, r.output[-2000:]
-        line = next(x for x in r.output.splitlines() if x.startswith("RESULT"))
-        got = json.loads(line.split(" ", 1)[1])
-        assert got["eval_wer"] == pytest.approx(whole.word_errors / whole.words)
-        assert got["eval_samples"] == len(REFS)
+        assert r.returncode == 0, r.output[-3000:]
+        lines = r.output.splitlines()
+        by_reduction = {}
+        for line in lines:
+            if line.startswith("RESULT "):
+                _, reduction, payload = line.split(" ", 2)
+                by_reduction[reduction] = json.loads(payload)
+        padding = next(json.loads(x.split(" ", 1)[1]) for x in lines if x.startswith("PADDING_SLOT"))
+        parsed.append({"padding_slot": padding, **by_reduction})
+    return parsed
+
+
+@pytest.mark.slow
+def test_in_training_eval_on_two_gloo_ranks_equals_one_rank(tmp_path: Path) -> None:
+    # 13 utterances in batches of 6: on 2 ranks one round of 12, then rank 1 has nothing left and runs a padding slot.
+    utterances, batch_size = 13, 6
+    one = _eval_results(tmp_path, 1, utterances, batch_size)[0]
+    two = _eval_results(tmp_path, 2, utterances, batch_size)
+    assert [r["padding_slot"] for r in two] == [False, True]
+    for reduction in ("mean", "sum"):
+        expected = one[reduction]["metrics"]
+        assert expected["eval_samples"] == utterances
+        # A random model's hypotheses are not empty: WER/CER are computed on real text, not all deletions.
+        assert any(one[reduction]["hypotheses"]) and expected["eval_cer"] > 0
+        for rank_result in two:
+            got = rank_result[reduction]["metrics"]
+            assert got["eval_samples"] == utterances
+            # WER and CER are ratios of integer counts summed over ranks: exactly equal.
+            assert (got["eval_wer"], got["eval_cer"]) == (expected["eval_wer"], expected["eval_cer"])
+            assert got["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-6)
+    # --ctc_loss_reduction reaches eval: "sum" does not divide by the transcript length.
+    assert one["sum"]["metrics"]["eval_loss"] > 2 * one["mean"]["metrics"]["eval_loss"]

@@ -4,6 +4,7 @@ rendered by headless Chromium from a real server. Screenshots are kept under tes
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -68,6 +69,33 @@ def _drawn_fraction(png: Path, box: tuple[int, int, int, int]) -> float:
     return 1.0 - sum(hist[200:]) / max(1, sum(hist))
 
 
+def ui_number(value: float) -> str:
+    """A metric value as MLflow's UI writes it (Utils.formatMetric in its JS bundle): rounded to 3 decimals below 10,
+    2 below 100, 1 above, in exponent notation below 1e-3; JavaScript's Math.round and number printing."""
+    if math.isnan(value):
+        return "NaN"
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-3:
+        mantissa, exponent = f"{value:.3e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    scale = 1000 if abs(value) < 10 else 100 if abs(value) < 100 else 10
+    rounded = math.floor(value * scale + 0.5) / scale
+    return str(int(rounded)) if rounded.is_integer() else repr(rounded)
+
+
+def test_ui_number_writes_what_the_ui_showed() -> None:
+    # Values read off the compare page of this file's runs.
+    assert [ui_number(v) for v in (1000 / 300, 29.7, 0.3033, 1e-4, 0.2, 6.0 / 1000**0.4)] == [
+        "3.333",
+        "29.7",
+        "0.303",
+        "1.000e-4",
+        "0.2",
+        "0.379",
+    ]
+
+
 def _visible_text(dom: str) -> str:
     text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
     return " ".join(re.sub(r"<[^>]+>", " ", text).split())
@@ -127,10 +155,15 @@ def test_compare_page_lists_both_runs_with_metric_values(
             break
     assert "Comparing 2 Runs" in text
     assert TRAIN_RUN in text and RUN_NAME in text and "Metrics Show diff only" in text
-    metrics = text[text.index("Metrics Show diff only") :]
-    assert all(name in metrics for name in ("eval_loss", "eval_wer", "loss"))
-    # The reference's last WER (0.3033) and the training run's last (0.2) as the UI rounds them.
-    assert "0.303" in metrics and "0.2" in metrics
+    # The metrics table: its row names, then row by row each run's latest value (training run first, as in the
+    # URL), as the UI writes them; NaN where a run has no such metric.
+    client = open_client(mlflow_server.uri)
+    latest = [client.get_run(runs[run]).data.metrics for run in ("train", "reference")]
+    names = sorted(set(latest[0]) | set(latest[1]))
+    assert {"loss", "eval_loss", "eval_wer"} <= set(latest[0]) & set(latest[1])
+    values = [ui_number(values_of_run.get(name, math.nan)) for name in names for values_of_run in latest]
+    table = " ".join(["Metrics Show diff only", *names, *values, "Artifacts"])
+    assert table in text, text[text.index("Metrics Show diff only") :][:1000]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "mlflow_ui_compare_runs.png"
     shot.unlink(missing_ok=True)

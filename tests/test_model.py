@@ -80,6 +80,8 @@ def test_ctc_head_is_sized_to_the_vocabulary_and_settings_come_from_the_flags() 
     assert model.lm_head.out_features == len(vocab)
     assert model.config.pad_token_id == vocab[text.PAD]
     assert model.config.mask_time_prob == 0.02 and model.config.hidden_dropout == 0.1
+    # Recorded in the saved config.json for whoever fine-tunes final/ further with HF; the loss training and eval
+    # compute under this flag is tests/test_ctc.py's.
     assert model.config.ctc_loss_reduction == "sum" and model.config.ctc_zero_infinity is False
 
 

@@ -34,6 +34,7 @@ from xlsr_dist.tracking import (
     resolve_tracking_uri,
     sanitize,
     write_run_info,
+    write_train_config,
 )
 from xlsr_dist.world import World
 
@@ -118,6 +119,43 @@ def test_redaction_removes_token_shapes_env_values_and_url_passwords() -> None:
         assert secret not in clean
     assert "postgresql://bob:<redacted>@db:5432/x" in clean
     assert "sha=0123456789abcdef0123456789abcdef01234567" in clean  # a git sha is not a secret
+
+
+def test_train_config_and_run_info_are_redacted_like_the_params_keeping_value_types(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    uri = f"http://alice:{PASSWORD}@mlflow.example:5000"
+    write_train_config(
+        tmp_path,
+        {
+            "learning_rate": 1e-4,
+            "max_steps": 5,
+            "freeze_feature_encoder": True,
+            "fold_accents": None,
+            "hf_token": HF_TOKEN,
+            "tracking_uri": uri,
+            "train_data": f"s3://bob:{PASSWORD}@bucket/train",
+            "run_name": f"try {PASSWORD} again",
+            "output_dir": tmp_path / "out",
+        },
+    )
+    assert json.loads((tmp_path / "train_config.json").read_text()) == {
+        "learning_rate": 1e-4,
+        "max_steps": 5,
+        "freeze_feature_encoder": True,
+        "fold_accents": None,
+        "tracking_uri": f"http://alice:{REDACTED}@mlflow.example:5000",
+        "train_data": f"s3://bob:{REDACTED}@bucket/train",
+        "run_name": f"try {REDACTED} again",
+        "output_dir": str(tmp_path / "out"),
+    }
+    write_run_info(tmp_path, "run-1", uri, f"exp-{PASSWORD}")
+    assert json.loads((tmp_path / RUN_INFO).read_text()) == {
+        "run_id": "run-1",
+        "tracking_uri": f"http://alice:{REDACTED}@mlflow.example:5000",
+        "experiment": f"exp-{REDACTED}",
+    }
 
 
 def test_sanitize_flattens_drops_secrets_and_truncates_to_mlflow_limit() -> None:

@@ -16,20 +16,31 @@ from tests._runs import metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
 pytestmark = pytest.mark.slow
 
 
-def _check_complete_run(out: Path, uri: str, steps: int) -> str:
+# The global batch of 8 on 1 rank: 4 utterances x 2 accumulation steps; on 2 ranks: 4 x 1 each.
+EXPECTED_SPLIT = {1: ("4", "2"), 2: ("4", "1")}
+
+
+def _check_complete_run(out: Path, uri: str, steps: int, world_size: int) -> str:
+    """One MLflow run with every step's metrics, eval and a checkpoint every 4 steps (tiny_flags), its world's batch
+    split as params, and the final model."""
     runs = mlflow_runs(uri)
     assert len(runs) == 1, f"expected exactly one MLflow run, found {len(runs)}"
     run_id = runs[0].info.run_id
     losses = mlflow_history(uri, run_id, "loss")
     assert sorted(losses) == list(range(1, steps + 1))
-    assert set(mlflow_history(uri, run_id, "eval_wer")) == {4, 8} if steps == 8 else True
-    for key in ("learning_rate", "grad_norm", "loss_scale", "epoch", "throughput", "eval_loss", "eval_cer"):
-        assert mlflow_history(uri, run_id, key), key
+    every_4 = set(range(4, steps + 1, 4))
+    for key in ("eval_loss", "eval_wer", "eval_cer"):
+        assert set(mlflow_history(uri, run_id, key)) == every_4, key
+    for key in ("learning_rate", "grad_norm", "loss_scale", "epoch", "throughput"):
+        assert sorted(mlflow_history(uri, run_id, key)) == list(range(1, steps + 1)), key
     params = runs[0].data.params
-    assert params["world_size"] and params["micro_batch"] and params["grad_accum"]
+    assert (params["world_size"], params["micro_batch"], params["grad_accum"]) == (
+        str(world_size),
+        *EXPECTED_SPLIT[world_size],
+    )
     assert (out / "final" / "config.json").is_file()
     done = sorted(p.name for p in (out / "checkpoints").iterdir() if (p / "COMPLETE.json").is_file())
-    assert done[-1] == f"step-{steps:07d}"
+    assert done == [f"step-{step:07d}" for step in sorted(every_4)]
     return run_id
 
 
@@ -49,7 +60,7 @@ def test_deepspeed_launcher_two_ranks(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    _check_complete_run(out, uri, 8)
+    _check_complete_run(out, uri, 8, world_size=2)
     assert "eval step 8: loss" in proc.stderr + proc.stdout
 
 
@@ -69,7 +80,7 @@ def test_torchrun_two_ranks(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    _check_complete_run(out, uri, 4)
+    _check_complete_run(out, uri, 4, world_size=2)
 
 
 def test_plain_python_one_rank(tmp_path: Path) -> None:
@@ -83,7 +94,7 @@ def test_plain_python_one_rank(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    _check_complete_run(out, uri, 4)
+    _check_complete_run(out, uri, 4, world_size=1)
 
 
 def test_world_size_3_stops_before_any_work_naming_what_works(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import time
 from pathlib import Path
@@ -79,6 +81,11 @@ def resolve_resume(spec: str, output_dir: str | Path) -> Path | None:
     if spec == "latest":
         return newest_complete(output_dir)
     path = Path(spec)
+    if not path.is_dir():
+        raise CheckpointError(
+            f"--resume_from_checkpoint {spec}: no such directory; give 'latest' (the newest complete checkpoint in "
+            f"--output_dir), a run's --output_dir, or one of its {CHECKPOINTS}/{PREFIX}NNNNNNN directories"
+        )
     if (path / CHECKPOINTS).is_dir():
         newest = newest_complete(path)
         if newest is None:
@@ -139,8 +146,49 @@ def rotate(output_dir: str | Path, keep: int, protect: int | None = None) -> Non
                 shutil.rmtree(old, ignore_errors=True)
 
 
+def _deepspeed_state_classes() -> list[Any]:
+    """The classes DeepSpeed 0.19 pickles into a ZeRO-2 checkpoint beside tensors and plain containers (found by
+    loading its fp32/bf16/fp16 files with weights_only=True): the loss scaler, the ZeRO stage and the fp32
+    partitions' fragment addresses. Each is plain data; unpickling one runs no code of the file's choosing."""
+    # Here, not at the top: train.py imports this module before checking its flags, and DeepSpeed takes seconds.
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_load(path: Path, mmap: bool = False) -> Any:
+    """torch.load that only builds tensors, plain containers and DeepSpeed's own state classes: a file whose pickle
+    would construct anything else (run code) is refused with CheckpointError before anything of it runs.
+    ``mmap``: map the tensors instead of reading them (a check that costs only the pickle)."""
+    try:
+        with torch.serialization.safe_globals(_deepspeed_state_classes()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+        what = f"it would call {named.group(1)}" if named else " ".join(str(exc).split())[:200]
+        raise CheckpointError(
+            f"{path}: refused: it holds objects other than tensors and DeepSpeed's training state, which could run "
+            f"code when loaded ({what}). Use a checkpoint written by xlsr_dist training."
+        ) from None
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint file ({str(exc).splitlines()[0]})") from None
+
+
+def verify_loadable(ckpt: Path) -> None:
+    """Every DeepSpeed file of ``ckpt`` passes safe_load: DeepSpeed's own loader (weights_only=False) reads them
+    only after this."""
+    files = sorted(ckpt.glob("*.pt"))
+    if not files:
+        raise CheckpointError(f"{ckpt}: no DeepSpeed *.pt files (not a DeepSpeed checkpoint)")
+    for path in files:
+        safe_load(path, mmap=True)
+
+
 def load(engine: Any, ckpt: Path) -> dict[str, Any]:
     """Collective: restores model, optimizer, scheduler and loss scaler; returns the saved client state."""
+    verify_loadable(ckpt)
     loaded, _ = engine.load_checkpoint(
         str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
     )
@@ -153,7 +201,7 @@ def _module_state(ckpt: Path) -> dict[str, torch.Tensor]:
     files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
     if not files:
         raise CheckpointError(f"{ckpt}: no mp_rank_*_model_states.pt (not a DeepSpeed checkpoint)")
-    state = torch.load(files[0], map_location="cpu", weights_only=False)
+    state = safe_load(files[0])
     return {k: v.float() if v.is_floating_point() else v for k, v in state["module"].items()}
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, NoReturn, get_args, get_type_hints
 
 from xlsr_dist.best_checkpoint import metric_problems
 from xlsr_dist.text import TextNormalization, settings_problems, writes_words
@@ -26,11 +27,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(ValueError):
-    """Raised before any process group starts; ``problems`` holds one line per problem, each naming a flag."""
+    """Raised before any process group starts; ``problems`` holds one line per problem, each naming a flag.
 
-    def __init__(self, problems: Sequence[str]) -> None:
+    ``scope`` says which ranks can see the problem, hence which report it (one message, not one per rank): "run"
+    (the flags and files every rank reads alike: rank 0 reports), "node" (this machine's GPUs, files or caches: the
+    first rank of each node reports, since another node may differ), "rank" (this rank's own environment, e.g. its
+    LOCAL_RANK: the rank itself reports)."""
+
+    def __init__(self, problems: Sequence[str], scope: str = "run") -> None:
         self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
+        self.scope = scope
+        lines = "\n".join("  - " + p.replace("\n", "\n    ") for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in the configuration:\n{lines}")
 
 
@@ -242,11 +249,17 @@ def _coerce(name: str, kind: type, value: Any, problems: list[str]) -> Any:
         if kind is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError(f"expected an integer, got {value!r}")
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {value!r}") from None
         if kind is float:
             if isinstance(value, bool):
                 raise ValueError(f"expected a number, got {value!r}")
-            return float(value)
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return "".join(value)  # HF's list form, e.g. chars_to_ignore: [",", "?", "."]
         return str(value)
@@ -257,13 +270,16 @@ def _coerce(name: str, kind: type, value: Any, problems: list[str]) -> Any:
 
 def read_config_file(path: str) -> dict[str, Any]:
     """A flat mapping of flag names from YAML or JSON (sections as nested mappings are accepted too)."""
-    text = Path(path).read_text()
-    if path.endswith(".json"):
-        raw = json.loads(text)
-    else:
-        import yaml
+    import yaml
 
-        raw = yaml.safe_load(text) or {}
+    try:
+        text = Path(path).read_text()
+        raw = json.loads(text) if path.endswith(".json") else (yaml.safe_load(text) or {})
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ConfigError(
+            [f"--config {path}: cannot be read as {'JSON' if path.endswith('.json') else 'YAML'} ({reason})"]
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"--config {path}: expected a mapping of flag names to values"])
     flat: dict[str, Any] = {}
@@ -275,33 +291,50 @@ def read_config_file(path: str) -> dict[str, Any]:
     return flat
 
 
-def build_config(values: dict[str, Any], source: str = "flags") -> Config:
-    """Config from flag-name -> value; unknown names and bad values are all reported together."""
-    problems: list[str] = []
+def build_config(values: dict[str, Any], source: str = "flags", problems: Sequence[str] = ()) -> Config:
+    """Config from flag-name -> value; unknown names, values of the wrong type and invalid settings are all reported
+    together (``problems``: ones found before, e.g. by the argument parser)."""
+    found = list(problems)
+    unparsed: list[str] = []
     sections: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for name, value in values.items():
         if name not in FLAGS:
-            problems.append(f"--{name}: unknown setting (from {source}); see `python -m xlsr_dist.train --help`")
+            found.append(f"--{name}: unknown setting (from {source}); see `python -m xlsr_dist.train --help`")
             continue
         section, kind = FLAGS[name]
-        known_problems = len(problems)
-        coerced = _coerce(name, kind, value, problems)
-        if len(problems) == known_problems:
+        known_problems = len(found)
+        coerced = _coerce(name, kind, value, found)
+        if len(found) == known_problems:
             sections[section][name] = coerced
-    if problems:
-        raise ConfigError(problems)
+        else:
+            unparsed.append(name)
     cfg = Config(
         model=ModelConfig(**sections["model"]),
         data=DataConfig(**sections["data"]),
         train=TrainConfig(**sections["train"]),
         tracking=TrackingConfig(**sections["tracking"]),
     )
-    validate(cfg)
+    # The settings that parsed are validated too (a flag that did not parse keeps its default meanwhile, so a
+    # problem naming it would be about that default, not about what the user typed: left out).
+    try:
+        validate(cfg)
+    except ConfigError as invalid:
+        found += [p for p in invalid.problems if not any(re.search(rf"--{n}(?!\w)", p) for n in unparsed)]
+    if found:
+        raise ConfigError(found)
     return cfg
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's own errors (a flag without its value) as a ConfigError: reported like every other problem, on
+    rank 0 only, without the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError([f"{message} (see `{self.prog} --help`)"])
+
+
 def _argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="python -m xlsr_dist.train",
         description="Fine-tune wav2vec2 XLS-R with CTC on 1-8 ranks (global batch 8) with DeepSpeed ZeRO-2.",
     )
@@ -321,18 +354,21 @@ def _argparser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     """Flags (and an optional --config file) -> validated Config; raises ConfigError listing every problem."""
-    args = _argparser().parse_args(argv)
+    args, extra = _argparser().parse_known_args(argv)
+    problems = (
+        [f"unrecognized argument(s): {' '.join(extra)} (see `python -m xlsr_dist.train --help`)"] if extra else []
+    )
     values: dict[str, Any] = {}
     if args.config:
         if not Path(args.config).is_file():
-            raise ConfigError([f"--config {args.config}: no such file"])
+            raise ConfigError([*problems, f"--config {args.config}: no such file"])
         values.update(read_config_file(args.config))
     source = f"--config {args.config}" if args.config else "flags"
     for name in FLAGS:
         given = getattr(args, name)
         if given is not None:
             values[name] = given
-    return build_config(values, source=source)
+    return build_config(values, source=source, problems=problems)
 
 
 def validate(cfg: Config) -> None:

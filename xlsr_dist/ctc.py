@@ -2,7 +2,8 @@
 
 Computed here rather than by Wav2Vec2ForCTC(labels=...) so that padding items (valid=False, present only to keep every
 rank's collectives in step) contribute nothing, and so eval can sum exact per-utterance losses across ranks.
-The arithmetic matches HF's Wav2Vec2ForCTC: float32 log-softmax, blank = pad id, "mean" = loss / target length.
+The arithmetic matches HF's Wav2Vec2ForCTC under --ctc_loss_reduction: float32 log-softmax, blank = pad id; "mean" =
+each utterance's loss / its target length, then the mean over the batch (torch's "mean"); "sum" = the batch's sum.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def per_utterance_loss(
     return losses
 
 
-def batch_loss(losses: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean over valid utterances; an all-padding micro-batch yields 0 * sum so backward still runs on every rank."""
+def batch_loss(losses: torch.Tensor, valid: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Mean ("mean") or sum ("sum") over valid utterances; padding items add exactly zero to the loss and its gradient,
+    and an all-padding micro-batch yields 0 so backward still runs on every rank."""
     kept = torch.where(valid, losses, torch.zeros_like(losses))
+    if reduction == "sum":
+        return kept.sum()
     return kept.sum() / valid.sum().clamp(min=1).to(losses.dtype)

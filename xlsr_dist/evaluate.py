@@ -68,8 +68,13 @@ def evaluate(
     device: torch.device,
     dtype: torch.dtype,
     examples: int = 3,
+    reduction: str = "mean",
 ) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
-    """Run on EVERY rank (it ends in a collective). Returns (metrics, a few (id, reference, hypothesis) examples)."""
+    """Run on EVERY rank (it ends in a collective). Returns (metrics, a few (id, reference, hypothesis) examples).
+
+    eval_loss is the mean over utterances of each one's CTC loss under --ctc_loss_reduction ``reduction``: divided by
+    its target length for "mean" (as training's loss), as is for "sum"; either way independent of batch and rank
+    count."""
     module = engine.module if hasattr(engine, "module") else engine
     was_training = module.training
     module.eval()
@@ -82,7 +87,7 @@ def evaluate(
             attention_mask=batch["attention_mask"].to(device),
         ).logits
         frames = ctc.frame_lengths(module, batch["attention_mask"].to(device))
-        losses = ctc.per_utterance_loss(logits, frames, batch["labels"].to(device), blank_id, zero_infinity)
+        losses = ctc.per_utterance_loss(logits, frames, batch["labels"].to(device), blank_id, zero_infinity, reduction)
         keep = valid.nonzero().flatten().tolist()
         if not keep:
             continue

@@ -35,12 +35,12 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import torch
 
-from xlsr_dist import checkpoint, error_report, eval_tracking, hypotheses, text, tracking
+from xlsr_dist import checkpoint, error_report, eval_tracking, hypotheses, preflight, text, tracking
 from xlsr_dist.config import ConfigError
 from xlsr_dist.data import language, partition, shards, stream
 from xlsr_dist.export import TRAIN_CONFIG, markdown_table
 from xlsr_dist.scoring import SetTotals, score_utterances, unrepresentable_characters
-from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, device_for, init, shutdown
+from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, device_for, init, report_problem, shutdown
 
 log = logging.getLogger("xlsr_dist.evaluate")
 
@@ -260,10 +260,8 @@ def _any_length(num_samples: int) -> int:
 
 def read_set(location: str) -> tuple[list[str], pa.Table]:
     """(shard paths, metadata) of a set; raises ConfigError naming --data when there is no such set or it is empty."""
-    if "://" not in location and not Path(location).exists():
-        raise ConfigError([f"--data {location}: no such file or directory"])
+    paths = preflight.shard_paths("--data", location)
     try:
-        paths = shards.list_shards(location)
         meta = shards.read_metadata(paths)
     except (shards.ShardError, OSError, ValueError) as exc:
         raise ConfigError([f"--data {location}: {exc}"]) from None
@@ -449,13 +447,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         args = parse_args(argv, quiet=not world.is_main)
         source, model, vocab, sets = check_inputs(args)
+        device = device_for(world)
     except ConfigError as exc:
-        # Before any process group exists: every rank found the same problem and leaves; only rank 0 says it.
-        if world.is_main:
-            print(f"{PROG}: {exc}", file=sys.stderr)
+        # Before any process group exists: every rank leaves; the ranks that can see the problem say it once.
+        report_problem(world, PROG, str(exc), exc.scope)
         sys.exit(2)
     setup_console(world)
-    device = device_for(world)
     model.to(device)
     if world.is_main:
         for test_set in sets:

@@ -26,6 +26,7 @@ from xlsr_dist.text import writes_words
 from xlsr_dist.tracking import (
     METRICS_FILE,
     RUN_INFO,
+    TRAIN_CONFIG,
     open_client,
     read_metrics_jsonl,
     read_run_info,
@@ -37,7 +38,6 @@ from xlsr_dist.tracking import (
 
 log = logging.getLogger(__name__)
 
-TRAIN_CONFIG = "train_config.json"
 CARD = "README.md"
 ARTIFACT_PATH = "exported_model"
 RESULTS_HEADER = ("Training Loss", "Epoch", "Step", "Validation Loss", "Wer")

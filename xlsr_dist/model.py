@@ -195,6 +195,69 @@ def _how_to_provide(name: str) -> str:
     )
 
 
+# What from_pretrained needs besides config.json: one of these weight files (or the index of a sharded one).
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _cached(name: str) -> bool:
+    """The hub checkpoint ``name`` (config and weights) is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        found = [try_to_load_from_cache(name, f) for f in ("config.json", *WEIGHT_FILES)]
+    except HFValidationError:
+        return False
+    return isinstance(found[0], str) and any(isinstance(f, str) for f in found[1:])
+
+
+def missing_weights(name: str) -> str:
+    """'' when the weights of --model_name_or_path ``name`` are at hand (a checkpoint directory, or the Hugging Face
+    cache) or can be downloaded now; else what is wrong and how to provide them. Cheap and without side effects, so
+    training can ask before any process group or model exists."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if (local / "config.json").is_file() and any((local / f).is_file() for f in WEIGHT_FILES):
+            return ""
+        return (
+            f"--model_name_or_path {name}: the directory holds no wav2vec2 checkpoint (config.json and one of "
+            f"{', '.join(WEIGHT_FILES)}).\n" + _how_to_provide("facebook/wav2vec2-large-xlsr-53")
+        )
+    if _cached(name):
+        return ""
+    if name.startswith(("/", "./", "../", "~")):
+        return f"--model_name_or_path {name}: no such directory.\n" + _how_to_provide("facebook/wav2vec2-large-xlsr-53")
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return (
+            f"--model_name_or_path {name}: neither a directory nor a Hugging Face model id (like "
+            f"facebook/wav2vec2-large-xlsr-53)."
+        )
+    return _no_download(name)
+
+
+def _no_download(name: str) -> str:
+    """Why hub checkpoint ``name``, not in the cache, cannot be downloaded now (with how to provide it), or ''."""
+    if _offline():
+        return (
+            f"--model_name_or_path {name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set.\n"
+            + _how_to_provide(name)
+        )
+    reason = _hub_unreachable_reason()
+    if reason:
+        return f"--model_name_or_path {name}: not in the Hugging Face cache and {reason}.\n" + _how_to_provide(name)
+    return ""
+
+
 def _load_pretrained(name: str, overrides: dict[str, Any]) -> Wav2Vec2ForCTC:
     # A fine-tuned checkpoint's head has another vocabulary size; a pretraining checkpoint has no head at all.
     kwargs = dict(overrides, ignore_mismatched_sizes=True)
@@ -211,16 +274,9 @@ def _load_pretrained(name: str, overrides: dict[str, Any]) -> Wav2Vec2ForCTC:
         return Wav2Vec2ForCTC.from_pretrained(name, local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
         cache_miss: Exception = exc
-    if _offline():
-        raise ModelLoadError(
-            f"--model_name_or_path {name}: not in the Hugging Face cache and HF_HUB_OFFLINE is set "
-            f"({type(cache_miss).__name__}).\n" + _how_to_provide(name)
-        ) from cache_miss
-    reason = _hub_unreachable_reason()
-    if reason:
-        raise ModelLoadError(
-            f"--model_name_or_path {name}: not in the Hugging Face cache and {reason}.\n" + _how_to_provide(name)
-        ) from cache_miss
+    problem = _no_download(name)
+    if problem:
+        raise ModelLoadError(problem) from cache_miss
     try:
         return Wav2Vec2ForCTC.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as exc:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from xlsr_dist.data.convert import Settings
 from xlsr_dist.data.prepare import prepare_split
 from xlsr_dist.data.recipes import FILE_RECIPES, LAYOUTS, detect_layout, hf
 from xlsr_dist.data.recipes.items import PrepareError, SplitInput
+from xlsr_dist.data.shards import REPORT
 from xlsr_dist.text import MODES, TextNormalization, settings_problems
 
 
@@ -36,8 +38,16 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse's own errors (a required flag missing, a value of the wrong type) as one line, like every other
+    error of prepare, instead of the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise PrepareError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _ArgumentParser(
         prog="python -m xlsr_dist.prepare",
         description="Convert a speech corpus into xlsr_dist Parquet shards (16 kHz mono FLAC + normalised text).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -146,13 +156,22 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     names = [s.name for s in splits]
     if len(set(names)) != len(names):
         raise PrepareError(f"split names repeat: {names}")
+    for split in splits:
+        if not split.items:
+            rejected = Counter(s.reason for s in split.skipped)
+            why = f" (every entry rejected: {', '.join(f'{n} {r}' for r, n in rejected.items())})" if rejected else ""
+            raise PrepareError(f"--input {args.input}: split {split.name}: no usable utterances found{why}")
     normalization = TextNormalization(args.language, args.fold_accents, args.text_normalization, args.chars_to_ignore)
     settings = Settings(args.max_duration_in_seconds, args.max_chars_per_second, normalization)
     output = Path(args.output).expanduser()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PrepareError(f"--output {args.output}: cannot create the directory ({exc.strerror or exc})") from None
+    if not os.access(output, os.W_OK):
+        raise PrepareError(f"--output {args.output}: not writable")
     reports = []
     for split in splits:
-        if not split.items and not split.skipped:
-            raise PrepareError(f"split {split.name}: no utterances found in {args.input}")
         report = prepare_split(
             split,
             output,
@@ -165,6 +184,15 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         )
         print(f"{split.name}: {report['summary']} -> {output / split.name}", flush=True)
         reports.append(report)
+    unusable = [r for r in reports if not r["prepared"]]
+    if unusable:
+        reasons = "; ".join(
+            f"split {r['split']}: none of its {r['num_items']} entries ("
+            + ", ".join(f"{n} {reason}" for reason, n in r["skipped_by_reason"].items())
+            + f"), see {output / r['split'] / REPORT}"
+            for r in unusable
+        )
+        raise PrepareError(f"--input {args.input}: no usable utterances: {reasons}")
     return reports
 
 

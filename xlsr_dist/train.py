@@ -24,7 +24,7 @@ if __name__ == "__main__":
     for _sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(_sig, lambda signum, _frame: _EARLY_STOP.append(signal.Signals(signum).name))
 
-from xlsr_dist import checkpoint, engine  # noqa: E402
+from xlsr_dist import checkpoint, engine, preflight  # noqa: E402
 from xlsr_dist.config import ConfigError, parse_args, plan_batches  # noqa: E402
 from xlsr_dist.data import language  # noqa: E402
 from xlsr_dist.world import (  # noqa: E402
@@ -34,6 +34,7 @@ from xlsr_dist.world import (  # noqa: E402
     device_for,
     init,
     is_peer_failure,
+    report_problem,
     shutdown,
 )
 
@@ -96,10 +97,10 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
         plan = plan_batches(cfg.train.global_batch_size, world.world_size, cfg.train.per_device_train_batch_size)
         device = device_for(world)
         ds_config = engine.resolve_ds_config(cfg, plan, device)
+        preflight.check(cfg)
     except ConfigError as exc:
-        # Before any process group exists: every rank prints the same message and exits; nothing can hang.
-        if world.is_main:
-            print(f"xlsr_dist: {exc}", file=sys.stderr)
+        # Before any process group exists: every rank exits, the ranks that can see the problem say it once.
+        report_problem(world, "xlsr_dist", str(exc), exc.scope)
         sys.exit(2)
     setup_console(world)
     log.info(
@@ -114,6 +115,7 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
     )
     # The trainer pulls in transformers, the data pipeline and jiwer (seconds): loaded only once the configuration
     # is known to be good, and with the stop handlers above already in place.
+    from xlsr_dist.model import ModelLoadError
     from xlsr_dist.trainer import Trainer
 
     init(world, device, cfg.train.dist_timeout_s)
@@ -132,8 +134,9 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
         # Leave together (rank 0 may still have been flushing MLflow): under `srun --kill-on-bad-exit` the first
         # rank to exit non-zero (75) gets the others killed, which would turn their 75 into 143 and lose the requeue.
         barrier()
-    except checkpoint.CheckpointError as exc:
-        log.error("%s", exc)
+    except (checkpoint.CheckpointError, ModelLoadError) as exc:
+        # What preflight could not know (a download that failed, a checkpoint DeepSpeed refused): the same message.
+        report_problem(world, "xlsr_dist", str(exc), "node")
         code = 2
     except Exception as exc:
         if is_peer_failure(exc):

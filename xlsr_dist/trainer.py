@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import math
 import sys
@@ -159,6 +158,7 @@ class Evaluator:
     progress: Any
     every: int
     total_steps: int
+    ctc_loss_reduction: str = "mean"
     last_step: int = -1
     primary_metric: str = "eval_wer"
     writes_words: bool = True
@@ -182,6 +182,7 @@ class Evaluator:
             self.zero_infinity,
             self.device,
             self.dtype,
+            reduction=self.ctc_loss_reduction,
         )
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "eval_samples"}, step)
         msg = f"eval step {step}: {eval_line(metrics, self.primary_metric, self.writes_words)}"
@@ -325,6 +326,7 @@ class Trainer:
         t = cfg.train
         self.world, self.device, self.stop, self.hooks = world, device, stop, hooks or StepHooks()
         self.zero_infinity = cfg.model.ctc_zero_infinity
+        self.ctc_loss_reduction = cfg.model.ctc_loss_reduction
         output_dir = Path(t.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         resume_from = checkpoint.resolve_resume(t.resume_from_checkpoint, output_dir)
@@ -395,7 +397,7 @@ class Trainer:
             "primary_metric": primary_metric(cfg),
         }
         if world.is_main:
-            (output_dir / "train_config.json").write_text(json.dumps(params, indent=1, default=str))
+            tracking.write_train_config(output_dir, params)
         self.tracker = tracking.build_tracker(world, cfg.tracking, str(output_dir))
         run_id = self.tracker.start(
             params,
@@ -435,6 +437,7 @@ class Trainer:
             primary_metric=primary_metric(cfg),
             writes_words=text.writes_words(cfg.data.language),
             best=self.best,
+            ctc_loss_reduction=self.ctc_loss_reduction,
         )
         self.checkpointer = Checkpointer(
             self.model_engine,
@@ -512,9 +515,10 @@ class Trainer:
                 batch["labels"].to(device, non_blocking=True),
                 self.blank_id,
                 self.zero_infinity,
+                self.ctc_loss_reduction,
             )
             valid = batch["valid"].to(device)
-            loss = ctc.batch_loss(losses, valid)
+            loss = ctc.batch_loss(losses, valid, self.ctc_loss_reduction)
             with hooks.phase("backward"):
                 self.model_engine.backward(loss)
             with hooks.phase("optimizer"):

@@ -10,6 +10,7 @@ import datetime
 import os
 import re
 import socket
+import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
@@ -113,16 +114,33 @@ def cuda_index(world: World, visible_gpus: int) -> int | None:
         return None
     if visible_gpus == 1:
         return 0
-    # local_world_size too, so rank 0 (which the others rely on to print the error) sees a wrong layout as well.
+    # local_world_size too, so every rank of the node, its first one included, sees a wrong layout and that one
+    # reports it; a LOCAL_RANK beyond LOCAL_WORLD_SIZE is known to this rank alone, which then reports it itself.
     if max(world.local_rank + 1, world.local_world_size) > visible_gpus:
         raise ConfigError(
             [
                 f"GPU layout: rank {world.rank} has LOCAL_RANK={world.local_rank} of {world.local_world_size} rank(s) "
                 f"on its node but sees {visible_gpus} GPUs, so ranks would share or miss a GPU. Supported: "
                 f"{SUPPORTED_GPU_LAYOUTS}. (A launcher that does not set LOCAL_WORLD_SIZE: set it.)"
-            ]
+            ],
+            scope="node" if world.local_world_size > visible_gpus else "rank",
         )
     return world.local_rank
+
+
+def report_problem(world: World, prog: str, message: str, scope: str) -> None:
+    """A user error as one message on stderr, without traceback, from the ranks that can see it (ConfigError.scope):
+    rank 0 for the flags ("run"), each node's first rank for what its machine sees ("node"), the rank itself for its
+    own environment ("rank"). A rank other than 0 names itself and its host: its problem may be one rank 0 lacks."""
+    if scope == "run":
+        reports = world.is_main
+    elif scope == "node":
+        reports = world.is_local_main or world.is_main
+    else:
+        reports = True
+    if reports:
+        where = "" if world.is_main else f"rank {world.rank} on {socket.gethostname()}: "
+        print(f"{prog}: {where}{message}", file=sys.stderr, flush=True)
 
 
 def visible_gpu_count() -> int:

@@ -5,7 +5,7 @@ One concern per module:
 
 - ``mlflow_tracker``: the trackers training uses (``build_tracker``): MLflow in a background thread on rank 0, the
   local record only with ``--report_to none``, nothing on the other ranks.
-- ``records``: the run's local files: metrics.jsonl, run_info.json, mlflow_unsent.jsonl.
+- ``records``: the run's local files: metrics.jsonl, run_info.json, train_config.json, mlflow_unsent.jsonl.
 - ``replay``: ``python -m xlsr_dist.tracking replay --output_dir DIR`` sends what a run could not.
 - ``uri``: the one order in which every command finds its tracking URI and experiment.
 - ``client``: an MLflow client that fails fast, experiments, permanent errors.
@@ -42,13 +42,15 @@ from xlsr_dist.tracking.mlflow_tracker import (
 from xlsr_dist.tracking.records import (
     METRICS_FILE,
     RUN_INFO,
+    TRAIN_CONFIG,
     UNSENT_FILE,
     open_record,
     read_metrics_jsonl,
     read_run_info,
     write_run_info,
+    write_train_config,
 )
-from xlsr_dist.tracking.redact import REDACTED, is_secret_name, redact_text
+from xlsr_dist.tracking.redact import REDACTED, is_secret_name, redact_text, redact_values
 from xlsr_dist.tracking.replay import replay
 from xlsr_dist.tracking.uri import (
     DEFAULT_EXPERIMENT,
@@ -85,6 +87,7 @@ __all__ = [
     "REDACTED",
     "REFERENCE_TAG",
     "RUN_INFO",
+    "TRAIN_CONFIG",
     "STAGING_DIR",
     "UNSENT_FILE",
     "LocalTracker",
@@ -106,6 +109,7 @@ __all__ = [
     "read_metrics_jsonl",
     "read_run_info",
     "redact_text",
+    "redact_values",
     "replay",
     "resolve_experiment",
     "resolve_tracking_uri",
@@ -114,4 +118,5 @@ __all__ = [
     "stage_artifact",
     "upload_artifact",
     "write_run_info",
+    "write_train_config",
 ]

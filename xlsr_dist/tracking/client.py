@@ -43,6 +43,9 @@ def fail_fast_http(max_retries: int = 0, timeout_s: int = 20) -> None:
 def open_client(uri: str, max_retries: int = 0, timeout_s: int = 20) -> Any:
     """An MlflowClient for ``uri`` with fail-fast HTTP settings."""
     fail_fast_http(max_retries, timeout_s)
+    if redact_text(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>/#/..." to stdout when a run ends: with the URI's password.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

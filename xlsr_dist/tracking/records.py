@@ -4,6 +4,8 @@
   before it). Only appended to; each tracker start writes a marker row, and readers take the rows after the last
   marker of a fresh (not resumed) start, so a new run in an old --output_dir does not mix with the old one.
 - ``run_info.json``: the MLflow run id, tracking URI (password redacted) and experiment, once the run exists.
+- ``train_config.json``: the run's settings as logged to MLflow, with their types: secret-named ones left out and
+  credentials in values redacted, as in the params.
 - ``mlflow_unsent.jsonl``: what a tracker could not send before it closed (a ``run`` header row, then ``start``,
   ``metric``, ``artifact`` and ``end`` rows), for ``python -m xlsr_dist.tracking replay``.
 """
@@ -17,9 +19,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from xlsr_dist import atomic
-from xlsr_dist.tracking.redact import redact_text
+from xlsr_dist.tracking.redact import redact_values
 
 RUN_INFO = "run_info.json"
+TRAIN_CONFIG = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 UNSENT_FILE = "mlflow_unsent.jsonl"
 
@@ -27,8 +30,14 @@ UNSENT_FILE = "mlflow_unsent.jsonl"
 def write_run_info(output_dir: str | Path, run_id: str, tracking_uri: str, experiment: str) -> None:
     atomic.write_json(
         Path(output_dir) / RUN_INFO,
-        {"run_id": run_id, "tracking_uri": redact_text(tracking_uri), "experiment": experiment},
+        redact_values({"run_id": run_id, "tracking_uri": tracking_uri, "experiment": experiment}),
     )
+
+
+def write_train_config(output_dir: str | Path, params: Mapping[str, Any]) -> None:
+    # Through JSON first: values json cannot hold (paths, dtypes) become their text, which is then redacted too.
+    plain = json.loads(json.dumps(dict(params), default=str))
+    atomic.write_text(Path(output_dir) / TRAIN_CONFIG, json.dumps(redact_values(plain), indent=1))
 
 
 def read_run_info(output_dir: str | Path) -> dict[str, Any] | None:

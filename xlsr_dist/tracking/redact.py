@@ -2,6 +2,7 @@
 
 A setting is dropped when its name says it holds a credential (``is_secret_name``); in any other text, values of
 secret environment variables, well-known token shapes and URL passwords become ``REDACTED`` (``redact_text``).
+``redact_values`` does both to a JSON-like record (train_config.json, run_info.json), keeping its other values' types.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 REDACTED = "<redacted>"
 
@@ -145,3 +147,15 @@ def redact_text(text: str, env: Mapping[str, str] | None = None) -> str:
     for pattern in _SECRET_VALUE_PATTERNS:
         text = pattern.sub(REDACTED, text)
     return _URL_CREDENTIALS.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
+
+
+def redact_values(value: Any, env: Mapping[str, str] | None = None) -> Any:
+    """JSON-like ``value`` without the mapping entries whose names hold credentials and with every string redacted
+    (``redact_text``); numbers, booleans and None stay as they are."""
+    if isinstance(value, Mapping):
+        return {k: redact_values(v, env) for k, v in value.items() if not is_secret_name(str(k))}
+    if isinstance(value, (list, tuple)):
+        return [redact_values(v, env) for v in value]
+    if isinstance(value, str):
+        return redact_text(value, env)
+    return value

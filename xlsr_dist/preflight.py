@@ -1,0 +1,67 @@
+"""What the flags point at, checked on every rank before any process group or model exists: the data locations,
+the pretrained weights and the checkpoint to resume from.
+
+Each problem names the flag to change and all are reported together as one ConfigError of scope "node": they depend
+on what this machine sees (its files, its Hugging Face cache), so the first rank of each node reports them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xlsr_dist import checkpoint
+from xlsr_dist.config import Config, ConfigError
+from xlsr_dist.data import shards
+
+
+def shard_paths(flag: str, location: str) -> list[str]:
+    """The shard files of the split at ``location``; raises ConfigError naming ``flag`` when there is no such
+    location, it holds no complete shard set, or its first shard cannot be read."""
+    if "://" not in location and not Path(location).expanduser().exists():
+        raise ConfigError([f"{flag} {location}: no such file or directory"], scope="node")
+    try:
+        paths = shards.list_shards(location)
+        shards.read_metadata(paths[:1])
+    except Exception as exc:  # noqa: BLE001 - fsspec/pyarrow/cloud errors alike: the location cannot be used
+        reason = " ".join((str(exc) or type(exc).__name__).split())[:400]
+        raise ConfigError([f"{flag} {location}: {reason}"], scope="node") from None
+    return paths
+
+
+def problems(cfg: Config) -> list[str]:
+    """Every problem with the data locations, weights and resume checkpoint ``cfg`` names."""
+    found: list[str] = []
+    locations = [("--eval_data", cfg.data.eval_data)] if cfg.data.eval_data else []
+    if cfg.data.train_data != "demo":
+        locations.insert(0, ("--train_data", cfg.data.train_data))
+    for flag, location in locations:
+        try:
+            shard_paths(flag, location)
+        except ConfigError as exc:
+            found += exc.problems
+    if not cfg.model.architecture:
+        # Here, not at the top: transformers takes seconds to import, and only a pretrained checkpoint needs it.
+        from xlsr_dist.model import missing_weights
+
+        missing = missing_weights(cfg.model.model_name_or_path)
+        if missing:
+            found.append(missing)
+    spec = cfg.train.resume_from_checkpoint
+    try:
+        resume_from = checkpoint.resolve_resume(spec, cfg.train.output_dir)
+    except checkpoint.CheckpointError as exc:
+        found.append(str(exc))
+        resume_from = None
+    if resume_from is not None:
+        try:
+            checkpoint.verify_loadable(resume_from)
+        except checkpoint.CheckpointError as exc:
+            found.append(f"--resume_from_checkpoint {spec}: {exc}")
+    return found
+
+
+def check(cfg: Config) -> None:
+    """Raise one ConfigError listing every problem ``problems`` finds."""
+    found = problems(cfg)
+    if found:
+        raise ConfigError(found, scope="node")
