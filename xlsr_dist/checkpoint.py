@@ -14,6 +14,7 @@ sees (as DeepSpeed's own checkpointing does).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import torch
 
-from xlsr_dist import atomic
+from xlsr_dist import atomic, elastic
 from xlsr_dist.world import World, barrier
 
 CHECKPOINTS = "checkpoints"
@@ -30,6 +31,8 @@ MODEL_CONFIG = "model_config"
 FINAL = "final"
 MARKER = "COMPLETE.json"
 PREFIX = "step-"
+
+log = logging.getLogger(__name__)
 
 
 # Test hook (tests/test_faults.py): every rank sleeps this many seconds between DeepSpeed's files and the marker,
@@ -117,14 +120,18 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
     return path
 
 
-def load(engine: Any, ckpt: Path) -> dict[str, Any]:
-    """Collective: restores model, optimizer, scheduler and loss scaler; returns the saved client state."""
-    loaded, _ = engine.load_checkpoint(
-        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
-    if loaded is None:
-        raise CheckpointError(f"DeepSpeed could not load {ckpt}")
-    return read_client_state(ckpt)
+def load(engine: Any, plan: elastic.ResumePlan) -> dict[str, Any]:
+    """Collective: restores model, optimizer, scheduler and loss scaler (from the universal form when the world size
+    changed, see elastic.py); returns the saved client state."""
+    elastic.load(engine, plan)
+    if plan.universal:
+        log.info(
+            "elastic resume: %s saved on %d rank(s), continuing on %d rank(s)",
+            plan.checkpoint.name,
+            plan.saved_world_size,
+            plan.world_size,
+        )
+    return read_client_state(plan.checkpoint)
 
 
 def _module_state(ckpt: Path) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 from transformers import set_seed
 
-from xlsr_dist import checkpoint, ctc, engine, evaluate, text, tracking
+from xlsr_dist import checkpoint, ctc, elastic, engine, evaluate, text, tracking
 from xlsr_dist.config import BatchPlan, Config
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
@@ -300,13 +300,20 @@ class Trainer:
         for item in self.train_stream.report[:20]:
             log.info("skipped %s: %s", item["id"], item["reason"])
 
-        self.model_engine = engine.initialize(model, ds_config, t.warmup_steps, self.total_steps)
+        resume_plan = None
+        engine_config = ds_config
+        if resume_from is not None:
+            # Before the engine exists: a world-size change needs the universal form and DeepSpeed's load_universal.
+            resume_plan = elastic.prepare_resume(resume_from, ds_config, world.world_size, world.is_main, barrier)
+            elastic.check_model(resume_from, model)
+            engine_config = resume_plan.configure(ds_config)
+        self.model_engine = engine.initialize(model, engine_config, t.warmup_steps, self.total_steps)
         self.dtype = engine.torch_dtype(ds_config)
         precision = engine.precision(ds_config)
 
         self.step, self.data_state, run_id = 0, self.train_stream.initial_state(), None
-        if resume_from is not None:
-            client = checkpoint.load(self.model_engine, resume_from)
+        if resume_plan is not None:
+            client = checkpoint.load(self.model_engine, resume_plan)
             self.step, run_id = int(client["step"]), client.get("mlflow_run_id")
             self.data_state = DataState.from_dict(client["data_state"])
             log.info(
