@@ -13,14 +13,17 @@ sees (as DeepSpeed's own checkpointing does).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from xlsr_dist import atomic, elastic
@@ -31,6 +34,7 @@ MODEL_CONFIG = "model_config"
 FINAL = "final"
 MARKER = "COMPLETE.json"
 PREFIX = "step-"
+RNG_STATE = "rng_state"
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,7 @@ def save(engine: Any, output_dir: str | Path, step: int, client_state: dict[str,
     tag = tag_for(step)
     # DeepSpeed's own "latest" file is written before we know every rank finished; resume never reads it.
     engine.save_checkpoint(str(root), tag=tag, client_state={"xlsr_dist": client_state}, save_latest=False)
+    save_rng_state(root / tag, world.rank)
     _test_pause()
     barrier()
     path = root / tag
@@ -132,6 +137,44 @@ def load(engine: Any, plan: elastic.ResumePlan) -> dict[str, Any]:
             plan.world_size,
         )
     return read_client_state(plan.checkpoint)
+
+
+def _rng_file(ckpt: Path, rank: int) -> Path:
+    # In a folder: elastic.convert hands every top-level *.pt file of the checkpoint to DeepSpeed's converter.
+    return ckpt / RNG_STATE / f"rank_{rank:05d}.pt"
+
+
+def save_rng_state(ckpt: Path, rank: int) -> None:
+    """This rank's random streams (python, numpy, torch CPU, CUDA) as plain tensors and numbers, so that loading
+    needs nothing beyond ``weights_only=True``."""
+    version, mt_state, gauss = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
+        "numpy": [torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic.write_bytes(_rng_file(ckpt, rank), buffer.getvalue())
+
+
+def restore_rng_state(plan: elastic.ResumePlan, rank: int) -> bool:
+    """Collective-free: this rank continues the random streams it had at the save (dropout, HF's SpecAugment draw),
+    only when the world size is the one that saved, i.e. the same rank had the same streams. True when restored."""
+    path = _rng_file(plan.checkpoint, rank)
+    if plan.saved_world_size != plan.world_size or not path.is_file():
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt_state.tolist()), gauss))
+    np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state(("MT19937", np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    return True
 
 
 def _module_state(ckpt: Path) -> dict[str, torch.Tensor]:

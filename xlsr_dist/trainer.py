@@ -314,6 +314,8 @@ class Trainer:
         self.step, self.data_state, run_id = 0, self.train_stream.initial_state(), None
         if resume_plan is not None:
             client = checkpoint.load(self.model_engine, resume_plan)
+            if checkpoint.restore_rng_state(resume_plan, world.rank):
+                log.info("random streams restored: dropout and SpecAugment continue as in the saved run")
             self.step, run_id = int(client["step"]), client.get("mlflow_run_id")
             self.data_state = DataState.from_dict(client["data_state"])
             log.info(
