@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -26,7 +27,7 @@ import torch
 from tqdm import tqdm
 from transformers import set_seed
 
-from xlsr_dist import checkpoint, ctc, elastic, engine, evaluate, text, tracking
+from xlsr_dist import atomic, checkpoint, ctc, elastic, engine, evaluate, text, tracking
 from xlsr_dist.config import BatchPlan, Config
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
@@ -281,6 +282,8 @@ class Trainer:
         output_dir.mkdir(parents=True, exist_ok=True)
         resume_from = checkpoint.resolve_resume(t.resume_from_checkpoint, output_dir)
         train_location, eval_location = resolve_data(cfg, world)
+        if resume_from is not None:
+            adopt_model_config(resume_from, output_dir, world)
 
         vocab = load_or_build_vocab(train_location, output_dir, resuming=resume_from is not None)
         self.blank_id = vocab[text.PAD]
@@ -317,6 +320,8 @@ class Trainer:
             if checkpoint.restore_rng_state(resume_plan, world.rank):
                 log.info("random streams restored: dropout and SpecAugment continue as in the saved run")
             self.step, run_id = int(client["step"]), client.get("mlflow_run_id")
+            if resume_from.parent.parent.resolve() != output_dir.resolve():
+                run_id = None  # another run's checkpoint: a new output dir is a new MLflow run, not more of the old one
             self.data_state = DataState.from_dict(client["data_state"])
             log.info(
                 "resumed from %s at step %d (epoch %d, batch %d of the epoch)",
@@ -491,6 +496,17 @@ def load_or_build_vocab(train_location: str, output_dir: Path, resuming: bool) -
         return text.load_vocab(saved)
     meta = shards.read_metadata(shards.list_shards(train_location))
     return text.build_vocab(text.normalize(t) for t in meta.column("text").to_pylist())
+
+
+def adopt_model_config(ckpt: Path, output_dir: Path, world: World) -> None:
+    """Collective. Resuming another run's checkpoint into a new --output_dir: that run's vocabulary and model config
+    come along, so the head keeps its meaning and export/transcribe find them here."""
+    source = ckpt.parent.parent / checkpoint.MODEL_CONFIG
+    target = output_dir / checkpoint.MODEL_CONFIG
+    if world.is_main and source.is_dir() and not target.is_dir():
+        with atomic.replacing_dir(target) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+    barrier()
 
 
 def save_model_config(model: Any, vocab: dict[str, int], output_dir: Path) -> None:
