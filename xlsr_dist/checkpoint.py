@@ -14,18 +14,21 @@ sees (as DeepSpeed's own checkpointing does).
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
-import pickle
-import re
+import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from xlsr_dist import atomic
+from xlsr_dist import atomic, elastic
+from xlsr_dist.state_files import CheckpointError, safe_load
 from xlsr_dist.world import World, barrier
 
 CHECKPOINTS = "checkpoints"
@@ -35,15 +38,14 @@ MARKER = "COMPLETE.json"
 PREFIX = "step-"
 # In a model directory the run writes from a checkpoint (best/): which step its weights come from.
 MODEL_INFO = "xlsr_dist_model.json"
+RNG_STATE = "rng_state"
+
+log = logging.getLogger(__name__)
 
 
 # Test hook (tests/test_faults.py): every rank sleeps this many seconds between DeepSpeed's files and the marker,
 # so a test can kill a rank inside a save deterministically. Never set it in real runs.
 SLOW_SAVE_ENV = "XLSR_TEST_SLOW_SAVE_S"
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def _test_pause() -> None:
@@ -118,6 +120,7 @@ def save(
     tag = tag_for(step)
     # DeepSpeed's own "latest" file is written before we know every rank finished; resume never reads it.
     engine.save_checkpoint(str(root), tag=tag, client_state={"xlsr_dist": client_state}, save_latest=False)
+    save_rng_state(root / tag, world.rank)
     _test_pause()
     barrier()
     path = root / tag
@@ -146,36 +149,6 @@ def rotate(output_dir: str | Path, keep: int, protect: int | None = None) -> Non
                 shutil.rmtree(old, ignore_errors=True)
 
 
-def _deepspeed_state_classes() -> list[Any]:
-    """The classes DeepSpeed 0.19 pickles into a ZeRO-2 checkpoint beside tensors and plain containers (found by
-    loading its fp32/bf16/fp16 files with weights_only=True): the loss scaler, the ZeRO stage and the fp32
-    partitions' fragment addresses. Each is plain data; unpickling one runs no code of the file's choosing."""
-    # Here, not at the top: train.py imports this module before checking its flags, and DeepSpeed takes seconds.
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-def safe_load(path: Path, mmap: bool = False) -> Any:
-    """torch.load that only builds tensors, plain containers and DeepSpeed's own state classes: a file whose pickle
-    would construct anything else (run code) is refused with CheckpointError before anything of it runs.
-    ``mmap``: map the tensors instead of reading them (a check that costs only the pickle)."""
-    try:
-        with torch.serialization.safe_globals(_deepspeed_state_classes()):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as exc:
-        named = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
-        what = f"it would call {named.group(1)}" if named else " ".join(str(exc).split())[:200]
-        raise CheckpointError(
-            f"{path}: refused: it holds objects other than tensors and DeepSpeed's training state, which could run "
-            f"code when loaded ({what}). Use a checkpoint written by xlsr_dist training."
-        ) from None
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint file ({str(exc).splitlines()[0]})") from None
-
-
 def verify_loadable(ckpt: Path) -> None:
     """Every DeepSpeed file of ``ckpt`` passes safe_load: DeepSpeed's own loader (weights_only=False) reads them
     only after this."""
@@ -186,15 +159,57 @@ def verify_loadable(ckpt: Path) -> None:
         safe_load(path, mmap=True)
 
 
-def load(engine: Any, ckpt: Path) -> dict[str, Any]:
-    """Collective: restores model, optimizer, scheduler and loss scaler; returns the saved client state."""
-    verify_loadable(ckpt)
-    loaded, _ = engine.load_checkpoint(
-        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
-    if loaded is None:
-        raise CheckpointError(f"DeepSpeed could not load {ckpt}")
-    return read_client_state(ckpt)
+def load(engine: Any, plan: elastic.ResumePlan) -> dict[str, Any]:
+    """Collective: restores model, optimizer, scheduler and loss scaler (from the universal form when the world size
+    changed, see elastic.py); returns the saved client state."""
+    verify_loadable(plan.checkpoint)
+    elastic.load(engine, plan)
+    if plan.universal:
+        log.info(
+            "elastic resume: %s saved on %d rank(s), continuing on %d rank(s)",
+            plan.checkpoint.name,
+            plan.saved_world_size,
+            plan.world_size,
+        )
+    return read_client_state(plan.checkpoint)
+
+
+def _rng_file(ckpt: Path, rank: int) -> Path:
+    # In a folder: elastic.convert hands every top-level *.pt file of the checkpoint to DeepSpeed's converter.
+    return ckpt / RNG_STATE / f"rank_{rank:05d}.pt"
+
+
+def save_rng_state(ckpt: Path, rank: int) -> None:
+    """This rank's random streams (python, numpy, torch CPU, CUDA) as plain tensors and numbers, so that loading
+    needs nothing beyond ``weights_only=True``."""
+    version, mt_state, gauss = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, torch.tensor(mt_state, dtype=torch.int64), gauss],
+        "numpy": [torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic.write_bytes(_rng_file(ckpt, rank), buffer.getvalue())
+
+
+def restore_rng_state(plan: elastic.ResumePlan, rank: int) -> bool:
+    """Collective-free: this rank continues the random streams it had at the save (dropout, HF's SpecAugment draw),
+    only when the world size is the one that saved, i.e. the same rank had the same streams. True when restored."""
+    path = _rng_file(plan.checkpoint, rank)
+    if plan.saved_world_size != plan.world_size or not path.is_file():
+        return False
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(int(x) for x in mt_state.tolist()), gauss))
+    np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state(("MT19937", np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    return True
 
 
 def _module_state(ckpt: Path) -> dict[str, torch.Tensor]:

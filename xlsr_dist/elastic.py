@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from xlsr_dist.atomic import replacing_dir
+from xlsr_dist.state_files import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ def _saved_state(ckpt: Path) -> dict[str, Any]:
         raise ElasticResumeError(f"{ckpt}: no {MODEL_STATES} (not a DeepSpeed checkpoint)")
     if any(ckpt.glob("zero_pp_rank_*_mp_rank_*_model_states.pt")):
         raise ElasticResumeError(f"{ckpt}: a ZeRO-3 checkpoint; xlsr_dist trains and resumes with ZeRO stages 0-2")
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    state = safe_load(path, mmap=True)
     return {
         "ds_config": state.get("ds_config") or {},
         "dp_world_size": int(state.get("dp_world_size", 0)),
@@ -316,7 +317,7 @@ def load(engine: Any, plan: ResumePlan) -> dict[str, Any]:
     if loaded is None:
         raise ElasticResumeError(f"DeepSpeed could not load {plan.checkpoint}")
     if plan.universal:
-        saved = torch.load(plan.load_dir / plan.tag / MODEL_STATES, map_location="cpu", mmap=True, weights_only=False)
+        saved = safe_load(plan.load_dir / plan.tag / MODEL_STATES, mmap=True)
         trainable = {name for name, p in engine.module.named_parameters() if p.requires_grad}
         rest = {name: t for name, t in saved["module"].items() if name not in trainable}
         unexpected = engine.module.load_state_dict(rest, strict=False).unexpected_keys

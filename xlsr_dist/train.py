@@ -24,7 +24,7 @@ if __name__ == "__main__":
     for _sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(_sig, lambda signum, _frame: _EARLY_STOP.append(signal.Signals(signum).name))
 
-from xlsr_dist import checkpoint, engine, preflight  # noqa: E402
+from xlsr_dist import checkpoint, elastic, engine, preflight  # noqa: E402
 from xlsr_dist.config import ConfigError, parse_args, plan_batches  # noqa: E402
 from xlsr_dist.data import language  # noqa: E402
 from xlsr_dist.world import (  # noqa: E402
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
         # Leave together (rank 0 may still have been flushing MLflow): under `srun --kill-on-bad-exit` the first
         # rank to exit non-zero (75) gets the others killed, which would turn their 75 into 143 and lose the requeue.
         barrier()
-    except (checkpoint.CheckpointError, ModelLoadError) as exc:
+    except (checkpoint.CheckpointError, elastic.ElasticResumeError, ModelLoadError) as exc:
         # What preflight could not know (a download that failed, a checkpoint DeepSpeed refused): the same message.
         report_problem(world, "xlsr_dist", str(exc), "node")
         code = 2

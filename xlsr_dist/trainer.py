@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import math
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ import torch
 from tqdm import tqdm
 from transformers import set_seed
 
-from xlsr_dist import best_checkpoint, checkpoint, ctc, engine, evaluate, text, tracking
+from xlsr_dist import atomic, best_checkpoint, checkpoint, ctc, elastic, engine, evaluate, text, tracking
 from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metric
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
@@ -331,6 +332,8 @@ class Trainer:
         output_dir.mkdir(parents=True, exist_ok=True)
         resume_from = checkpoint.resolve_resume(t.resume_from_checkpoint, output_dir)
         train_location, eval_location = resolve_data(cfg, world)
+        if resume_from is not None:
+            adopt_model_config(resume_from, output_dir, world)
 
         vocab = load_or_build_vocab(
             train_location, output_dir, resuming=resume_from is not None, normalization=cfg.data.normalization()
@@ -352,7 +355,14 @@ class Trainer:
         for item in self.train_stream.report[:20]:
             log.info("skipped %s: %s", item["id"], item["reason"])
 
-        self.model_engine = engine.initialize(model, ds_config, t.warmup_steps, self.total_steps)
+        resume_plan = None
+        engine_config = ds_config
+        if resume_from is not None:
+            # Before the engine exists: a world-size change needs the universal form and DeepSpeed's load_universal.
+            resume_plan = elastic.prepare_resume(resume_from, ds_config, world.world_size, world.is_main, barrier)
+            elastic.check_model(resume_from, model)
+            engine_config = resume_plan.configure(ds_config)
+        self.model_engine = engine.initialize(model, engine_config, t.warmup_steps, self.total_steps)
         self.dtype = engine.torch_dtype(ds_config)
         precision = engine.precision(ds_config)
 
@@ -367,10 +377,14 @@ class Trainer:
                 t.save_steps,
                 t.eval_steps,
             )
-        if resume_from is not None:
-            client = checkpoint.load(self.model_engine, resume_from)
+        if resume_plan is not None:
+            client = checkpoint.load(self.model_engine, resume_plan)
+            if checkpoint.restore_rng_state(resume_plan, world.rank):
+                log.info("random streams restored: dropout and SpecAugment continue as in the saved run")
             self.best.restore(client.get("best"), checkpoint.complete_steps(output_dir))
             self.step, run_id = int(client["step"]), client.get("mlflow_run_id")
+            if resume_from.parent.parent.resolve() != output_dir.resolve():
+                run_id = None  # another run's checkpoint: a new output dir is a new MLflow run, not more of the old one
             self.data_state = DataState.from_dict(client["data_state"])
             log.info(
                 "resumed from %s at step %d (epoch %d, batch %d of the epoch)",
@@ -561,6 +575,17 @@ def load_or_build_vocab(
         return text.load_vocab(saved)
     meta = shards.read_metadata(shards.list_shards(train_location))
     return text.build_vocab(text.normalize(t, normalization) for t in meta.column("text").to_pylist())
+
+
+def adopt_model_config(ckpt: Path, output_dir: Path, world: World) -> None:
+    """Collective. Resuming another run's checkpoint into a new --output_dir: that run's vocabulary and model config
+    come along, so the head keeps its meaning and export/transcribe find them here."""
+    source = ckpt.parent.parent / checkpoint.MODEL_CONFIG
+    target = output_dir / checkpoint.MODEL_CONFIG
+    if world.is_main and source.is_dir() and not target.is_dir():
+        with atomic.replacing_dir(target) as tmp:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+    barrier()
 
 
 def save_model_config(model: Any, vocab: dict[str, int], output_dir: Path) -> None:

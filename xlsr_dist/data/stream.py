@@ -285,6 +285,9 @@ def make_loader(dataset: UtteranceDataset, batches: list[list[int]], num_workers
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
+        # Its own generator: each iter() draws a worker seed, which from the global one would shift dropout's
+        # stream whenever a loader starts (a resume starts one where the uninterrupted run did not).
+        generator=torch.Generator(),
         **extra,
     )
 
