@@ -61,6 +61,8 @@ class ModelConfig:
     """SpecAugment time-mask probability."""
     layerdrop: float = 0.0
     ctc_loss_reduction: str = "mean"
+    """Training and eval loss as HF's Wav2Vec2ForCTC computes it: 'mean' (each utterance's CTC loss divided by its
+    transcript length, averaged over the batch) or 'sum' (summed over the batch)."""
     ctc_zero_infinity: bool = True
     """Zero the loss of unalignable utterances so one bad item cannot poison fp16 training."""
     gradient_checkpointing: bool = False

@@ -18,8 +18,9 @@ class CheckpointError(RuntimeError):
 
 def _deepspeed_state_classes() -> list[Any]:
     """The classes DeepSpeed 0.19 pickles into a ZeRO-2 checkpoint beside tensors and plain containers (found by
-    loading its fp32/bf16/fp16 files with weights_only=True): the loss scaler, the ZeRO stage and the fp32
-    partitions' fragment addresses. Each is plain data; unpickling one runs no code of the file's choosing."""
+    loading its fp32 and bf16 files with weights_only=True; fp16's dynamic loss scaling pickles DynamicLossScaler
+    instead of LossScaler): the loss scaler, the ZeRO stage and the fp32 partitions' fragment addresses. Each is
+    plain data; unpickling one runs no code of the file's choosing."""
     # Here, not at the top: train.py imports this module before checking its flags, and DeepSpeed takes seconds.
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
