@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+import xlsr_dist.precision
 from xlsr_dist.config import BatchPlan, Config, ConfigError, resolve_path
 
 PRECISION_CONFIGS = "ds_configs/zero2_bf16.json or ds_configs/zero2_fp32.json"
@@ -32,15 +33,12 @@ def _accelerator_supports(dtype: str, device: torch.device) -> bool:
 
 
 def precision(ds_config: dict[str, Any]) -> str:
-    if ds_config.get("fp16", {}).get("enabled") is True:
-        return "fp16"
-    if ds_config.get("bf16", {}).get("enabled") is True:
-        return "bf16"
-    return "fp32"
+    """amp (torch_autocast fp16, fp32 weights: the card's Native AMP), fp16, bf16 or fp32."""
+    return xlsr_dist.precision.mode(ds_config)
 
 
 def torch_dtype(ds_config: dict[str, Any]) -> torch.dtype:
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision(ds_config)]
+    return xlsr_dist.precision.input_dtype(precision(ds_config))
 
 
 def _fill(section: dict[str, Any], key: str, value: Any, where: str, flag: str, problems: list[str]) -> None:
@@ -112,7 +110,8 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
     if ds.get("fp16", {}).get("enabled") is True and ds.get("bf16", {}).get("enabled") is True:
         problems.append("--deepspeed: fp16 and bf16 are both enabled; enable one")
     prec = precision(ds)
-    if prec != "fp32" and not _accelerator_supports(prec, device):
+    # amp keeps fp32 weights and autocasts: torch runs that on a CPU too, so only fp16/bf16 weights are checked.
+    if prec in ("fp16", "bf16") and not _accelerator_supports(prec, device):
         problems.append(
             f"--deepspeed: {path.name} asks for {prec}, which this {device.type.upper()} accelerator does not "
             f"support; use {PRECISION_CONFIGS}"
@@ -155,14 +154,14 @@ def initialize(model: torch.nn.Module, ds_config: dict[str, Any], warmup_steps: 
         # DeepSpeed steps this only on optimizer steps it did not skip (fp16 overflow), as HF's Trainer does.
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
     )
+    # DeepSpeed 0.19.8 applies torch_autocast's GradScaler out of order under ZeRO-1/2 (clips scaled gradients,
+    # never lowers the scale after an overflow): precision.py puts GradScaler's policy where ZeRO's fp16 path runs it.
+    xlsr_dist.precision.repair_autocast_fp16(engine)
     return engine
 
 
 def loss_scale(engine: Any) -> float:
-    scale = getattr(engine.optimizer, "loss_scale", None)
-    if scale is None:
-        scale = getattr(engine.optimizer, "cur_scale", 1.0)
-    return float(scale)
+    return xlsr_dist.precision.loss_scale(engine)
 
 
 def grad_norm(engine: Any) -> float:

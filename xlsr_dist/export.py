@@ -163,7 +163,9 @@ def hyperparameters(cfg: dict[str, Any]) -> list[tuple[str, Any]]:
     else:
         items.append(("num_epochs", _num(_get(cfg, "num_train_epochs"))))
     precision = str(_get(cfg, "precision", default=""))
-    if precision in ("fp16", "bf16"):
+    if precision == "amp":
+        items.append(("mixed_precision_training", "Native AMP (torch autocast fp16 + GradScaler, DeepSpeed ZeRO-2)"))
+    elif precision in ("fp16", "bf16"):
         items.append(
             (
                 "mixed_precision_training",

@@ -31,6 +31,7 @@ from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metri
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
 from xlsr_dist.model import build_model, build_processor, count_parameters, output_frames
+from xlsr_dist.precision import uses_loss_scaling
 from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, barrier
 
 log = logging.getLogger("xlsr_dist")
@@ -295,7 +296,7 @@ class NonFiniteGuard:
     ) -> None:
         self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
         overflowing = self.consecutive_skips >= self.max_skips
-        if not overflowing and not (nonfinite_anywhere and self.precision != "fp16"):
+        if not overflowing and not (nonfinite_anywhere and not uses_loss_scaling(self.precision)):
             return
         if nonfinite_anywhere:
             bad_ids = [uid for b in micro_batches for uid, bad in zip(b["ids"], b["nonfinite"].tolist()) if bad]
