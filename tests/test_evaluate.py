@@ -66,7 +66,7 @@ train_dir, eval_dir, utterances, batch_size = sys.argv[1], sys.argv[2], int(sys.
 world = World.from_env()
 device = torch.device("cpu")
 init(world, device, 120)
-vocab = load_or_build_vocab(train_dir, Path(tempfile.mkdtemp()), resuming=False)
+vocab = load_or_build_vocab(train_dir, Path(tempfile.mkdtemp()), False, DataConfig().normalization())
 set_seed(0)
 model = build_model(ModelConfig(architecture="tiny"), len(vocab), vocab[text.PAD])
 frames = functools.partial(output_frames, model.config)
