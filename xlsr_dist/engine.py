@@ -107,8 +107,7 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
             "--deepspeed: remove the 'scheduler' block; xlsr_dist sets HF's linear warm-up/decay schedule from "
             "--learning_rate and --warmup_steps (DeepSpeed's WarmupDecayLR warms up logarithmically by default)"
         )
-    if ds.get("fp16", {}).get("enabled") is True and ds.get("bf16", {}).get("enabled") is True:
-        problems.append("--deepspeed: fp16 and bf16 are both enabled; enable one")
+    problems.extend(xlsr_dist.precision.problems(ds))
     prec = precision(ds)
     # amp keeps fp32 weights and autocasts: torch runs that on a CPU too, so only fp16/bf16 weights are checked.
     if prec in ("fp16", "bf16") and not _accelerator_supports(prec, device):
