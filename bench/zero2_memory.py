@@ -192,7 +192,7 @@ def run_rank(args: argparse.Namespace) -> None:
         "torch": torch.__version__,
     }
     Path(args.out, f"rank{me.rank}.json").write_text(json.dumps(record, indent=1))
-    world.shutdown()
+    world.finish()
 
 
 def activation_profile(args: argparse.Namespace) -> dict[str, Any]:

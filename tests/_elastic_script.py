@@ -142,10 +142,7 @@ def main() -> None:
                 save_latest=False,
             )
             world.barrier()
-    # Without it a rank that finishes first tears gloo down under one still in its last collective
-    # ("terminate called without an active exception").
-    world.barrier()
-    world.shutdown()
+    world.finish()
 
 
 if __name__ == "__main__":

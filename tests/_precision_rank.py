@@ -123,7 +123,7 @@ def run_deepspeed(mode: str, overflow_step: int, overflow_rank: int) -> dict[str
         "steps": steps,
         "params": flat_params(engine.module),
     }
-    world.shutdown()
+    world.finish()
     return result
 
 

@@ -60,7 +60,7 @@ from xlsr_dist.config import DataConfig, ModelConfig
 from xlsr_dist.data.stream import EvalStream
 from xlsr_dist.model import build_model, output_frames
 from xlsr_dist.trainer import load_or_build_vocab
-from xlsr_dist.world import World, init, shutdown
+from xlsr_dist.world import World, finish, init
 
 train_dir, eval_dir, utterances, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 world = World.from_env()
@@ -77,7 +77,7 @@ for reduction in ("mean", "sum"):
         model, stream, text.inverse(vocab), vocab[text.PAD], True, device, torch.float32, reduction=reduction
     )
     print("RESULT", reduction, json.dumps({"metrics": metrics, "hypotheses": [hyp for _, _, hyp in examples]}))
-shutdown()
+finish()
 """
 
 

@@ -234,3 +234,11 @@ def shutdown() -> None:
         import deepspeed.comm
 
         deepspeed.comm.destroy_process_group()
+
+
+def finish() -> None:
+    """Leave the process group together on the success path: a rank that tears gloo down while a peer is still in its
+    last collective aborts that peer ("terminate called without an active exception"). Not for error paths, where a
+    dead peer would make the barrier wait for its timeout."""
+    barrier()
+    shutdown()
