@@ -20,7 +20,7 @@ def tiny_flags(output_dir: Path, tracking_uri: str, **overrides: Any) -> list[st
         "demo_eval_utterances": 16,
         "deepspeed": "ds_configs/zero2_fp32.json",
         "freeze_feature_encoder": "false",
-        # no SpecAugment: its masks depend on the micro-batch shape, which differs between world sizes
+        # SpecAugment off unless a test turns it on (tests/test_shared_randomness.py, tests/test_resume_rng.py)
         "mask_time_prob": 0.0,
         "learning_rate": 2e-3,
         "warmup_steps": 2,

@@ -155,18 +155,6 @@ def test_two_ranks_with_the_same_problem_print_it_once(tmp_path: Path) -> None:
     assert all("Traceback" not in r.output for r in results)
 
 
-def test_layerdrop_on_several_ranks_is_refused_before_any_rank_waits(tmp_path: Path) -> None:
-    results = run_ranks(
-        ["-m", "xlsr_dist.train", *tiny_flags(tmp_path / "out", "", report_to="none", layerdrop=0.2)],
-        world_size=2,
-        timeout=120,
-        log_dir=tmp_path / "logs",
-    )
-    assert [r.returncode for r in results] == [2, 2]
-    assert "--layerdrop 0.2 on 2 ranks" in results[0].output and "Traceback" not in results[0].output
-    assert results[1].output.strip() == ""
-
-
 def _rank(rank: int, local_rank: int, local_world: int, world: int = 4) -> dict[str, str]:
     return {
         "RANK": str(rank),

@@ -1,5 +1,6 @@
 """Same-world-size resume with randomness on: each rank's random streams are saved with the checkpoint and restored,
-so HF's SpecAugment draw and dropout continue as in the run that never stopped."""
+so dropout continues as in the run that never stopped (SpecAugment masks come from the data, see
+tests/test_shared_randomness.py)."""
 
 from __future__ import annotations
 

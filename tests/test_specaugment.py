@@ -3,6 +3,7 @@ Wav2Vec2ForCTC applies exactly as it applies its own."""
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ import torch
 from transformers import Wav2Vec2ForCTC
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
+from xlsr_dist.data.collate import collate_with_time_masks
 from xlsr_dist.model import output_frames, tiny_config
-from xlsr_dist.specaugment import batch_time_masks, num_spans, time_mask
+from xlsr_dist.specaugment import TimeMasking, batch_time_masks, num_spans, time_mask
 
 REPO = Path(__file__).resolve().parent.parent
 DRAWS = 4000
@@ -159,3 +161,20 @@ def test_the_model_applies_a_given_mask_as_it_applies_its_own() -> None:
     with torch.no_grad():
         unmasked = model.eval()(audio, attention_mask=attention).logits
     assert not torch.allclose(first, unmasked)
+
+
+def test_a_training_batch_masks_each_utterance_as_it_would_be_masked_alone() -> None:
+    """Whichever rank or micro-batch an utterance lands in (so whatever the padding), its mask is the same."""
+    config = tiny_config(mask_time_prob=0.3, mask_time_length=5, mask_time_min_masks=1)
+    masking = TimeMasking.for_model(config, seed=42)
+    assert masking == TimeMasking(42, 0.3, 5, 1)
+    frames = functools.partial(output_frames, config)
+    long, short = ("long", np.ones(9000, np.float32), [1], True), ("short", np.ones(4000, np.float32), [1], True)
+    together = collate_with_time_masks([long, short], masking, epoch=3, frames=frames)["mask_time_indices"]
+    alone = collate_with_time_masks([short], masking, epoch=3, frames=frames)["mask_time_indices"]
+    assert together.shape == (2, frames(9000)) and alone.shape == (1, frames(4000))
+    assert torch.equal(together[1, : frames(4000)], alone[0]) and alone.any()
+    assert not together[1, frames(4000) :].any(), "padding frames are never masked"
+    later = collate_with_time_masks([short], masking, epoch=4, frames=frames)["mask_time_indices"]
+    assert not torch.equal(later, alone), "each epoch masks anew"
+    assert TimeMasking.for_model(tiny_config(mask_time_prob=0.0), seed=42) is None

@@ -488,21 +488,6 @@ def valid_world_sizes(global_batch: int, max_world: int = 64) -> list[int]:
     return [w for w in range(1, max_world + 1) if global_batch % w == 0]
 
 
-def world_problems(cfg: Config, world_size: int) -> list[str]:
-    """What this configuration cannot do on ``world_size`` ranks, each naming its flag."""
-    problems = []
-    if cfg.model.layerdrop > 0 and world_size > 1:
-        # HF's encoder draws each layer's drop from the rank's own random stream: ranks skip different layers, their
-        # ZeRO-2 gradient buckets then differ in size and the reduction fails or hangs (seen here: gloo "collective
-        # mismatch" at step 2). Refused until every rank draws the same layers.
-        problems.append(
-            f"--layerdrop {cfg.model.layerdrop:g} on {world_size} ranks: each rank would drop different encoder "
-            "layers and ZeRO-2's gradient reduction would fail; use --layerdrop 0 (the reference recipe's value) "
-            "or train on one rank"
-        )
-    return problems
-
-
 def plan_batches(global_batch: int, world_size: int, micro_batch: int = 0) -> BatchPlan:
     """Split ``global_batch`` over ``world_size`` ranks exactly, or raise ConfigError saying what works.
 

@@ -11,7 +11,10 @@ instead of drawing its own.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,3 +93,45 @@ def batch_time_masks(
     for row, (frames, utterance_id) in enumerate(zip(frame_lengths, utterance_ids)):
         out[row, :frames] = time_mask(frames, seed, epoch, utterance_id, mask_prob, mask_length, min_masks)
     return torch.from_numpy(out)
+
+
+@dataclass(frozen=True)
+class TimeMasking:
+    """What the training stream needs to mask each batch: the model's SpecAugment settings and the run's seed."""
+
+    seed: int
+    mask_prob: float
+    mask_length: int
+    min_masks: int
+
+    @staticmethod
+    def for_model(config: Any, seed: int) -> TimeMasking | None:
+        """The masking a Wav2Vec2 ``config`` asks for in training, None when it masks nothing."""
+        if not getattr(config, "apply_spec_augment", True) or config.mask_time_prob <= 0:
+            return None
+        return TimeMasking(
+            seed, float(config.mask_time_prob), int(config.mask_time_length), int(config.mask_time_min_masks)
+        )
+
+    def batch(
+        self, sample_lengths: Sequence[int], utterance_ids: Sequence[str], epoch: int, frames: Callable[[int], int]
+    ) -> torch.Tensor:
+        """``mask_time_indices`` for a padded batch of utterances with these sample counts; ``frames`` maps samples
+        to the model's feature frames."""
+        return batch_time_masks(
+            [frames(n) for n in sample_lengths],
+            utterance_ids,
+            self.seed,
+            epoch,
+            self.mask_prob,
+            self.mask_length,
+            self.min_masks,
+            max_frames=frames(max(sample_lengths, default=0)),
+        )
+
+
+def forward_takes_time_masks(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s forward hands ``mask_time_indices`` on to Wav2Vec2Model (transformers 5's Wav2Vec2ForCTC
+    passes its keyword arguments through; 4.x's has none)."""
+    parameters = inspect.signature(model.forward).parameters.values()
+    return any(p.name == "mask_time_indices" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)

@@ -25,7 +25,7 @@ if __name__ == "__main__":
         signal.signal(_sig, lambda signum, _frame: _EARLY_STOP.append(signal.Signals(signum).name))
 
 from xlsr_dist import checkpoint, elastic, engine, preflight  # noqa: E402
-from xlsr_dist.config import ConfigError, parse_args, plan_batches, world_problems  # noqa: E402
+from xlsr_dist.config import ConfigError, parse_args, plan_batches  # noqa: E402
 from xlsr_dist.data import language  # noqa: E402
 from xlsr_dist.world import (  # noqa: E402
     World,
@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
         cfg = parse_args(argv)
         # A corpus prepared for one language (or normalisation) and trained as another: said once, before any rank
         # waits for another.
-        mismatches = language.training_problems(cfg) + world_problems(cfg, world.world_size)
+        mismatches = language.training_problems(cfg)
         if mismatches:
             raise ConfigError(mismatches)
         plan = plan_batches(cfg.train.global_batch_size, world.world_size, cfg.train.per_device_train_batch_size)

@@ -26,12 +26,24 @@ import torch
 from tqdm import tqdm
 from transformers import set_seed
 
-from xlsr_dist import atomic, best_checkpoint, checkpoint, ctc, elastic, engine, evaluate, text, tracking
+from xlsr_dist import (
+    atomic,
+    best_checkpoint,
+    checkpoint,
+    ctc,
+    elastic,
+    engine,
+    evaluate,
+    layerdrop,
+    text,
+    tracking,
+)
 from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metric
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
-from xlsr_dist.model import build_model, build_processor, count_parameters, output_frames
+from xlsr_dist.model import ModelLoadError, build_model, build_processor, count_parameters, output_frames
 from xlsr_dist.precision import uses_loss_scaling
+from xlsr_dist.specaugment import TimeMasking, forward_takes_time_masks
 from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, barrier
 
 log = logging.getLogger("xlsr_dist")
@@ -344,9 +356,19 @@ class Trainer:
         set_seed(t.seed)
         model = build_model(cfg.model, vocab_size=len(vocab), pad_token_id=self.blank_id)
         set_seed(t.seed + world.rank)
+        # The run's only randomness that reaches the weights in the reference recipe (SpecAugment) and layerdrop are
+        # drawn from the data and the step, not from the rank's generator: the same on any number of ranks and after
+        # any resume.
+        self.layer_drop = layerdrop.install(model, cfg.model.layerdrop, t.seed)
+        time_masking = TimeMasking.for_model(model.config, t.seed)
+        if time_masking is not None and not forward_takes_time_masks(model):
+            raise ModelLoadError(
+                f"--mask_time_prob {cfg.model.mask_time_prob:g}: this transformers version's Wav2Vec2ForCTC.forward "
+                "does not pass mask_time_indices on; upgrade transformers (5.x) or use --mask_time_prob 0"
+            )
 
         frames = functools.partial(output_frames, model.config)
-        self.train_stream = TrainStream(train_location, world, plan, t.seed, vocab, cfg.data, frames)
+        self.train_stream = TrainStream(train_location, world, plan, t.seed, vocab, cfg.data, frames, time_masking)
         eval_stream = EvalStream(
             eval_location, world, t.per_device_eval_batch_size, vocab, cfg.data, frames, cfg.data.eval_max_utterances
         )
@@ -519,11 +541,17 @@ class Trainer:
         device, hooks = self.device, self.hooks
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+        if self.layer_drop is not None:
+            self.layer_drop.begin_step(self.step + 1)
         for batch in micro_batches:
             mask = batch["attention_mask"].to(device, non_blocking=True)
             input_values = batch["input_values"].to(device, self.dtype, non_blocking=True)
+            # Only training batches carry masks: evaluation never masks (HF masks only in training mode).
+            extra = {}
+            if "mask_time_indices" in batch:
+                extra["mask_time_indices"] = batch["mask_time_indices"].to(device, non_blocking=True)
             with hooks.phase("forward"):
-                logits = self.model_engine(input_values=input_values, attention_mask=mask).logits
+                logits = self.model_engine(input_values=input_values, attention_mask=mask, **extra).logits
             losses = ctc.per_utterance_loss(
                 logits,
                 ctc.frame_lengths(self.model_engine.module, mask),

@@ -10,16 +10,20 @@ A Batch is a plain dict so the loop can move tensors to the device and hand them
   audio_seconds  float           seconds of real audio in valid items
   real_samples   int             audio samples of valid items
   padded_samples int             padding samples (B*T minus every item's own length)
+  mask_time_indices bool [B, F]  training batches with SpecAugment on (``collate_with_time_masks``): each
+                                 utterance's time mask over the model's F feature frames, from the data alone
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from xlsr_dist.audio import SAMPLE_RATE
+from xlsr_dist.specaugment import TimeMasking
 
 LABEL_PAD = -100
 # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm adds this to the variance: silence stays finite (0).
@@ -82,3 +86,12 @@ def collate(items: list[Item]) -> Batch:
         "real_samples": real,
         "padded_samples": int(b * t - lengths.sum()),
     }
+
+
+def collate_with_time_masks(items: list[Item], masking: TimeMasking, epoch: int, frames: Callable[[int], int]) -> Batch:
+    """``collate`` plus the batch's SpecAugment time masks, each utterance's drawn from (seed, epoch, its id) alone:
+    the same mask whichever rank, micro-batch or resume it lands in."""
+    batch = collate(items)
+    lengths = [len(wave) for _, wave, _, _ in items]
+    batch["mask_time_indices"] = masking.batch(lengths, batch["ids"], epoch, frames)
+    return batch

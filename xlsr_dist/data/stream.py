@@ -19,6 +19,7 @@ collate.dummy_item for a micro-batch left empty).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -38,7 +39,7 @@ from xlsr_dist import text
 from xlsr_dist.audio import SAMPLE_RATE, AudioError, decode_bytes
 from xlsr_dist.config import BatchPlan, DataConfig
 from xlsr_dist.data import shards
-from xlsr_dist.data.collate import Batch, Item, collate, dummy_item
+from xlsr_dist.data.collate import Batch, Item, collate, collate_with_time_masks, dummy_item
 from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
 from xlsr_dist.data.skip_reasons import (
     DUPLICATE_ID,
@@ -47,6 +48,7 @@ from xlsr_dist.data.skip_reasons import (
     SHORTER_THAN_MIN,
     UNALIGNABLE,
 )
+from xlsr_dist.specaugment import TimeMasking
 from xlsr_dist.world import World
 
 log = logging.getLogger(__name__)
@@ -273,7 +275,13 @@ class UtteranceDataset(Dataset):
         return items
 
 
-def make_loader(dataset: UtteranceDataset, batches: list[list[int]], num_workers: int, prefetch: int = 2) -> DataLoader:
+def make_loader(
+    dataset: UtteranceDataset,
+    batches: list[list[int]],
+    num_workers: int,
+    prefetch: int = 2,
+    collate_fn: Callable[[list[Item]], Batch] = collate,
+) -> DataLoader:
     """A DataLoader over fixed index lists; it returns batches in this order whatever the worker count."""
     extra: dict[str, Any] = {}
     if num_workers > 0:
@@ -282,7 +290,7 @@ def make_loader(dataset: UtteranceDataset, batches: list[list[int]], num_workers
         dataset,
         batch_sampler=batches,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,
         # Its own generator: each iter() draws a worker seed, which from the global one would shift dropout's
@@ -311,6 +319,7 @@ class TrainStream:
         vocab: dict[str, int],
         data_cfg: DataConfig,
         frames_fn: Callable[[int], int],
+        time_masking: TimeMasking | None = None,
     ) -> None:
         if plan.world_size != world.world_size:
             raise ValueError(f"batch plan is for {plan.world_size} ranks but the world has {world.world_size}")
@@ -321,6 +330,7 @@ class TrainStream:
         self.bucket_size_multiplier = data_cfg.bucket_size_multiplier
         self.num_workers = data_cfg.dataloader_num_workers
         self.catalog = build_catalog(self.location, vocab, data_cfg, frames_fn)
+        self.frames_fn, self.time_masking = frames_fn, time_masking
         self.num_samples = len(self.catalog)
         self.report = self.catalog.report
         self.skipped = self.catalog.skipped
@@ -368,6 +378,11 @@ class TrainStream:
     def global_batch_ids(self, epoch: int, step: int) -> list[str]:
         return [self.catalog.ids[i] for i in self.epoch_plan(epoch)[step]]
 
+    def collate_for(self, epoch: int) -> Callable[[list[Item]], Batch]:
+        if self.time_masking is None:
+            return collate
+        return functools.partial(collate_with_time_masks, masking=self.time_masking, epoch=epoch, frames=self.frames_fn)
+
     def steps(self, state: DataState) -> Iterator[tuple[DataState, list[Batch]]]:
         """(state after the step, its micro-batches) from ``state`` on; every rank yields exactly as many."""
         self.check(state)
@@ -379,7 +394,7 @@ class TrainStream:
                 continue
             rows = self.epoch_plan(epoch)
             micro = [m.tolist() for s in range(start, spe) for m in rank_micro_batches(rows[s], rank, self.plan)]
-            batches = iter(make_loader(self.dataset, micro, self.num_workers, prefetch=ga))
+            batches = iter(make_loader(self.dataset, micro, self.num_workers, ga, self.collate_for(epoch)))
             for step in range(start, spe):
                 out = [next(batches) for _ in range(ga)]
                 after = (epoch, step + 1) if step + 1 < spe else (epoch + 1, 0)
