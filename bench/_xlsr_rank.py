@@ -17,7 +17,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -148,14 +148,14 @@ class BenchHooks(StepHooks):
         self.index += 1
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], make_hooks: Callable[[StepRecorder, torch.device, bool], BenchHooks] = BenchHooks) -> None:
     record = os.environ.get(RECORD_ENV, "")
     if not record:
         raise SystemExit(f"{RECORD_ENV} must name this rank's record file")
     recorder = StepRecorder(record, "xlsr_dist")
     device = rank_device()
     try:
-        train.main(argv, hooks=BenchHooks(recorder, device, profile=os.environ.get(PROFILE_ENV) == "1"))
+        train.main(argv, hooks=make_hooks(recorder, device, os.environ.get(PROFILE_ENV) == "1"))
     except SystemExit as exc:
         if exc.code in (0, None):
             recorder.write(device)

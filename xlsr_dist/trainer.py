@@ -67,10 +67,14 @@ class StopFlag(Protocol):
 class StepHooks:
     """Observers of each training step on this rank, for measurement (bench/train_speed.py); these do nothing.
 
-    Per step, in order: step_begin -> batches_ready -> per micro-batch phase("forward"), phase("backward"),
-    phase("optimizer") -> phase("vote") -> step_end. They run inside the step, on every rank: what they spend is
-    part of what they measure, and one that raises fails the run as a failing step would.
+    Once, engine_ready. Per step, in order: step_begin -> batches_ready -> per micro-batch phase("forward"),
+    phase("backward"), phase("optimizer") -> phase("vote") -> step_end. They run inside the step, on every rank: what
+    they spend is part of what they measure, and one that raises fails the run as a failing step would.
     """
+
+    def engine_ready(self, model_engine: Any) -> None:
+        """The DeepSpeed engine exists (before any checkpoint is loaded into it); read-only use, e.g. its loss scale
+        after each step (bench/_gpu_check_rank.py)."""
 
     def step_begin(self, step: int) -> None:
         """Step ``step`` (counted from 1, as logged) is about to ask for its batches."""
@@ -386,6 +390,7 @@ class Trainer:
             elastic.check_model(resume_from, model)
             engine_config = resume_plan.configure(ds_config)
         self.model_engine = engine.initialize(model, engine_config, t.warmup_steps, self.total_steps)
+        self.hooks.engine_ready(self.model_engine)
         self.dtype = engine.torch_dtype(ds_config)
         precision = engine.precision(ds_config)
 
@@ -403,7 +408,7 @@ class Trainer:
         if resume_plan is not None:
             client = checkpoint.load(self.model_engine, resume_plan)
             if checkpoint.restore_rng_state(resume_plan, world.rank):
-                log.info("random streams restored: dropout and SpecAugment continue as in the saved run")
+                log.info("random streams restored: dropout continues as in the saved run")
             self.best.restore(client.get("best"), checkpoint.complete_steps(output_dir))
             self.step, run_id = int(client["step"]), client.get("mlflow_run_id")
             if resume_from.parent.parent.resolve() != output_dir.resolve():
