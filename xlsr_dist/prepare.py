@@ -69,10 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"target shard size in MiB (default {DEFAULT_SHARD_SIZE_MB:g}): a shard is closed and the next begun "
         "when its file reaches it, so the number of shards follows the corpus and memory stays bounded whatever "
-        "its size",
+        "its size%(default).0s",  # the empty %(default) keeps argparse from printing "(default: None)"
     )
     p.add_argument(
-        "--num_shards", type=int, default=None, help="a fixed number of shards per split instead of --shard_size_mb"
+        "--num_shards",
+        type=int,
+        default=None,
+        help="a fixed number of shards per split instead of --shard_size_mb%(default).0s",
     )
     p.add_argument("--num_workers", type=int, default=default_workers(), help="decoding processes")
     p.add_argument("--max_duration_in_seconds", type=float, default=30.0, help="longer audio is skipped")
