@@ -133,3 +133,25 @@ def make_bad_corpus(tmp_dir: str | Path) -> tuple[Path, list[str], dict[str, str
 
 def write_jsonl(path: Path, entries: list[dict]) -> None:
     path.write_text("".join(json.dumps(e) + "\n" for e in entries), encoding="utf-8")
+
+
+def make_many_corpus(tmp_dir: str | Path, count: int, seconds: float = 0.1, distinct: int = 8) -> Path:
+    """A folder-layout corpus of ``count`` utterances for scale tests; returns its transcript TSV.
+
+    ``distinct`` noisy clips of ``seconds`` (noise, so FLAC cannot shrink them to nothing) are written once and
+    every utterance is a symbolic link to one of them: the corpus costs the disk a few files whatever its size.
+    """
+    root = Path(tmp_dir)
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for k in range(distinct):
+        wave = sine(seconds, SR, freq=110.0 * (k + 1)) + rng.normal(0.0, 0.05, int(round(seconds * SR)))
+        sf.write(root / f"clip{k}.wav", wave.astype(np.float32), SR)
+    lines = ["path\ttext"]
+    for i in range(count):
+        name = f"clips/u{i:08d}.wav"
+        (root / name).symlink_to(root / f"clip{i % distinct}.wav")
+        lines.append(f"{name}\t{chr(97 + i % 26) * 2}")  # two letters: dense enough for 0.1 s
+    tsv = root / "transcripts.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    return tsv

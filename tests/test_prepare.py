@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from tests._corpus import SR, audio_bytes, good_items, make_bad_corpus, sine, write_jsonl
+from tests._corpus import SR, audio_bytes, good_items, make_bad_corpus, make_many_corpus, sine, write_jsonl
 from xlsr_dist import audio, prepare
 from xlsr_dist.data import convert, shards
 from xlsr_dist.data.recipes import detect_layout
@@ -148,8 +149,9 @@ def test_commonvoice_layout(tmp_path):
     assert [r["split"] for r in reports] == ["train", "dev", "test"] and reports[0]["layout"] == "commonvoice"
     rows = _split_rows(tmp_path / "out" / "train")
     assert sorted(r["text"] for r in rows.values()) == ["first clip", "second with quotes", "third line"]
-    sources = pq.read_table(shards.list_shards(tmp_path / "out" / "train")[0], columns=["id", "source"]).to_pylist()
-    assert sources == [{"id": "common_voice_en_train_0.mp3", "source": "clips/common_voice_en_train_0.mp3"}]
+    [shard] = shards.list_shards(tmp_path / "out" / "train")  # a tiny split: one shard of the default size
+    sources = pq.read_table(shard, columns=["id", "source"]).to_pylist()
+    assert sources[0] == {"id": "common_voice_en_train_0.mp3", "source": "clips/common_voice_en_train_0.mp3"}
     assert abs(len(audio.decode_bytes(rows["common_voice_en_train_0.mp3"]["audio"])) - 0.8 * SR) <= 1
     assert [r["text"] for r in _split_rows(tmp_path / "out" / "test").values()] == ["test two"]
 
@@ -347,3 +349,80 @@ def test_a_dead_worker_is_an_error_naming_the_item_not_a_hang(tmp_path, monkeypa
     monkeypatch.setattr(convert, "RESULT_TIMEOUT_S", 3.0)
     with pytest.raises(PrepareError, match="garbage.wav"):
         _prepare("--input", str(tsv), "--output", str(tmp_path / "out"), "--num_workers", "2")
+
+
+def test_shard_size_mb_cuts_shards_at_the_target_and_records_their_checksums(tmp_path):
+    tsv = make_many_corpus(tmp_path / "corpus", 440)  # ~2.8 kB of FLAC per utterance: ~1.2 MB in all
+    size_mb, target = "0.2", int(0.2 * 2**20)
+
+    def run(out: str, *flags: str) -> dict:
+        [report] = _prepare("--input", str(tsv), "--output", str(tmp_path / out), *flags)
+        return report
+
+    report = run("out", "--shard_size_mb", size_mb, "--num_workers", "1")
+    split = tmp_path / "out" / "train"
+    paths = [Path(p) for p in shards.list_shards(split)]
+    sizes = [p.stat().st_size for p in paths]
+    # Cut once a shard reaches the target, at a row-group boundary: at most one row group (~45 kB) and the footer over.
+    assert all(target <= s < 1.3 * target for s in sizes[:-1]) and 0 < sizes[-1] < target  # the rest, in the last
+    assert report["num_shards"] == len(paths) == sum(sizes) // target + 1 >= 4
+    manifest = shards.read_manifest(split)
+    for entry, path in zip(manifest["shards"], paths, strict=True):
+        data = path.read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)
+        assert entry["index"] == path.name + shards.INDEX_SUFFIX
+    ids = shards.read_metadata([str(p) for p in paths]).column("id").to_pylist()
+    assert ids == sorted(ids) and len(ids) == 440 == report["prepared"]
+    assert not list(split.glob("shard-?????.parquet*"))  # every part got its final name
+
+    # bit-identical whatever the worker count
+    run("out2", "--shard_size_mb", size_mb, "--num_workers", "2")
+    again = shards.read_manifest(tmp_path / "out2" / "train")
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in manifest["shards"]]
+
+    # a re-run keeps every shard; one lost is rebuilt alone; another target rebuilds all and drops the old files
+    before = _shard_state(split)
+    kept = run("out", "--shard_size_mb", size_mb, "--num_workers", "1")
+    assert (kept["shards_reused"], kept["shards_built"]) == (len(paths), 0) and _shard_state(split) == before
+    paths[-1].unlink()
+    rebuilt = run("out", "--shard_size_mb", size_mb, "--num_workers", "1")
+    assert (rebuilt["shards_reused"], rebuilt["shards_built"]) == (len(paths) - 1, 1)
+    assert shards.read_manifest(split)["shards"] == manifest["shards"]
+    bigger = run("out", "--shard_size_mb", "0.5", "--num_workers", "1")
+    assert bigger["shards_reused"] == 0 and bigger["num_shards"] < len(paths)
+    names = [shards.shard_name(k, bigger["num_shards"]) for k in range(bigger["num_shards"])]
+    assert sorted(p.name for p in split.glob("shard-*")) == sorted(names + [n + shards.INDEX_SUFFIX for n in names])
+    assert len(list((split / ".prepare").glob("*.json"))) == len(names)
+
+
+def _prepare_peak_rss_mb(tsv: Path, out: Path) -> float:
+    """Peak RSS of a prepare run in a fresh process (one decoding process: the pool's children are not counted)."""
+    code = (
+        "import resource, sys\n"
+        "from xlsr_dist import prepare\n"
+        "prepare.main(sys.argv[1:])\n"
+        "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    args = ["--input", str(tsv), "--output", str(out), "--num_workers", "1", "--no_progress"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        check=True,
+    )
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("peak_kb ")]
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.slow
+def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
+    # Ten times the utterances in one shard of the default size (~5 MB, then ~55 MB of FLAC): a writer that held
+    # the shard's rows (and a table of them, and the file read back) would grow by ~3x the shard, here ~150 MB.
+    peaks = {}
+    for count in (2_000, 20_000):
+        tsv = make_many_corpus(tmp_path / f"corpus{count}", count)
+        peaks[count] = _prepare_peak_rss_mb(tsv, tmp_path / f"out{count}")
+        assert shards.read_manifest(tmp_path / f"out{count}" / "train")["num_utterances"] == count
+    assert peaks[20_000] < 1.2 * peaks[2_000], peaks

@@ -270,3 +270,31 @@ def test_byte_index_through_fsspec_memory(split):
     finally:
         fs.rm("/xlsr-idx-split", recursive=True)
         shards.clear_cache()
+
+
+def test_streamed_shard_records_the_checksum_and_index_of_the_file_it_wrote(tmp_path):
+    path = tmp_path / shards.shard_name(0, 1)
+    rows = _rows(0, 37)  # two full row groups and a partial one
+    written = shards.write_shard(path, iter(rows))  # a stream: the writer never needs the rows as a list
+    data = path.read_bytes()
+    assert written.sha256 == hashlib.sha256(data).hexdigest() == shards.sha256_file(path)
+    assert (written.rows, written.bytes) == (37, len(data))
+    assert written.seconds == pytest.approx(sum(r["duration"] for r in rows))
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    streamed = json.loads(Path(shards.index_path(path)).read_text())
+    Path(shards.index_path(path)).unlink()
+    assert shards.build_index(path)  # the index of the whole file read back, as before streaming
+    assert streamed == json.loads(Path(shards.index_path(path)).read_text())
+
+
+def test_a_failed_stream_leaves_no_shard(tmp_path):
+    path = tmp_path / shards.shard_name(0, 1)
+    rows = _rows(0, 20)
+
+    def failing():
+        yield from rows
+        raise RuntimeError("decoder died")
+
+    with pytest.raises(RuntimeError, match="decoder died"):
+        shards.write_shard(path, failing())
+    assert os.listdir(tmp_path) == []

@@ -5,8 +5,9 @@
 ``<output>/<split>/``: ``shard-NNNNN-of-NNNNN.parquet`` (16 kHz mono FLAC, see ``xlsr_dist.data.shards``),
 ``manifest.json`` (counts, hours, duration histogram, character set, shard checksums, the text normalisation) and
 ``report.json`` (every skipped item with its id and reason; ``xlsr_dist.data.convert`` lists the reasons); one
-summary line per split is printed. A re-run keeps the shards it finished for the same plan
-(``xlsr_dist.data.shard_plan``).
+summary line per split is printed. Shards are cut at ``--shard_size_mb`` (256 MiB) as they are written, so their
+number follows the corpus and memory does not; ``--num_shards`` fixes the number instead. A re-run keeps the shards
+it finished for the same plan (``xlsr_dist.data.shard_plan``).
 
 Transcripts are normalised for ``--language`` (ISO 639, default en; see ``xlsr_dist.text``): ``--fold_accents``,
 ``--text_normalization none`` and HF's ``--chars_to_ignore`` adjust it. The settings are recorded in the manifest,
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from xlsr_dist.data.convert import Settings
-from xlsr_dist.data.prepare import prepare_split
+from xlsr_dist.data.prepare import DEFAULT_SHARD_SIZE_MB, prepare_split
 from xlsr_dist.data.recipes import FILE_RECIPES, LAYOUTS, detect_layout, hf
 from xlsr_dist.data.recipes.items import PrepareError, SplitInput
 from xlsr_dist.data.shards import REPORT
@@ -62,7 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="splits to write (commonvoice: tsv names; librispeech: sub-directories; folder/nemo: "
         "table/manifest names in --input, or the name of the one split; hf: output names)",
     )
-    p.add_argument("--num_shards", type=int, default=8, help="shards per split")
+    p.add_argument(
+        "--shard_size_mb",
+        type=float,
+        default=None,
+        help=f"target shard size in MiB (default {DEFAULT_SHARD_SIZE_MB:g}): a shard is closed and the next begun "
+        "when its file reaches it, so the number of shards follows the corpus and memory stays bounded whatever "
+        "its size%(default).0s",  # the empty %(default) keeps argparse from printing "(default: None)"
+    )
+    p.add_argument(
+        "--num_shards",
+        type=int,
+        default=None,
+        help="a fixed number of shards per split instead of --shard_size_mb%(default).0s",
+    )
     p.add_argument("--num_workers", type=int, default=default_workers(), help="decoding processes")
     p.add_argument("--max_duration_in_seconds", type=float, default=30.0, help="longer audio is skipped")
     p.add_argument(
@@ -116,8 +130,12 @@ def _parse_fold(value: str) -> bool | None:
 
 def _check_args(args: argparse.Namespace) -> None:
     problems = settings_problems(args.language, args.text_normalization)
-    if args.num_shards < 1:
+    if args.num_shards is not None and args.num_shards < 1:
         problems.append("--num_shards: must be >= 1")
+    if args.shard_size_mb is not None and not args.shard_size_mb > 0:
+        problems.append("--shard_size_mb: must be > 0")
+    if args.num_shards is not None and args.shard_size_mb is not None:
+        problems.append("--num_shards and --shard_size_mb: give one of them (a count, or a size to cut shards at)")
     if args.num_workers < 1:
         problems.append("--num_workers: must be >= 1")
     if args.max_duration_in_seconds <= 0:
@@ -181,6 +199,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             extra={"layout": layout, "input": args.input},
             force=args.force,
             progress=not args.no_progress,
+            shard_size_mb=args.shard_size_mb or DEFAULT_SHARD_SIZE_MB,
         )
         print(f"{split.name}: {report['summary']} -> {output / split.name}", flush=True)
         reports.append(report)

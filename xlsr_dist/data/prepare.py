@@ -1,14 +1,17 @@
 """One split of a corpus -> its shards, ``manifest.json`` and ``report.json`` (the work behind
 ``python -m xlsr_dist.prepare``).
 
-Duplicate ids are dropped (the first entry is kept), the rest planned into shards (``shard_plan``); shards a
-previous run finished for the same plan are kept, the others converted (``convert``) and written one after
-another as their items come back, so only unfinished shards hold audio in memory. ``report.json`` names every
-skipped item with its reason, those skipped in kept shards included.
+Duplicate ids are dropped (the first entry is kept), the rest planned into shards (``shard_plan``): ``num_shards``
+equal runs of the sorted ids, or cut wherever a shard reaches ``shard_size_mb``. Shards a previous run finished for
+the same plan are kept, the others converted (``convert``) and streamed into their files row group by row group as
+the items come back in order (``shards.ShardWriter``), so memory holds one row group and a few results in flight,
+whatever the size of a shard or of the corpus. ``report.json`` names every skipped item with its reason, those
+skipped in kept shards included.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import Counter
@@ -20,10 +23,19 @@ from tqdm import tqdm
 
 from xlsr_dist.atomic import write_json
 from xlsr_dist.data import language
-from xlsr_dist.data.convert import Row, Settings, convert_items
+from xlsr_dist.data.convert import Settings, convert_items
 from xlsr_dist.data.recipes.items import Item, Skip, SplitInput
-from xlsr_dist.data.shard_plan import plan_hash, plan_shards, remove_other_plans, reusable_shard, write_sidecar
-from xlsr_dist.data.shards import REPORT, sha256_file, shard_name, write_manifest, write_shard
+from xlsr_dist.data.shard_plan import (
+    part_name,
+    plan_hash,
+    plan_shards,
+    remove_other_parts,
+    remove_other_plans,
+    reusable_part,
+    reusable_shard,
+    write_sidecar,
+)
+from xlsr_dist.data.shards import REPORT, ShardWriter, WrittenShard, index_path, shard_name, write_manifest
 from xlsr_dist.data.skip_reasons import DUPLICATE_ID
 
 
@@ -47,21 +59,43 @@ def summary_line(prepared: int, seconds: float, num_shards: int, skipped: Sequen
     return line + f"; skipped {len(skipped)}: " + ", ".join(f"{n} {r}" for r, n in counts.most_common())
 
 
-def prepare_split(
+DEFAULT_SHARD_SIZE_MB = 256.0
+MB = 1 << 20
+
+
+def _progress(split: SplitInput, total: int, progress: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        desc=f"prepare {split.name}",
+        unit="utt",
+        disable=not progress or not total,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,
+        file=sys.stderr,
+    )
+
+
+def _info(written: WrittenShard, plan: str, skips: Sequence[Skip]) -> dict[str, Any]:
+    """A finished shard's sidecar."""
+    return {
+        "plan": plan,
+        "rows": written.rows,
+        "sha256": written.sha256,
+        "seconds": written.seconds,
+        "skipped": [s.as_dict() for s in skips],
+    }
+
+
+def _write_by_count(
     split: SplitInput,
-    output: Path,
+    split_dir: Path,
+    items: list[Item],
     num_shards: int,
     num_workers: int,
     settings: Settings,
-    extra: dict[str, Any] | None = None,
-    force: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Write one split's shards, manifest and report; returns the report."""
-    started = time.time()
-    split_dir = output / split.name
-    split_dir.mkdir(parents=True, exist_ok=True)
-    items, duplicates = _drop_duplicates(split.items)
+    force: bool,
+    progress: bool,
+) -> tuple[list[str], list[dict[str, Any]], int]:
+    """``num_shards`` shards of equal item counts; returns their names, sidecars and how many were kept."""
     plan = plan_shards(items, num_shards)
     names = [shard_name(i, len(plan)) for i in range(len(plan))]
     plans = [plan_hash(chunk, settings) for chunk in plan]
@@ -76,51 +110,145 @@ def prepare_split(
     reused = len(done)
     tasks = [(i, it) for i in todo for it in plan[i]]
     pending = {i: len(plan[i]) for i in todo}
-    rows: dict[int, list[Row]] = {i: [] for i in todo}
-    skips: dict[int, list[Skip]] = {i: [] for i in todo}
+    # Results come back in task order, so shard i's rows arrive together: one shard is open at a time.
+    writing: dict[int, ShardWriter] = {}
+    skips: list[Skip] = []
 
     def finish(i: int) -> None:
-        path = split_dir / names[i]
-        write_shard(path, rows[i])
-        info = {
-            "plan": plans[i],
-            "rows": len(rows[i]),
-            "sha256": sha256_file(path),
-            "seconds": sum(r["duration"] for r in rows[i]),
-            "skipped": [s.as_dict() for s in skips[i]],
-        }
-        write_sidecar(split_dir, names[i], info)
-        done[i] = info
-        del rows[i], skips[i]  # bounded memory: only unfinished shards hold audio
+        written = writing.pop(i).close()
+        done[i] = _info(written, plans[i], skips)
+        write_sidecar(split_dir, names[i], done[i])
+        skips.clear()
 
-    for i in todo:
-        if pending[i] == 0:
-            finish(i)
-    bar = tqdm(
-        total=len(tasks),
-        desc=f"prepare {split.name}",
-        unit="utt",
-        disable=not progress or not tasks,
-        mininterval=0.5 if sys.stderr.isatty() else 30.0,
-        file=sys.stderr,
-    )
-    for i, result in convert_items(tasks, num_workers, settings, split.row_audio):
-        if isinstance(result, Skip):
-            skips[i].append(result)
-        else:
-            rows[i].append(result)
-        pending[i] -= 1
-        bar.update(1)
-        if pending[i] == 0:
-            finish(i)
-    bar.close()
+    try:
+        for i in todo:
+            if pending[i] == 0:
+                writing[i] = ShardWriter(split_dir / names[i])
+                finish(i)
+        bar = _progress(split, len(tasks), progress)
+        for i, result in convert_items(tasks, num_workers, settings, split.row_audio):
+            if i not in writing:
+                writing[i] = ShardWriter(split_dir / names[i])
+            if isinstance(result, Skip):
+                skips.append(result)
+            else:
+                writing[i].write(result)
+            pending[i] -= 1
+            bar.update(1)
+            if pending[i] == 0:
+                finish(i)
+        bar.close()
+    except BaseException as e:
+        for writer in writing.values():
+            writer.abort(e)
+        raise
+    return names, [done[i] for i in range(len(plan))], reused
 
-    skipped = split.skipped + duplicates + [Skip(**s) for i in sorted(done) for s in done[i]["skipped"]]
+
+def _write_by_size(
+    split: SplitInput,
+    split_dir: Path,
+    items: list[Item],
+    target_bytes: int,
+    num_workers: int,
+    settings: Settings,
+    force: bool,
+    progress: bool,
+) -> tuple[list[str], list[dict[str, Any]], int]:
+    """Shards cut where their file reaches ``target_bytes``; returns their names, sidecars and how many were kept."""
+    ordered = plan_shards(items, 1)[0]
+    done: list[dict[str, Any]] = []
+    start = 0
+    while not force and start < len(ordered):
+        info = reusable_part(split_dir, len(done), ordered, start, settings, target_bytes)
+        if info is None:
+            break
+        done.append(info)
+        start += int(info["items"])
+    reused = len(done)
+
+    writer: ShardWriter | None = None
+    skips: list[Skip] = []
+    taken = 0
+
+    def finish(full: bool) -> None:
+        nonlocal writer, start, taken
+        assert writer is not None
+        part = part_name(len(done))
+        info = _info(writer.close(), plan_hash(ordered[start : start + taken], settings), skips)
+        info.update(items=taken, target_bytes=target_bytes, full=full, file=part)
+        write_sidecar(split_dir, part, info)
+        done.append(info)
+        writer, start, taken = None, start + taken, 0
+        skips.clear()
+
+    tasks = [(0, it) for it in ordered[start:]]
+    try:
+        bar = _progress(split, len(tasks), progress)
+        for _, result in convert_items(tasks, num_workers, settings, split.row_audio):
+            if writer is None:
+                writer = ShardWriter(split_dir / part_name(len(done)))
+            taken += 1
+            if isinstance(result, Skip):
+                skips.append(result)
+            else:
+                writer.write(result)
+            bar.update(1)
+            if writer.bytes_written >= target_bytes:
+                finish(full=True)
+        bar.close()
+        if writer is not None or not done:  # the rest, or the one (empty) shard of a split without items
+            writer = writer or ShardWriter(split_dir / part_name(len(done)))
+            finish(full=False)
+    except BaseException as e:
+        if writer is not None:
+            writer.abort(e)
+        raise
+
+    # Now that the count is known, every shard takes its final name; a kept one may have had another count.
+    names = [shard_name(k, len(done)) for k in range(len(done))]
+    for k, info in enumerate(done):
+        if info["file"] != names[k]:
+            os.replace(split_dir / info["file"], split_dir / names[k])
+            if os.path.exists(index_path(split_dir / info["file"])):
+                os.replace(index_path(split_dir / info["file"]), index_path(split_dir / names[k]))
+            info["file"] = names[k]
+            write_sidecar(split_dir, part_name(k), info)
+    remove_other_parts(split_dir, set(names), len(done))
+    return names, done, reused
+
+
+def prepare_split(
+    split: SplitInput,
+    output: Path,
+    num_shards: int | None,
+    num_workers: int,
+    settings: Settings,
+    extra: dict[str, Any] | None = None,
+    force: bool = False,
+    progress: bool = True,
+    shard_size_mb: float = DEFAULT_SHARD_SIZE_MB,
+) -> dict[str, Any]:
+    """Write one split's shards, manifest and report; returns the report. ``num_shards`` (when given) fixes the
+    number of shards, else they are cut at ``shard_size_mb``."""
+    started = time.time()
+    split_dir = output / split.name
+    split_dir.mkdir(parents=True, exist_ok=True)
+    items, duplicates = _drop_duplicates(split.items)
+    if num_shards is not None:
+        names, done, reused = _write_by_count(
+            split, split_dir, items, num_shards, num_workers, settings, force, progress
+        )
+    else:
+        target = max(1, int(shard_size_mb * MB))
+        names, done, reused = _write_by_size(split, split_dir, items, target, num_workers, settings, force, progress)
+
+    skipped = split.skipped + duplicates + [Skip(**s) for info in done for s in info["skipped"]]
     skipped.sort(key=lambda s: s.id)
-    prepared = sum(int(done[i]["rows"]) for i in done)
+    prepared = sum(int(info["rows"]) for info in done)
     manifest = write_manifest(
         split_dir,
-        {names[i]: done[i]["sha256"] for i in done},
+        {name: info["sha256"] for name, info in zip(names, done, strict=True)},
         extra={
             "split": split.name,
             **(extra or {}),
@@ -135,12 +263,13 @@ def prepare_split(
         "num_items": len(split.items) + len(split.skipped),
         "prepared": prepared,
         "hours": manifest["hours"],
-        "num_shards": len(plan),
-        "shards_built": len(plan) - reused,
+        "num_shards": len(names),
+        "shard_size_mb": None if num_shards is not None else shard_size_mb,
+        "shards_built": len(names) - reused,
         "shards_reused": reused,
         "skipped_by_reason": dict(Counter(s.reason for s in skipped).most_common()),
         "skipped": [s.as_dict() for s in skipped],
-        "summary": summary_line(prepared, manifest["total_seconds"], len(plan), skipped),
+        "summary": summary_line(prepared, manifest["total_seconds"], len(names), skipped),
         "elapsed_seconds": round(time.time() - started, 2),
     }
     write_json(split_dir / REPORT, report)

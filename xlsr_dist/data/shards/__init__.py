@@ -38,7 +38,7 @@ from xlsr_dist.data.shards.schema import (
     ShardError,
     shard_name,
 )
-from xlsr_dist.data.shards.writer import write_shard
+from xlsr_dist.data.shards.writer import ShardWriter, WrittenShard, write_shard
 
 __all__ = [
     "FORMAT",
@@ -50,6 +50,8 @@ __all__ = [
     "ROW_GROUP_SIZE",
     "SCHEMA",
     "ShardError",
+    "ShardWriter",
+    "WrittenShard",
     "build_index",
     "clear_cache",
     "duration_histogram",

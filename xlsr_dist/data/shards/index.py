@@ -75,22 +75,33 @@ def locate_blobs(data: bytes, blobs: Sequence[bytes]) -> np.ndarray | None:
 
 def write_index(path: Path, data: bytes, blobs: Sequence[bytes]) -> bool:
     """Write ``path``'s index from its bytes and its rows' blobs; False (and no index) when blobs cannot be located."""
-    target = Path(index_path(path))
     where = locate_blobs(data, blobs)
     if where is None:
-        log.warning("%s: audio blobs not stored verbatim; no byte index, reads use Parquet row groups", path)
-        target.unlink(missing_ok=True)
+        remove_index(path)
         return False
+    digest = footer_digest(lambda offset, n: data[offset : offset + n], len(data))
+    write_index_entries(path, len(data), digest, where[:, 0].tolist(), where[:, 1].tolist())
+    return True
+
+
+def write_index_entries(path: Path, size: int, digest: str, offsets: Sequence[int], lengths: Sequence[int]) -> None:
+    """Write the index of the shard at ``path`` (``size`` bytes, footer digest ``digest``) from its rows' blob
+    offsets and lengths."""
     index = {
         "format": INDEX_FORMAT,
-        "shard_bytes": len(data),
-        "footer_sha256": footer_digest(lambda offset, n: data[offset : offset + n], len(data)),
-        "rows": len(blobs),
-        "offsets": where[:, 0].tolist(),
-        "lengths": where[:, 1].tolist(),
+        "shard_bytes": size,
+        "footer_sha256": digest,
+        "rows": len(offsets),
+        "offsets": list(offsets),
+        "lengths": list(lengths),
     }
-    write_bytes(target, json.dumps(index, separators=(",", ":")).encode())
-    return True
+    write_bytes(index_path(path), json.dumps(index, separators=(",", ":")).encode())
+
+
+def remove_index(path: Path) -> None:
+    """No index for the shard at ``path`` (its blobs are not stored verbatim): reads use Parquet row groups."""
+    log.warning("%s: audio blobs not stored verbatim; no byte index, reads use Parquet row groups", path)
+    Path(index_path(path)).unlink(missing_ok=True)
 
 
 def build_index(path: str | Path) -> bool:
