@@ -176,6 +176,8 @@ class Evaluator:
     writes_words: bool = True
     """False for languages written without spaces (zh, ja, th, ...): their WER is shown, marked not meaningful."""
     best: best_checkpoint.BestTracker | None = None
+    precision_mode: str = "fp32"
+    """amp: the eval forward runs under fp16 autocast, as the training forward does"""
 
     def should_eval(self, step: int) -> bool:
         return due(step, self.every, self.total_steps)
@@ -195,6 +197,7 @@ class Evaluator:
             self.device,
             self.dtype,
             reduction=self.ctc_loss_reduction,
+            precision_mode=self.precision_mode,
         )
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "eval_samples"}, step)
         msg = f"eval step {step}: {eval_line(metrics, self.primary_metric, self.writes_words)}"
@@ -492,6 +495,7 @@ class Trainer:
             writes_words=text.writes_words(cfg.data.language),
             best=self.best,
             ctc_loss_reduction=self.ctc_loss_reduction,
+            precision_mode=precision,
         )
         self.checkpointer = Checkpointer(
             self.model_engine,
