@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from tests._dist import run_ranks
 from tests._runs import DATA_CACHE
+from xlsr_dist import evaluate
+from xlsr_dist.config import ModelConfig
 from xlsr_dist.data import demo
 from xlsr_dist.evaluate import error_counts, rates
+from xlsr_dist.model import build_model
+from xlsr_dist.scoring import score_utterances
 
 REFS = ["the cat sat on the mat", "hello", "a much longer reference sentence with many words in it", "yes no"]
 HYPS = ["the cat sat on mat", "jello", "a much longer reference sentence with many words in it", "yes yes no"]
@@ -119,3 +125,35 @@ def test_in_training_eval_on_two_gloo_ranks_equals_one_rank(tmp_path: Path) -> N
             assert got["eval_loss"] == pytest.approx(expected["eval_loss"], rel=1e-6)
     # --ctc_loss_reduction reaches eval: "sum" does not divide by the transcript length.
     assert one["sum"]["metrics"]["eval_loss"] > 2 * one["mean"]["metrics"]["eval_loss"]
+
+
+def _lm_head_dtypes_during(run: Any, precision_mode: str) -> set[str]:
+    """The dtypes the CTC head's output had in each forward ``run(model, batches, precision_mode)`` made."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(architecture="tiny"), 8, 0)
+    seen: set[str] = set()
+    model.lm_head.register_forward_hook(lambda _m, _i, out: seen.add(str(out.dtype)))
+    batch = {
+        "input_values": torch.randn(2, 4000),
+        "attention_mask": torch.ones(2, 4000, dtype=torch.long),
+        "labels": torch.tensor([[3, 4, 5], [6, 7, -100]]),
+        "valid": torch.tensor([True, True]),
+        "ids": ["u1", "u2"],
+    }
+    run(model, [batch], precision_mode)
+    return seen
+
+
+@pytest.mark.parametrize(("precision_mode", "expected"), [("amp", {"torch.float16"}), ("fp32", {"torch.float32"})])
+def test_eval_forward_runs_under_fp16_autocast_when_training_does(precision_mode: str, expected: set[str]) -> None:
+    inverse = ["<pad>", "<unk>", "|", "a", "b", "c", "d", "e"]
+    cpu = torch.device("cpu")
+
+    def in_training(model: Any, batches: Any, mode: str) -> None:
+        evaluate.evaluate(model, batches, inverse, 0, True, cpu, torch.float32, precision_mode=mode)
+
+    def cli(model: Any, batches: Any, mode: str) -> None:
+        list(score_utterances(model, batches, {"u1": "abc", "u2": "de"}, inverse, 0, True, cpu, mode))
+
+    assert _lm_head_dtypes_during(in_training, precision_mode) == expected
+    assert _lm_head_dtypes_during(cli, precision_mode) == expected

@@ -19,7 +19,7 @@ from xlsr_dist import error_report, hypotheses, text
 from xlsr_dist.config import ConfigError, ModelConfig
 from xlsr_dist.data import demo, shards
 from xlsr_dist.evaluate import error_counts
-from xlsr_dist.evaluate_cli import locate_model, main, parse_args
+from xlsr_dist.evaluate_cli import locate_model, main, parse_args, run_precision
 from xlsr_dist.scoring import SetTotals, UtteranceScore, unrepresentable_characters
 
 DEMO_EVAL_UTTERANCES = 16
@@ -332,3 +332,16 @@ def test_bad_input_under_the_deepspeed_launcher_is_one_message_and_exit_2(traine
     both = proc.stdout + proc.stderr
     assert both.count(f"--data {tmp_path / 'nope'}: no such file or directory") == 1, both[-3000:]
     assert "Traceback" not in both
+
+
+def test_the_forward_precision_is_the_training_runs(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")
+    (run / "train_config.json").write_text(json.dumps({"precision": "amp"}))
+    assert run_precision(locate_model(run)) == "amp"
+    assert run_precision(locate_model(run / "final")) == "amp"
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "config.json").write_text("{}")
+    assert run_precision(locate_model(exported)) == "fp32"

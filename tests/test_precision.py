@@ -129,3 +129,21 @@ def test_fp16_wrap_skips_an_overflow_on_every_rank_with_hysteresis(tmp_path: Pat
         # hysteresis 2 in zero2_fp16.json: one overflow uses up the hysteresis, the scale stays.
         assert {s["scale_after"] for s in steps} == {2.0**16}
     assert ranks[0]["params"] == ranks[1]["params"]
+
+
+def test_bf16_is_refused_on_gpus_that_only_emulate_it() -> None:
+    problem = precision.native_bf16_problem("bf16", "cuda", native_bf16=False, device_name="Tesla V100-SXM2-32GB")
+    assert problem.startswith("--deepspeed: bf16 asked for, but Tesla V100-SXM2-32GB has no native bf16")
+    assert "ds_configs/zero2_amp.json" in problem and "ds_configs/zero2_fp16.json" in problem
+    assert precision.native_bf16_problem("bf16", "cuda", native_bf16=True, device_name="NVIDIA A100-SXM4-80GB") == ""
+    assert precision.native_bf16_problem("amp", "cuda", native_bf16=False, device_name="Tesla T4") == ""
+    assert precision.native_bf16_problem("bf16", "cpu", native_bf16=False, device_name="") == ""
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"), [("amp", torch.float16), ("fp16", torch.float32), ("fp32", torch.float32)]
+)
+def test_only_amp_autocasts_the_forward_outside_the_engine(mode: str, expected: torch.dtype) -> None:
+    layer = torch.nn.Linear(4, 4)
+    with precision.forward_autocast(mode, torch.device("cpu")):
+        assert layer(torch.randn(2, 4)).dtype == expected

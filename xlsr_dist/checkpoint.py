@@ -213,11 +213,45 @@ def restore_rng_state(plan: elastic.ResumePlan, rank: int) -> bool:
 
 
 def _module_state(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights in fp32. Under fp16/bf16 the module holds 16-bit copies of the weights (fp16 keeps
+    11 significant bits, bf16 8): the trained parameters are then taken from the fp32 master partitions every rank's
+    optimizer file holds, exactly the weights training updated; frozen ones and buffers, never updated, from the
+    module."""
     files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
     if not files:
         raise CheckpointError(f"{ckpt}: no mp_rank_*_model_states.pt (not a DeepSpeed checkpoint)")
     state = safe_load(files[0])
-    return {k: v.float() if v.is_floating_point() else v for k, v in state["module"].items()}
+    module = {k: v.float() if v.is_floating_point() else v for k, v in state["module"].items()}
+    if all(v.dtype == torch.float32 for k, v in state["module"].items() if v.is_floating_point()):
+        return module
+    module.update(_fp32_masters(ckpt, state["param_shapes"]))
+    return module
+
+
+def _fp32_masters(ckpt: Path, param_shapes: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The trained parameters from a ZeRO-1/2 checkpoint's fp32 partitions: each parameter group's flat fp32 vector
+    is the ranks' partitions end to end, parameters in ``param_shapes`` order, each followed by its alignment
+    padding (DeepSpeed's zero_to_fp32 layout, read here with safe_load instead of its unrestricted torch.load)."""
+    files = sorted(ckpt.glob("zero_pp_rank_*_optim_states.pt"), key=lambda f: int(f.name.split("_")[3]))
+    states = [safe_load(f, mmap=True)["optimizer_state_dict"] for f in files]
+    if not states or int(max(_as_list(states[0]["partition_count"]))) != len(states):
+        raise CheckpointError(f"{ckpt}: expected one *_optim_states.pt per rank, found {len(states)}")
+    paddings = states[0].get("param_alignment_paddings")
+    masters: dict[str, torch.Tensor] = {}
+    for group, shapes in enumerate(param_shapes):
+        flat = torch.cat([s["single_partition_of_fp32_groups"][group] for s in states])
+        offset = 0
+        for index, (name, shape) in enumerate(shapes.items()):
+            numel = int(torch.Size(shape).numel())
+            masters[name] = flat.narrow(0, offset, numel).view(torch.Size(shape)).detach().clone()
+            offset += numel + (int(paddings[group][index]) if paddings is not None else 0)
+        if offset > flat.numel():
+            raise CheckpointError(f"{ckpt}: its fp32 partitions hold {flat.numel()} values, the model {offset}")
+    return masters
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def load_hf_model(path: str | Path) -> tuple[Any, Any]:
@@ -228,7 +262,10 @@ def load_hf_model(path: str | Path) -> tuple[Any, Any]:
 
     p = Path(path)
     if (p / "config.json").is_file() and not (p / MARKER).is_file():
-        return Wav2Vec2ForCTC.from_pretrained(p), Wav2Vec2Processor.from_pretrained(p)
+        # fp32 whatever the files hold: transformers 5 would otherwise load a 16-bit model as 16-bit (dtype "auto"),
+        # which fp32 audio input cannot run through ("Input type (float) and bias type (c10::Half)").
+        model = Wav2Vec2ForCTC.from_pretrained(p, dtype=torch.float32)
+        return model, Wav2Vec2Processor.from_pretrained(p)
     if (p / FINAL / "config.json").is_file():
         return load_hf_model(p / FINAL)
     ckpt = newest_complete(p) if (p / CHECKPOINTS).is_dir() else p

@@ -118,6 +118,11 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
             else f"--deepspeed: {path.name} asks for {prec}, which this accelerator does not support; "
             "use ds_configs/zero2_fp32.json (or zero2_fp16.json on an NVIDIA GPU)"
         )
+    if prec == "bf16" and device.type == "cuda":
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        problem = xlsr_dist.precision.native_bf16_problem(prec, device.type, native, torch.cuda.get_device_name(device))
+        if problem:
+            problems.append(problem)
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2):
         problems.append(

@@ -14,7 +14,7 @@ from typing import Any
 import jiwer
 import torch
 
-from xlsr_dist import ctc, text, world
+from xlsr_dist import ctc, precision, text, world
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,13 @@ def evaluate(
     dtype: torch.dtype,
     examples: int = 3,
     reduction: str = "mean",
+    precision_mode: str = "fp32",
 ) -> tuple[dict[str, float], list[tuple[str, str, str]]]:
     """Run on EVERY rank (it ends in a collective). Returns (metrics, a few (id, reference, hypothesis) examples).
 
     eval_loss is the mean over utterances of each one's CTC loss under --ctc_loss_reduction ``reduction``: divided by
     its target length for "mean" (as training's loss), as is for "sum"; either way independent of batch and rank
-    count."""
+    count. ``precision_mode`` "amp": the forward runs under fp16 autocast, as in training."""
     module = engine.module if hasattr(engine, "module") else engine
     was_training = module.training
     module.eval()
@@ -82,10 +83,11 @@ def evaluate(
     shown: list[tuple[str, str, str]] = []
     for batch in batches:
         valid = batch["valid"].to(device)
-        logits = module(
-            input_values=batch["input_values"].to(device, dtype),
-            attention_mask=batch["attention_mask"].to(device),
-        ).logits
+        with precision.forward_autocast(precision_mode, device):
+            logits = module(
+                input_values=batch["input_values"].to(device, dtype),
+                attention_mask=batch["attention_mask"].to(device),
+            ).logits
         frames = ctc.frame_lengths(module, batch["attention_mask"].to(device))
         losses = ctc.per_utterance_loss(logits, frames, batch["labels"].to(device), blank_id, zero_infinity, reduction)
         keep = valid.nonzero().flatten().tolist()

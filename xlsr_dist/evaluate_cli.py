@@ -192,6 +192,16 @@ def _final_step(run_dir: Path) -> int | None:
         return None
 
 
+def run_precision(source: ModelSource) -> str:
+    """The precision mode the model's training run used (its train_config.json); 'fp32' for a model without one."""
+    if source.run_dir is None:
+        return "fp32"
+    try:
+        return str(json.loads((source.run_dir / TRAIN_CONFIG).read_text()).get("precision", "fp32"))
+    except (OSError, ValueError, AttributeError):
+        return "fp32"
+
+
 def locate_model(path: str | Path) -> ModelSource:
     """Which run (if any) the model at ``path`` belongs to, and at which step; the same choice load_hf_model makes."""
     p = Path(path).resolve()
@@ -331,10 +341,16 @@ def check_inputs(args: EvalArgs) -> tuple[ModelSource, Any, dict[str, int], list
 
 
 def score_set(
-    model: Any, test_set: EvalSet, vocab: dict[str, int], world: World, device: torch.device, args: EvalArgs
+    model: Any,
+    test_set: EvalSet,
+    vocab: dict[str, int],
+    world: World,
+    device: torch.device,
+    args: EvalArgs,
+    precision_mode: str = "fp32",
 ) -> tuple[SetTotals, float]:
     """Collective. This rank's share scored and written as its part file; returns (totals summed over ranks,
-    wall seconds of the slowest rank)."""
+    wall seconds of the slowest rank). ``precision_mode``: the training run's (amp: forward under fp16 autocast)."""
     catalog = test_set.catalog
     batches = partition.eval_rank_batches(catalog.durations, world.world_size, world.rank, args.batch_size)
     loader = stream.make_loader(stream.UtteranceDataset(catalog), [b.tolist() for b in batches], args.num_workers)
@@ -348,6 +364,7 @@ def score_set(
             int(model.config.pad_token_id),
             bool(model.config.ctc_zero_infinity),
             device,
+            precision_mode,
         )
     )
     elapsed = time.perf_counter() - started
@@ -457,6 +474,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     if world.is_main:
         for test_set in sets:
             _warn_unrepresentable(test_set)
+    precision_mode = run_precision(source)
+    if precision_mode == "amp" and world.is_main:
+        log.info("forward under fp16 autocast, as the model's run trained it (Native AMP)")
     init(world, device, args.dist_timeout_s)
     code = 0
     try:
@@ -471,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     test_set.catalog.hours(),
                     world.world_size,
                 )
-            totals, slowest = score_set(model, test_set, vocab, world, device, args)
+            totals, slowest = score_set(model, test_set, vocab, world, device, args, precision_mode)
             metrics = totals.metrics(slowest)
             metrics_by_set[test_set.name] = metrics
             if world.is_main:

@@ -7,6 +7,7 @@ same model from the same seed and DeepSpeed takes it from there.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -25,6 +26,8 @@ from transformers import (
 from xlsr_dist.audio import SAMPLE_RATE
 from xlsr_dist.config import ModelConfig
 from xlsr_dist.text import PAD, UNK, WORD_DELIMITER
+
+log = logging.getLogger(__name__)
 
 # How long to wait for the hub before calling it unreachable: huggingface_hub otherwise retries a failed DNS lookup
 # for ~25 s before saying so, on every rank.
@@ -258,12 +261,33 @@ def _no_download(name: str) -> str:
     return ""
 
 
+def _from_pretrained(name: str, **kwargs: Any) -> Wav2Vec2ForCTC:
+    """Wav2Vec2ForCTC.from_pretrained, saying in one log line which weights are new and which were dropped, instead
+    of transformers' multi-line load report (printed on every rank)."""
+    report_logger = logging.getLogger("transformers.modeling_utils")
+    level = report_logger.level
+    report_logger.setLevel(logging.ERROR)
+    try:
+        model, info = Wav2Vec2ForCTC.from_pretrained(name, output_loading_info=True, **kwargs)
+    finally:
+        report_logger.setLevel(level)
+    resized = sorted(str(k[0] if isinstance(k, (list, tuple)) else k) for k in info.get("mismatched_keys", []))
+    log.info(
+        "loaded %s: newly initialised: %s; dropped (not used by CTC fine-tuning): %s%s",
+        name,
+        ", ".join(sorted(info.get("missing_keys", []))) or "none",
+        ", ".join(sorted(info.get("unexpected_keys", []))) or "none",
+        f"; re-initialised for another size: {', '.join(resized)}" if resized else "",
+    )
+    return model
+
+
 def _load_pretrained(name: str, overrides: dict[str, Any]) -> Wav2Vec2ForCTC:
     # A fine-tuned checkpoint's head has another vocabulary size; a pretraining checkpoint has no head at all.
     kwargs = dict(overrides, ignore_mismatched_sizes=True)
     if Path(name).expanduser().is_dir():
         try:
-            return Wav2Vec2ForCTC.from_pretrained(str(Path(name).expanduser()), local_files_only=True, **kwargs)
+            return _from_pretrained(str(Path(name).expanduser()), local_files_only=True, **kwargs)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(
                 f"--model_name_or_path {name}: the directory does not hold a loadable wav2vec2 checkpoint ({exc}).\n"
@@ -271,14 +295,14 @@ def _load_pretrained(name: str, overrides: dict[str, Any]) -> Wav2Vec2ForCTC:
             ) from exc
     try:
         # The cache first, without a network round trip: the common case on clusters with no internet.
-        return Wav2Vec2ForCTC.from_pretrained(name, local_files_only=True, **kwargs)
+        return _from_pretrained(name, local_files_only=True, **kwargs)
     except (OSError, ValueError) as exc:
         cache_miss: Exception = exc
     problem = _no_download(name)
     if problem:
         raise ModelLoadError(problem) from cache_miss
     try:
-        return Wav2Vec2ForCTC.from_pretrained(name, **kwargs)
+        return _from_pretrained(name, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"--model_name_or_path {name}: download failed ({exc}).\n" + _how_to_provide(name)
@@ -305,7 +329,18 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec
         # Renamed in transformers 5; the old name still exists there but warns.
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
+    elif _checkpointing(model):
+        # A config carrying transformers' legacy "gradient_checkpointing": true (older XLS-R checkpoints do) turns it
+        # on at load; the flag decides.
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
     return model
+
+
+def _checkpointing(model: Wav2Vec2ForCTC) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (which now warns) to is_activation_checkpointing.
+    renamed = getattr(type(model), "is_activation_checkpointing", None)
+    return bool(model.is_activation_checkpointing if renamed is not None else model.is_gradient_checkpointing)
 
 
 def build_processor(vocab_path: str | Path) -> Wav2Vec2Processor:

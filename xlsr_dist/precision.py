@@ -19,6 +19,8 @@ and checkpointing are all done in the right order (tests/test_precision.py compa
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -60,9 +62,31 @@ def problems(ds_config: dict[str, Any]) -> list[str]:
     return found
 
 
+def native_bf16_problem(precision_mode: str, device_type: str, native_bf16: bool, device_name: str) -> str:
+    """'' unless bf16 is asked for on a CUDA GPU without native bf16 (V100, T4: torch reports bf16 as supported there,
+    by emulation, and zero2_bf16 would run several times slower than fp16); then the problem, naming what to use.
+    ``native_bf16``: torch.cuda.is_bf16_supported(including_emulation=False) on that GPU."""
+    if precision_mode != "bf16" or device_type != "cuda" or native_bf16:
+        return ""
+    return (
+        f"--deepspeed: bf16 asked for, but {device_name or 'this GPU'} has no native bf16 (torch would emulate it, "
+        "several times slower than fp16); use ds_configs/zero2_amp.json (Native AMP, the card's recipe) or "
+        "ds_configs/zero2_fp16.json"
+    )
+
+
 def input_dtype(precision_mode: str) -> torch.dtype:
     """The dtype of the model's inputs: the weights' dtype. Under autocast the weights stay fp32."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision_mode, torch.float32)
+
+
+def forward_autocast(precision_mode: str, device: torch.device) -> AbstractContextManager[Any]:
+    """What the model's forward runs under outside the engine (evaluation): fp16 autocast for amp, as DeepSpeed's
+    engine runs the training forward, so eval measures the model as it trains; nothing for the other modes, whose
+    weights already have their dtype."""
+    if precision_mode == "amp":
+        return torch.autocast(device.type, dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def uses_loss_scaling(precision_mode: str) -> bool:

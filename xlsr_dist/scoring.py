@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from xlsr_dist import ctc, text
+from xlsr_dist import ctc, precision, text
 from xlsr_dist.audio import SAMPLE_RATE
 from xlsr_dist.evaluate import error_counts
 
@@ -121,15 +121,18 @@ def score_utterances(
     blank_id: int,
     zero_infinity: bool,
     device: torch.device,
+    precision_mode: str = "fp32",
 ) -> Iterator[UtteranceScore]:
     """Greedy CTC hypothesis, errors and loss of every valid item of ``batches`` (collate.Batch), in batch order.
 
     ``references`` maps utterance id -> normalised transcript. No collective: a rank scores its own batches.
+    ``precision_mode`` "amp" (the model's run trained with Native AMP): the forward runs under fp16 autocast, as there.
     """
     model.eval()
     for batch in batches:
         mask = batch["attention_mask"].to(device)
-        logits = model(input_values=batch["input_values"].to(device), attention_mask=mask).logits
+        with precision.forward_autocast(precision_mode, device):
+            logits = model(input_values=batch["input_values"].to(device), attention_mask=mask).logits
         frames = ctc.frame_lengths(model, mask)
         losses = ctc.per_utterance_loss(logits, frames, batch["labels"].to(device), blank_id, zero_infinity).cpu()
         predicted = logits.argmax(-1).cpu()

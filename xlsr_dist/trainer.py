@@ -42,7 +42,7 @@ from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metri
 from xlsr_dist.data import demo, shards
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
 from xlsr_dist.model import ModelLoadError, build_model, build_processor, count_parameters, output_frames
-from xlsr_dist.precision import uses_loss_scaling
+from xlsr_dist.precision import skipped_steps, uses_loss_scaling
 from xlsr_dist.specaugment import TimeMasking, forward_takes_time_masks
 from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, barrier
 
@@ -109,6 +109,8 @@ class MetricsWindow:
     progress: Any
     loss_sum: torch.Tensor = field(init=False)
     steps: int = field(init=False)
+    applied_steps: int = field(init=False)
+    """steps whose update was applied: a loss-scaled step skipped for overflow has no loss worth averaging"""
     audio_seconds: float = field(init=False)
     started: float = field(init=False)
 
@@ -118,9 +120,14 @@ class MetricsWindow:
     def _reset(self) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.steps, self.audio_seconds, self.started = 0, 0.0, time.perf_counter()
+        self.applied_steps = 0
 
-    def add(self, loss: torch.Tensor, micro_batches: Sequence[dict[str, Any]]) -> None:
-        self.loss_sum += loss
+    def add(self, loss: torch.Tensor, micro_batches: Sequence[dict[str, Any]], skipped: bool = False) -> None:
+        """``skipped``: the step overflowed and was not applied (every rank agrees); its loss (inf or NaN on the
+        rank that overflowed) stays out of the window, as HF's Trainer filters it."""
+        if not skipped:
+            self.loss_sum += loss
+            self.applied_steps += 1
         self.steps += 1
         self.audio_seconds += sum(b["audio_seconds"] for b in micro_batches)
 
@@ -143,17 +150,20 @@ class MetricsWindow:
         summed = all_reduce_sum([float(self.loss_sum), self.audio_seconds], self.device).tolist()
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         metrics = {
-            "loss": summed[0] / (self.steps * self.world.world_size),
+            "loss": summed[0] / (self.applied_steps * self.world.world_size) if self.applied_steps else None,
             "learning_rate": engine.current_lr(self.model_engine),
             "grad_norm": engine.grad_norm(self.model_engine),
             "loss_scale": engine.loss_scale(self.model_engine),
+            "skipped_steps": float(skipped_steps(self.model_engine)),
             "epoch": step / max(1, self.steps_per_epoch),
             "throughput": summed[1] / elapsed,
         }
+        # A window of skipped steps only has no loss to report: none is logged rather than a NaN.
+        metrics = {k: v for k, v in metrics.items() if v is not None}
         self.tracker.log_metrics(metrics, step)
         if self.progress is not None:
             self.progress.set_postfix(
-                loss=f"{metrics['loss']:.4f}",
+                loss=f"{metrics.get('loss', float('nan')):.4f}",
                 lr=f"{metrics['learning_rate']:.2e}",
                 audio_s_per_s=f"{metrics['throughput']:.1f}",
                 refresh=False,
@@ -182,6 +192,8 @@ class Evaluator:
     writes_words: bool = True
     """False for languages written without spaces (zh, ja, th, ...): their WER is shown, marked not meaningful."""
     best: best_checkpoint.BestTracker | None = None
+    precision_mode: str = "fp32"
+    """amp: the eval forward runs under fp16 autocast, as the training forward does"""
 
     def should_eval(self, step: int) -> bool:
         return due(step, self.every, self.total_steps)
@@ -201,6 +213,7 @@ class Evaluator:
             self.device,
             self.dtype,
             reduction=self.ctc_loss_reduction,
+            precision_mode=self.precision_mode,
         )
         self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "eval_samples"}, step)
         msg = f"eval step {step}: {eval_line(metrics, self.primary_metric, self.writes_words)}"
@@ -294,6 +307,13 @@ class Checkpointer:
         if not self.world.is_main:
             return
         final = self.output_dir / checkpoint.FINAL
+        if any(p.dtype != torch.float32 for p in self.model_engine.module.parameters()):
+            # fp16/bf16 training: the module holds 16-bit copies; the checkpoint of this step (saved just before)
+            # holds the fp32 master weights training updated. Users keep an fp32 model whatever the precision.
+            ckpt = self.output_dir / checkpoint.CHECKPOINTS / checkpoint.tag_for(step)
+            checkpoint.save_model_from(ckpt, final, {"step": step})
+            log.info("done: %d steps; fp32 model saved to %s from %s", step, final, ckpt.name)
+            return
         self.model_engine.module.save_pretrained(final)
         build_processor(str(self.output_dir / checkpoint.MODEL_CONFIG / "vocab.json")).save_pretrained(final)
         log.info("done: %d steps; model saved to %s", step, final)
@@ -303,14 +323,36 @@ class NonFiniteGuard:
     """Ends the run at a non-finite loss on any rank; under fp16, whose loss scaler skips overflowing steps and
     retries with a smaller scale, only after max_nonfinite_steps skipped steps in a row."""
 
-    def __init__(self, precision: str, max_skips: int) -> None:
-        self.precision, self.max_skips = precision, max_skips
+    def __init__(self, precision: str, max_skips: int, announce: bool = True) -> None:
+        """``announce``: this rank logs each skipped step (rank 0; every rank skips the same steps)."""
+        self.precision, self.max_skips, self.announce = precision, max_skips, announce
         self.consecutive_skips = 0
+        self.skipped_ids: list[str] = []
 
     def check(
-        self, step: int, nonfinite_anywhere: bool, skipped: bool, micro_batches: Sequence[dict[str, Any]]
+        self,
+        step: int,
+        nonfinite_anywhere: bool,
+        skipped: bool,
+        micro_batches: Sequence[dict[str, Any]],
+        loss_scales: tuple[float, float] | None = None,
     ) -> None:
+        """``loss_scales``: the loss scale before and after the step, for the warning a skipped step gets."""
         self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
+        ids = [i for b in micro_batches for i in b["ids"]]
+        self.skipped_ids = self.skipped_ids + ids if skipped else []
+        if skipped and self.announce:
+            before, after = loss_scales or (float("nan"), float("nan"))
+            log.warning(
+                "step %d skipped: non-finite gradients under the %s loss scale (%d in a row, --max_nonfinite_steps "
+                "%d); loss scale %g -> %g",
+                step,
+                self.precision,
+                self.consecutive_skips,
+                self.max_skips,
+                before,
+                after,
+            )
         overflowing = self.consecutive_skips >= self.max_skips
         if not overflowing and not (nonfinite_anywhere and not uses_loss_scaling(self.precision)):
             return
@@ -323,8 +365,8 @@ class NonFiniteGuard:
                 f"rank. Resume from the last checkpoint with --resume_from_checkpoint latest after removing them."
             )
         raise NonFiniteLoss(
-            f"{self.consecutive_skips} consecutive fp16 overflow steps up to step {step}; "
-            f"last batch ids: {[i for b in micro_batches for i in b['ids']]}"
+            f"{self.consecutive_skips} consecutive fp16 overflow steps up to step {step} (--max_nonfinite_steps "
+            f"{self.max_skips}); utterance ids of those steps on this rank: {', '.join(self.skipped_ids)}"
         )
 
 
@@ -480,6 +522,7 @@ class Trainer:
             writes_words=text.writes_words(cfg.data.language),
             best=self.best,
             ctc_loss_reduction=self.ctc_loss_reduction,
+            precision_mode=precision,
         )
         self.checkpointer = Checkpointer(
             self.model_engine,
@@ -493,7 +536,7 @@ class Trainer:
             best=self.best,
             load_best_model_at_end=t.load_best_model_at_end,
         )
-        self.guard = NonFiniteGuard(precision, t.max_nonfinite_steps)
+        self.guard = NonFiniteGuard(precision, t.max_nonfinite_steps, announce=world.is_main)
 
     def train(self) -> bool:
         """Train to total_steps; True when a requested stop ended the run early, its checkpoint saved at self.step."""
@@ -506,12 +549,14 @@ class Trainer:
                 self.data_state, micro_batches = next(batches)
                 self.hooks.batches_ready(self.step + 1, micro_batches)
                 skipped_before = self.model_engine.skipped_steps
+                scale_before = engine.loss_scale(self.model_engine)
                 loss, nonfinite = self.train_step(micro_batches)
                 self.step += 1
-                self.metrics.add(loss, micro_batches)
-                stop_anywhere, nonfinite_anywhere = self.vote(nonfinite)
                 skipped = self.model_engine.skipped_steps > skipped_before
-                self.guard.check(self.step, nonfinite_anywhere, skipped, micro_batches)
+                self.metrics.add(loss, micro_batches, skipped)
+                stop_anywhere, nonfinite_anywhere = self.vote(nonfinite)
+                scales = (scale_before, engine.loss_scale(self.model_engine))
+                self.guard.check(self.step, nonfinite_anywhere, skipped, micro_batches, scales)
                 self.hooks.step_end(self.step, last=self.step == self.total_steps)
 
                 self.metrics.maybe_log(self.step)

@@ -64,6 +64,7 @@ METRIC_NAMES = (
     "learning_rate",
     "grad_norm",
     "loss_scale",
+    "skipped_steps",
     "epoch",
     "eval_loss",
     "eval_wer",
