@@ -23,8 +23,6 @@ from tests._runs import DATA_CACHE, metrics_by_step, mlflow_runs, tiny_flags
 from tests._s3_server import S3Server
 from tests._secrets import files_holding
 
-pytestmark = pytest.mark.slow
-
 CANARY = "s3-secret-canary-Zq81"
 BUCKET = "corpora"
 STEPS, SAVE_AT = 4, 2
@@ -50,11 +48,15 @@ def write_folder_corpus(root: Path) -> dict[str, list[str]]:
     return ids
 
 
+def object_key(request: dict[str, Any]) -> str:
+    return request["url"].split("?")[0].split(f"/{BUCKET}/", 1)[-1]
+
+
 def shard_reads(requests: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     """(key, first byte, last byte) of every GET of a shard file; a GET without a Range header reads 0..-1."""
     reads = []
     for r in requests:
-        key = r["url"].split("?")[0].split(f"/{BUCKET}/", 1)[-1]
+        key = object_key(r)
         if r["method"] != "GET" or not key.endswith(".parquet"):
             continue
         match = re.fullmatch(r"bytes=(\d+)-(\d+)", r["headers"].get("Range", ""))
@@ -89,6 +91,7 @@ def train(out: Path, db: Path, logs: Path, env: dict[str, str], **flags: Any) ->
     return "\n".join(r.output for r in results)
 
 
+@pytest.mark.slow
 def test_prepare_into_s3_then_train_two_ranks_and_resume_from_it(
     s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,6 +135,11 @@ def test_prepare_into_s3_then_train_two_ranks_and_resume_from_it(
     assert prep.returncode == 0, prep.stderr[-3000:]
     assert "train: prepared 96 utterances" in prep.stdout and f"-> s3://{BUCKET}/cv/train" in prep.stdout
     assert CANARY not in prep.stdout + prep.stderr
+    # Each object appears whole (one PUT); a split's manifest is written after all of its shards and indexes.
+    puts = [object_key(r) for r in s3_server.requests() if r["method"] == "PUT" and "/" in object_key(r)]
+    for split in ("train", "eval"):
+        in_split = [i for i, key in enumerate(puts) if key.startswith(f"cv/{split}/shard-")]
+        assert len(in_split) == 6 and max(in_split) < puts.index(f"cv/{split}/manifest.json"), puts
 
     # Listing over HTTP: each split is its shards, their byte indexes, report and manifest, and nothing else.
     shard_names = [f"shard-{i:05d}-of-00003.parquet" for i in range(3)]
@@ -194,3 +202,25 @@ def test_prepare_into_s3_then_train_two_ranks_and_resume_from_it(
     assert run.data.params["train_data"] == f"s3://{BUCKET}/cv/train"
     assert [k for k, v in {**run.data.params, **run.data.tags}.items() if CANARY in k or CANARY in v] == []
     assert files_holding(tmp_path, CANARY) == []
+
+
+def test_prepare_to_a_url_writes_each_split_there_and_a_rerun_drops_the_shards_of_another_plan(tmp_path: Path) -> None:
+    import fsspec
+
+    from xlsr_dist.data import shards
+    from xlsr_dist.prepare import run
+
+    ids = write_folder_corpus(tmp_path / "corpus")
+    url = f"memory://prepare-{tmp_path.name}/cv"
+    store = fsspec.filesystem("memory")
+    for num_shards in (3, 2):
+        flags = ["--layout", "folder", "--input", str(tmp_path / "corpus"), "--split", "eval", "--output", url]
+        [report] = run([*flags, "--num_shards", str(num_shards), "--num_workers", "1", "--no_progress"])
+        assert report["prepared"] == 16
+        names = [f"shard-{i:05d}-of-{num_shards:05d}.parquet" for i in range(num_shards)]
+        listed = sorted(p.rsplit("/", 1)[-1] for p in store.ls(f"{url}/eval", detail=False))
+        assert listed == sorted([*names, *(n + ".idx" for n in names), "manifest.json", "report.json"])
+        assert shards.read_manifest(f"{url}/eval")["num_shards"] == num_shards
+        paths = shards.list_shards(f"{url}/eval")
+        assert sorted(shards.read_metadata(paths).column("id").to_pylist()) == ids["eval"]
+    assert not (ROOT / "memory:").exists() and not Path("memory:").exists()
