@@ -18,17 +18,12 @@ import torch
 from tests._dist import base_env, run_launcher, venv_bin
 from tests._net import free_port
 from tests._runs import mlflow_runs, tiny_flags
+from tests._secrets import files_holding
 
 pytestmark = pytest.mark.slow
 
 CANARY = "s3cr3t-canary"
 REDACTED_URI = "http://alice:<redacted>@127.0.0.1:{port}"
-
-
-def files_holding(root: Path, secret: str) -> list[Path]:
-    """Every file under ``root`` whose bytes hold ``secret``, binary files included."""
-    needle = secret.encode()
-    return sorted(f for f in root.rglob("*") if f.is_file() and needle in f.read_bytes())
 
 
 def test_a_byte_search_finds_a_string_pickled_into_a_checkpoint_file(tmp_path: Path) -> None:

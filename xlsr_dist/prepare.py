@@ -7,7 +7,9 @@
 ``report.json`` (every skipped item with its id and reason; ``xlsr_dist.data.convert`` lists the reasons); one
 summary line per split is printed. Shards are cut at ``--shard_size_mb`` (256 MiB) as they are written, so their
 number follows the corpus and memory does not; ``--num_shards`` fixes the number instead. A re-run keeps the shards
-it finished for the same plan (``xlsr_dist.data.shard_plan``).
+it finished for the same plan (``xlsr_dist.data.shard_plan``). ``--output`` may be an fsspec URL (s3://bucket/corpus,
+with the standard AWS variables for s3fs): each split is then prepared in a temporary local directory and copied
+there, manifest last (``xlsr_dist.data.shards.publish``); a re-run to a URL rebuilds every shard.
 
 Transcripts are normalised for ``--language`` (ISO 639, default en; see ``xlsr_dist.text``): ``--fold_accents``,
 ``--text_normalization none`` and HF's ``--chars_to_ignore`` adjust it. The settings are recorded in the manifest,
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +32,7 @@ from xlsr_dist.data.convert import Settings
 from xlsr_dist.data.prepare import DEFAULT_SHARD_SIZE_MB, prepare_split
 from xlsr_dist.data.recipes import FILE_RECIPES, LAYOUTS, detect_layout, hf
 from xlsr_dist.data.recipes.items import PrepareError, SplitInput
-from xlsr_dist.data.shards import REPORT
+from xlsr_dist.data.shards import REPORT, filesystem, is_local, publish_split
 from xlsr_dist.text import MODES, TextNormalization, settings_problems
 
 
@@ -55,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--layout", choices=LAYOUTS, default="auto", help="corpus layout (auto guesses from --input)")
     p.add_argument("--input", required=True, help="corpus directory, transcript table, manifest, or dataset name")
-    p.add_argument("--output", required=True, help="output root; each split goes to OUTPUT/<split>/")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output root, a directory or fsspec URL (s3://bucket/corpus); each split goes to OUTPUT/<split>/",
+    )
     p.add_argument(
         "--split",
         nargs="+",
@@ -181,38 +189,79 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             raise PrepareError(f"--input {args.input}: split {split.name}: no usable utterances found{why}")
     normalization = TextNormalization(args.language, args.fold_accents, args.text_normalization, args.chars_to_ignore)
     settings = Settings(args.max_duration_in_seconds, args.max_chars_per_second, normalization)
-    output = Path(args.output).expanduser()
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PrepareError(f"--output {args.output}: cannot create the directory ({exc.strerror or exc})") from None
-    if not os.access(output, os.W_OK):
-        raise PrepareError(f"--output {args.output}: not writable")
+    remote = not is_local(args.output)
+    if remote:
+        _check_remote_output(args.output)
+        # Each split is prepared here, then copied to the store (publish_split): local disk holds one split at a time.
+        output = Path(tempfile.mkdtemp(prefix="xlsr_prepare."))
+    else:
+        output = Path(args.output).expanduser()
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PrepareError(f"--output {args.output}: cannot create the directory ({exc.strerror or exc})") from None
+        if not os.access(output, os.W_OK):
+            raise PrepareError(f"--output {args.output}: not writable")
     reports = []
-    for split in splits:
-        report = prepare_split(
-            split,
-            output,
-            args.num_shards,
-            args.num_workers,
-            settings,
-            extra={"layout": layout, "input": args.input},
-            force=args.force,
-            progress=not args.no_progress,
-            shard_size_mb=args.shard_size_mb or DEFAULT_SHARD_SIZE_MB,
-        )
-        print(f"{split.name}: {report['summary']} -> {output / split.name}", flush=True)
-        reports.append(report)
+    try:
+        for split in splits:
+            report = prepare_split(
+                split,
+                output,
+                args.num_shards,
+                args.num_workers,
+                settings,
+                extra={"layout": layout, "input": args.input},
+                force=args.force,
+                progress=not args.no_progress,
+                shard_size_mb=args.shard_size_mb or DEFAULT_SHARD_SIZE_MB,
+            )
+            if remote:
+                _publish(output / split.name, _split_location(args.output, split.name))
+            print(f"{split.name}: {report['summary']} -> {_split_location(args.output, split.name)}", flush=True)
+            reports.append(report)
+    finally:
+        if remote:
+            shutil.rmtree(output, ignore_errors=True)
     unusable = [r for r in reports if not r["prepared"]]
     if unusable:
         reasons = "; ".join(
             f"split {r['split']}: none of its {r['num_items']} entries ("
             + ", ".join(f"{n} {reason}" for reason, n in r["skipped_by_reason"].items())
-            + f"), see {output / r['split'] / REPORT}"
+            + f"), see {_split_location(args.output, r['split'])}/{REPORT}"
             for r in unusable
         )
         raise PrepareError(f"--input {args.input}: no usable utterances: {reasons}")
     return reports
+
+
+def _split_location(output: str, split: str) -> str:
+    if is_local(output):
+        return str(Path(output).expanduser() / split)
+    return f"{output.rstrip('/')}/{split}"
+
+
+def _check_remote_output(url: str) -> None:
+    """Fail before hours of conversion when the store cannot be reached or written (no bucket, no credentials)."""
+    try:
+        fs, path = filesystem(url)
+        fs.makedirs(path, exist_ok=True)
+        probe = f"{path.rstrip('/')}/.xlsr_prepare_probe"
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+    except Exception as exc:  # noqa: BLE001 - fsspec, botocore and HTTP errors alike: the store cannot be used
+        raise PrepareError(f"--output {url}: cannot write there ({_one_line(exc)})") from None
+
+
+def _publish(split_dir: Path, url: str) -> None:
+    try:
+        publish_split(split_dir, url)
+    except Exception as exc:  # noqa: BLE001 - as above; the shards are lost with the staging directory
+        raise PrepareError(f"--output {url}: copying the prepared split failed ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join((str(exc) or type(exc).__name__).split())[:400]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

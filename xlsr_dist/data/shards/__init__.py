@@ -16,7 +16,8 @@ magic), and a missing, stale or damaged index only means reads take the row-grou
 (file://, memory://, s3://, gs://, hf://).
 
 This package is the import surface; the parts are ``schema`` (columns, file names, ShardError), ``writer``,
-``index`` (the byte index), ``reader`` (listing, the open-file cache, metadata and row reads) and ``manifest``.
+``index`` (the byte index), ``reader`` (listing, the open-file cache, metadata and row reads), ``manifest`` and
+``publish`` (a split prepared locally, copied to an object store).
 """
 
 from xlsr_dist.data.shards.index import INDEX_FORMAT, build_index, ensure_index, index_path, locate_blobs
@@ -27,7 +28,8 @@ from xlsr_dist.data.shards.manifest import (
     verify_shard,
     write_manifest,
 )
-from xlsr_dist.data.shards.reader import IO_STATS, clear_cache, list_shards, read_metadata, read_rows
+from xlsr_dist.data.shards.publish import is_local, publish_split
+from xlsr_dist.data.shards.reader import IO_STATS, clear_cache, filesystem, list_shards, read_metadata, read_rows
 from xlsr_dist.data.shards.schema import (
     FORMAT,
     INDEX_SUFFIX,
@@ -56,9 +58,12 @@ __all__ = [
     "clear_cache",
     "duration_histogram",
     "ensure_index",
+    "filesystem",
     "index_path",
+    "is_local",
     "list_shards",
     "locate_blobs",
+    "publish_split",
     "read_manifest",
     "read_metadata",
     "read_rows",

@@ -42,7 +42,8 @@ IO_STATS: dict[str, int] = {"files_opened": 0, "row_groups_read": 0, "blobs_read
 log = logging.getLogger(__name__)
 
 
-def _filesystem(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(location: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem a shard location (local path or fsspec URL) lives on, and its path there."""
     fs, path = fsspec.core.url_to_fs(str(location))
     return fs, path
 
@@ -58,7 +59,7 @@ def list_shards(location: str | Path) -> list[str]:
     """Sorted shard paths (local) or URLs (fsspec) of the split at ``location``; checks the set is complete."""
     location = str(location)
     try:
-        fs, path = _filesystem(location)
+        fs, path = filesystem(location)
     except (ImportError, ValueError) as e:
         raise ShardError(f"cannot open shard location {location!r}: {e}") from e
     if path.endswith(".parquet"):
@@ -91,8 +92,11 @@ class OpenShard:
         self.path = path
         self.fd: int | None = None
         if "://" in path:
-            fs, fs_path = _filesystem(path)
-            self.handle: Any = fs.open(fs_path, "rb")
+            fs, fs_path = filesystem(path)
+            # No read-ahead cache: fsspec's default (s3fs: 50 MB blocks) turns every ranged read of a row or row
+            # group into a download of the whole shard or more; the reads here are already planned (byte index,
+            # Parquet column chunks), so each becomes one ranged request of exactly its bytes.
+            self.handle: Any = fs.open(fs_path, "rb", cache_type="none")
             # (mtime, size) of a local file when opened; remote files are not checked for rewrites.
             self.stamp: tuple[int, int] | None = None
             size = getattr(self.handle, "size", None)
