@@ -426,3 +426,36 @@ def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
         peaks[count] = _prepare_peak_rss_mb(tsv, tmp_path / f"out{count}")
         assert shards.read_manifest(tmp_path / f"out{count}" / "train")["num_utterances"] == count
     assert peaks[20_000] < 1.2 * peaks[2_000], peaks
+
+
+# The shards of the version before items moved to an on-disk table (prepare then held them as Python lists), for
+# the corpus below: the same bytes now show the same items, order, cuts and conversion. A new libFLAC may change the
+# bytes legitimately; then regenerate these from a version whose output is trusted.
+_SHARDS_BEFORE_ITEM_STORE = {
+    "--num_shards": [
+        (13, "4aa109b8185fcf9ed00f59bc88238a5941d3f05af2ad2757d2e8ae697b7ddb1b"),
+        (13, "173e2e7c06cf224b2b2a275ba57e4ce8d2e672e03ec4ea62d735d058530dcff5"),
+        (14, "de51909530abafbeab0438994619fbd8ce85862b643206641f5a291ad5853aa3"),
+    ],
+    "--shard_size_mb": [
+        (16, "d9ad48848a72124da40ab92a37f23587425ec6313190ea329571eaffeb003f22"),
+        (16, "5389f93be3f64849d14b5da8af00819913654d1aef0a6edf23f41bab4740ab1b"),
+        (8, "9c0edc89bba3bad43241280f6667a557a19c287387320dc7fe5c6ae9a66edbd7"),
+    ],
+}
+
+
+def test_shards_are_those_of_the_in_memory_version(tmp_path):
+    tsv = make_many_corpus(tmp_path / "corpus", 40)
+    lines = tsv.read_text().splitlines()
+    # a repeated id listed later with another transcript, and an exact repeat: both dropped, the first kept
+    tsv.write_text("\n".join([*lines, lines[5].replace("\tff", "\tzz"), lines[1]]) + "\n")
+    for flag, value in (("--num_shards", "3"), ("--shard_size_mb", "0.04")):
+        out = tmp_path / flag.strip("-")
+        [report] = _prepare("--input", str(tsv), "--output", str(out), "--num_workers", "1", flag, value)
+        assert report["skipped_by_reason"] == {DUPLICATE_ID: 2}
+        manifest = shards.read_manifest(out / "train")
+        assert [(s["rows"], s["sha256"]) for s in manifest["shards"]] == _SHARDS_BEFORE_ITEM_STORE[flag]
+        # a re-run keeps every shard: the plan hashes (items in order, settings) are those it wrote
+        [again] = _prepare("--input", str(tsv), "--output", str(out), "--num_workers", "1", flag, value)
+        assert again["shards_reused"] == len(manifest["shards"])

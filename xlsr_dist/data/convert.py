@@ -12,8 +12,11 @@ character is a syllable or a word). Transcripts are normalised with ``xlsr_dist.
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
+from multiprocessing.pool import AsyncResult
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,8 @@ PLAN_VERSION = 1
 # A worker that returns nothing for this long has died or hung on one file (a crash inside a native decoder
 # would otherwise leave multiprocessing.Pool waiting forever).
 RESULT_TIMEOUT_S = 900.0
+# Chunks submitted per worker ahead of the result being waited for: enough to keep every worker busy.
+_CHUNKS_AHEAD = 4
 
 Row = dict[str, Any]
 """A shard row: id, audio (FLAC bytes), text (normalised), duration (seconds), source."""
@@ -99,27 +104,33 @@ def _work(tasks: list[Task]) -> list[tuple[int, Row | Skip]]:
 
 
 def convert_items(
-    tasks: list[Task], num_workers: int, settings: Settings, row_audio: RowAudio | None
+    tasks: Iterable[Task], total: int, num_workers: int, settings: Settings, row_audio: RowAudio | None
 ) -> Iterator[tuple[int, Row | Skip]]:
-    """(shard, row or skip) per task, in task order (so shards complete one after another and memory stays
-    bounded); up to ``num_workers`` processes decode."""
-    if not tasks:
+    """(shard, row or skip) per task, in task order (so shards complete one after another); up to ``num_workers``
+    processes decode. ``tasks`` (``total`` of them) are taken lazily, a few chunks ahead of the results, so memory
+    holds what is in flight, not the corpus."""
+    if total <= 0:
         return
-    workers = max(1, min(num_workers, len(tasks)))
+    workers = max(1, min(num_workers, total))
     if workers == 1:
         _init_worker(settings, row_audio)
         for t in tasks:
             yield from _work([t])
         return
-    # Chunks are made here, not by imap(chunksize=...): with a chunksize imap returns a plain generator, which
-    # has no next(timeout) to notice a dead worker.
-    size = max(1, min(16, len(tasks) // (workers * 8)))
-    chunks = [tasks[k : k + size] for k in range(0, len(tasks), size)]
+    size = max(1, min(16, total // (workers * 8)))
+    source = iter(tasks)
+    # Submitted chunks, oldest first. Not Pool.imap: it reads its whole input ahead (the corpus into the task
+    # queue), and with a chunksize returns a plain generator with no next(timeout) to notice a dead worker.
+    in_flight: deque[tuple[list[Task], AsyncResult]] = deque()
     with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(settings, row_audio)) as pool:
-        results = pool.imap(_work, chunks)
-        for chunk in chunks:
+        while True:
+            while len(in_flight) < workers * _CHUNKS_AHEAD and (chunk := list(islice(source, size))):
+                in_flight.append((chunk, pool.apply_async(_work, (chunk,))))
+            if not in_flight:
+                return
+            chunk, result = in_flight.popleft()
             try:
-                yield from results.next(timeout=RESULT_TIMEOUT_S)
+                yield from result.get(timeout=RESULT_TIMEOUT_S)
             except multiprocessing.TimeoutError:
                 where = ", ".join(repr(item.id) for _, item in chunk[:3])
                 raise PrepareError(

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -26,29 +27,26 @@ from xlsr_dist.data import language
 from xlsr_dist.data.convert import Settings, convert_items
 from xlsr_dist.data.recipes.items import Item, Skip, SplitInput
 from xlsr_dist.data.shard_plan import (
+    add_to_plan,
     part_name,
+    plan_digest,
     plan_hash,
-    plan_shards,
     remove_other_parts,
     remove_other_plans,
     reusable_part,
     reusable_shard,
+    shard_bounds,
     write_sidecar,
 )
 from xlsr_dist.data.shards import REPORT, ShardWriter, WrittenShard, index_path, shard_name, write_manifest
 from xlsr_dist.data.skip_reasons import DUPLICATE_ID
 
 
-def _drop_duplicates(items: Sequence[Item]) -> tuple[list[Item], list[Skip]]:
-    seen: set[str] = set()
-    kept, duplicates = [], []
-    for it in items:
-        if it.id in seen:
-            duplicates.append(Skip(it.id, it.source, DUPLICATE_ID, "listed more than once; the first entry is kept"))
-        else:
-            seen.add(it.id)
-            kept.append(it)
-    return kept, duplicates
+def _duplicates(split: SplitInput) -> list[Skip]:
+    return [
+        Skip(it.id, it.source, DUPLICATE_ID, "listed more than once; the first entry is kept")
+        for it in split.items.duplicates()
+    ]
 
 
 def summary_line(prepared: int, seconds: float, num_shards: int, skipped: Sequence[Skip]) -> str:
@@ -88,7 +86,6 @@ def _info(written: WrittenShard, plan: str, skips: Sequence[Skip]) -> dict[str, 
 def _write_by_count(
     split: SplitInput,
     split_dir: Path,
-    items: list[Item],
     num_shards: int,
     num_workers: int,
     settings: Settings,
@@ -96,9 +93,10 @@ def _write_by_count(
     progress: bool,
 ) -> tuple[list[str], list[dict[str, Any]], int]:
     """``num_shards`` shards of equal item counts; returns their names, sidecars and how many were kept."""
-    plan = plan_shards(items, num_shards)
-    names = [shard_name(i, len(plan)) for i in range(len(plan))]
-    plans = [plan_hash(chunk, settings) for chunk in plan]
+    bounds = shard_bounds(split.items.unique_count(), num_shards)
+    names = [shard_name(i, len(bounds)) for i in range(len(bounds))]
+    ordered = split.items.ordered()
+    plans = [plan_hash(islice(ordered, end - start), settings) for start, end in bounds]
     remove_other_plans(split_dir, set(names))
 
     done: dict[int, dict[str, Any]] = {}
@@ -106,10 +104,19 @@ def _write_by_count(
         info = None if force else reusable_shard(split_dir, name, plans[i])
         if info is not None:
             done[i] = info
-    todo = [i for i in range(len(plan)) if i not in done]
+    todo = [i for i in range(len(bounds)) if i not in done]
     reused = len(done)
-    tasks = [(i, it) for i in todo for it in plan[i]]
-    pending = {i: len(plan[i]) for i in todo}
+    pending = {i: bounds[i][1] - bounds[i][0] for i in todo}
+
+    def tasks() -> Iterator[tuple[int, Item]]:
+        items = split.items.ordered()
+        for i, (start, end) in enumerate(bounds):
+            run = islice(items, end - start)
+            if i in pending:
+                yield from ((i, it) for it in run)
+            else:
+                deque(run, maxlen=0)  # a kept shard's items: skipped over
+
     # Results come back in task order, so shard i's rows arrive together: one shard is open at a time.
     writing: dict[int, ShardWriter] = {}
     skips: list[Skip] = []
@@ -125,8 +132,9 @@ def _write_by_count(
             if pending[i] == 0:
                 writing[i] = ShardWriter(split_dir / names[i])
                 finish(i)
-        bar = _progress(split, len(tasks), progress)
-        for i, result in convert_items(tasks, num_workers, settings, split.row_audio):
+        total = sum(pending.values())
+        bar = _progress(split, total, progress)
+        for i, result in convert_items(tasks(), total, num_workers, settings, split.row_audio):
             if i not in writing:
                 writing[i] = ShardWriter(split_dir / names[i])
             if isinstance(result, Skip):
@@ -142,13 +150,12 @@ def _write_by_count(
         for writer in writing.values():
             writer.abort(e)
         raise
-    return names, [done[i] for i in range(len(plan))], reused
+    return names, [done[i] for i in range(len(bounds))], reused
 
 
 def _write_by_size(
     split: SplitInput,
     split_dir: Path,
-    items: list[Item],
     target_bytes: int,
     num_workers: int,
     settings: Settings,
@@ -156,11 +163,12 @@ def _write_by_size(
     progress: bool,
 ) -> tuple[list[str], list[dict[str, Any]], int]:
     """Shards cut where their file reaches ``target_bytes``; returns their names, sidecars and how many were kept."""
-    ordered = plan_shards(items, 1)[0]
+    count = split.items.unique_count()
+    kept = split.items.ordered()
     done: list[dict[str, Any]] = []
     start = 0
-    while not force and start < len(ordered):
-        info = reusable_part(split_dir, len(done), ordered, start, settings, target_bytes)
+    while not force and start < count:
+        info = reusable_part(split_dir, len(done), kept, count - start, settings, target_bytes)
         if info is None:
             break
         done.append(info)
@@ -170,22 +178,31 @@ def _write_by_size(
     writer: ShardWriter | None = None
     skips: list[Skip] = []
     taken = 0
+    # The plan hash of the shard being written, fed item by item as its items are handed out.
+    plan = plan_digest(settings)
 
     def finish(full: bool) -> None:
-        nonlocal writer, start, taken
+        nonlocal writer, start, taken, plan
         assert writer is not None
         part = part_name(len(done))
-        info = _info(writer.close(), plan_hash(ordered[start : start + taken], settings), skips)
+        info = _info(writer.close(), plan.hexdigest(), skips)
         info.update(items=taken, target_bytes=target_bytes, full=full, file=part)
         write_sidecar(split_dir, part, info)
         done.append(info)
-        writer, start, taken = None, start + taken, 0
+        writer, start, taken, plan = None, start + taken, 0, plan_digest(settings)
         skips.clear()
 
-    tasks = [(0, it) for it in ordered[start:]]
+    pending: deque[Item] = deque()  # handed to the workers, not yet back: their order is the results'
+
+    def tasks() -> Iterator[tuple[int, Item]]:
+        for it in split.items.ordered(start):
+            pending.append(it)
+            yield 0, it
+
     try:
-        bar = _progress(split, len(tasks), progress)
-        for _, result in convert_items(tasks, num_workers, settings, split.row_audio):
+        bar = _progress(split, count - start, progress)
+        for _, result in convert_items(tasks(), count - start, num_workers, settings, split.row_audio):
+            add_to_plan(plan, pending.popleft())
             if writer is None:
                 writer = ShardWriter(split_dir / part_name(len(done)))
             taken += 1
@@ -234,14 +251,12 @@ def prepare_split(
     started = time.time()
     split_dir = output / split.name
     split_dir.mkdir(parents=True, exist_ok=True)
-    items, duplicates = _drop_duplicates(split.items)
+    duplicates = _duplicates(split)
     if num_shards is not None:
-        names, done, reused = _write_by_count(
-            split, split_dir, items, num_shards, num_workers, settings, force, progress
-        )
+        names, done, reused = _write_by_count(split, split_dir, num_shards, num_workers, settings, force, progress)
     else:
         target = max(1, int(shard_size_mb * MB))
-        names, done, reused = _write_by_size(split, split_dir, items, target, num_workers, settings, force, progress)
+        names, done, reused = _write_by_size(split, split_dir, target, num_workers, settings, force, progress)
 
     skipped = split.skipped + duplicates + [Skip(**s) for info in done for s in info["skipped"]]
     skipped.sort(key=lambda s: s.id)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,26 @@ from xlsr_dist.data.shards import index_path, verify_shard
 SIDECAR_DIR = ".prepare"
 
 
-def plan_shards(items: Sequence[Item], num_shards: int) -> list[list[Item]]:
-    """Items sorted by id, cut into ``num_shards`` contiguous runs (fewer when there are fewer items)."""
-    ordered = sorted(items, key=lambda it: it.id)
-    k = max(1, min(num_shards, len(ordered)))
-    n = len(ordered)
-    return [ordered[i * n // k : (i + 1) * n // k] for i in range(k)]
+def shard_bounds(count: int, num_shards: int) -> list[tuple[int, int]]:
+    """[start, end) of ``num_shards`` contiguous runs of ``count`` items sorted by id (fewer when there are fewer
+    items; one empty run when there are none)."""
+    k = max(1, min(num_shards, count))
+    return [(i * count // k, (i + 1) * count // k) for i in range(k)]
 
 
-def plan_hash(items: Sequence[Item], settings: Settings) -> str:
-    digest = hashlib.sha256(json.dumps(settings.key(), sort_keys=True).encode())
+def plan_digest(settings: Settings) -> Any:
+    """A shard's plan hash before its items are added (``add_to_plan``)."""
+    return hashlib.sha256(json.dumps(settings.key(), sort_keys=True).encode())
+
+
+def add_to_plan(digest: Any, item: Item) -> None:
+    digest.update(json.dumps([item.id, item.source, item.text, str(item.audio)]).encode())
+
+
+def plan_hash(items: Iterable[Item], settings: Settings) -> str:
+    digest = plan_digest(settings)
     for it in items:
-        digest.update(json.dumps([it.id, it.source, it.text, str(it.audio)]).encode())
+        add_to_plan(digest, it)
     return digest.hexdigest()
 
 
@@ -91,19 +100,20 @@ def part_name(index: int) -> str:
 
 
 def reusable_part(
-    split_dir: Path, index: int, items: Sequence[Item], start: int, settings: Settings, target_bytes: int
+    split_dir: Path, index: int, items: Iterator[Item], remaining: int, settings: Settings, target_bytes: int
 ) -> dict[str, Any] | None:
-    """The sidecar of the finished size-cut shard ``index`` when it still holds ``items[start:...]`` as this run
-    would cut them (same target, same items and settings, a file that matches); else None."""
+    """The sidecar of the finished size-cut shard ``index`` when it still holds the next of ``items`` (of which
+    ``remaining`` are left) as this run would cut them (same target, same items and settings, a file that matches);
+    else None. Takes the shard's items from ``items`` once its sidecar is worth checking against them."""
     info = read_sidecar(split_dir, part_name(index))
     if info is None or info.get("target_bytes") != target_bytes:
         return None
     taken = info.get("items")
-    if not isinstance(taken, int) or taken < 1 or start + taken > len(items):
+    if not isinstance(taken, int) or taken < 1 or taken > remaining:
         return None
-    if not info.get("full") and start + taken != len(items):
+    if not info.get("full") and taken != remaining:
         return None  # cut by the end of the items, which now go on
-    if info.get("plan") != plan_hash(items[start : start + taken], settings):
+    if info.get("plan") != plan_hash(islice(items, taken), settings):
         return None
     name = str(info.get("file", ""))
     if "/" in name or not verify_shard(split_dir / name, int(info.get("rows", -1)), str(info.get("sha256", ""))):

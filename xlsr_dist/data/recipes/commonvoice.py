@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from xlsr_dist.data.recipes.items import Item, PrepareError, SplitInput
+from xlsr_dist.data.recipes.item_store import ItemStore
+from xlsr_dist.data.recipes.items import Item, PrepareError, Skip, SplitInput
 from xlsr_dist.data.recipes.tables import read_transcript_table, resolve_path
 
 DEFAULT_SPLITS = ("train", "dev", "test")
@@ -30,7 +31,8 @@ def read_splits(input_path: Path, splits: Sequence[str] | None) -> list[SplitInp
         table = input_path / f"{name}.tsv"
         if not table.is_file():
             raise PrepareError(f"--split {name}: {table} does not exist")
-        rows, bad = read_transcript_table(table)
-        items = [Item(r["path"], r["text"], f"clips/{r['path']}", resolve_path(clips, r["path"])) for r in rows]
+        bad: list[Skip] = []
+        rows = read_transcript_table(table, bad)
+        items = ItemStore(Item(path, text, f"clips/{path}", resolve_path(clips, path)) for path, text in rows)
         out.append(SplitInput(name, items, bad))
     return out

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from xlsr_dist.data.recipes.items import Item, PrepareError, SplitInput
+from xlsr_dist.data.recipes.item_store import ItemStore
+from xlsr_dist.data.recipes.items import Item, PrepareError, Skip, SplitInput
 from xlsr_dist.data.recipes.tables import find_per_split, read_transcript_table, resolve_path, single_split_name
 
 
@@ -25,7 +26,8 @@ def read_splits(input_path: Path, splits: Sequence[str] | None) -> list[SplitInp
         raise PrepareError(f"--input {input_path}: no such file or directory")
     out = []
     for name, table in tables:
-        rows, bad = read_transcript_table(table)
-        items = [Item(r["path"], r["text"], r["path"], resolve_path(table.parent, r["path"])) for r in rows]
+        bad: list[Skip] = []
+        rows = read_transcript_table(table, bad)
+        items = ItemStore(Item(path, text, path, resolve_path(table.parent, path)) for path, text in rows)
         out.append(SplitInput(name, items, bad))
     return out

@@ -10,7 +10,7 @@ is ``--hf_text_column`` or the first of the table recipes' transcript names; the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,12 @@ from typing import Any
 import numpy as np
 
 from xlsr_dist.audio import MISSING, AudioError, decode_bytes, load_audio
+from xlsr_dist.data.recipes.item_store import ItemStore
 from xlsr_dist.data.recipes.items import Item, PrepareError, SplitInput
 from xlsr_dist.data.recipes.tables import TEXT_COLUMNS, resolve_path
+
+# Rows of the text and id columns read at a time.
+_BATCH_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,21 @@ def read_splits(
             raise PrepareError(f"--hf_id_column {id_col}: not a column of {input_ref} ({columns})")
         # datasets 5 decodes only through torchcodec: take the encoded bytes/path and decode with soundfile.
         ds = ds.cast_column(audio_col, datasets.Audio(decode=False))
-        texts = [t if isinstance(t, str) else "" for t in ds[text_col]]
-        width = max(9, len(str(len(ds))))
-        ids = [str(x) for x in ds[id_col]] if id_col else [f"{k:0{width}d}" for k in range(len(ds))]
-        items = [Item(ids[k], texts[k], f"{input_ref}[{hf_split}][{k}]", k) for k in range(len(ds))]
+        items = ItemStore(_items(ds, text_col, id_col, f"{input_ref}[{hf_split}]"))
         name = splits[i] if splits else hf_split
         base = str(path if path.is_dir() else Path.cwd())
         out.append(SplitInput(name, items, [], DatasetAudio(ds, audio_col, base)))
     return out
+
+
+def _items(ds: Any, text_col: str, id_col: str, source: str) -> Iterator[Item]:
+    """The dataset's rows as items (``source[k]`` for row k), read a batch of the text and id columns at a time."""
+    width = max(9, len(str(len(ds))))
+    columns = list(dict.fromkeys([text_col] + ([id_col] if id_col else [])))
+    k = 0
+    for batch in ds.select_columns(columns).iter(batch_size=_BATCH_ROWS):
+        texts = batch[text_col]
+        ids = [str(x) for x in batch[id_col]] if id_col else [f"{k + j:0{width}d}" for j in range(len(texts))]
+        for uid, text in zip(ids, texts, strict=True):
+            yield Item(uid, text if isinstance(text, str) else "", f"{source}[{k}]", k)
+            k += 1

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:  # item_store imports Item from here
+    from xlsr_dist.data.recipes.item_store import ItemStore
 
 
 class PrepareError(Exception):
@@ -45,6 +48,6 @@ class RowAudio(Protocol):
 @dataclass
 class SplitInput:
     name: str
-    items: list[Item]
+    items: ItemStore  # on disk, not a list: a corpus of millions of utterances costs no memory per item
     skipped: list[Skip] = field(default_factory=list)  # entries rejected while reading the layout
     row_audio: RowAudio | None = None  # for items whose audio is a row number

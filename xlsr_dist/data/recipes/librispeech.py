@@ -7,17 +7,17 @@ whose audio file is absent is listed anyway and skipped as a missing file when c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from xlsr_dist.data.recipes.items import Item, PrepareError, Skip, SplitInput
+from xlsr_dist.data.recipes.item_store import ItemStore
+from xlsr_dist.data.recipes.items import Item, PrepareError, SplitInput
 
 # Tried in this order beside the transcript; .flac is assumed (and reported missing) when none exists.
 AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")
 
 
-def _items(root: Path, base: Path) -> tuple[list[Item], list[Skip]]:
-    items, bad = [], []
+def _items(root: Path, base: Path) -> Iterator[Item]:
     for transcripts in sorted(root.rglob("*.trans.txt")):
         for line in transcripts.read_text(encoding="utf-8", errors="replace").splitlines():
             if not line.strip():
@@ -28,8 +28,7 @@ def _items(root: Path, base: Path) -> tuple[list[Item], list[Skip]]:
                 (folder / f"{uid}{s}" for s in AUDIO_SUFFIXES if (folder / f"{uid}{s}").exists()),
                 folder / f"{uid}.flac",
             )
-            items.append(Item(uid, text, str(audio.relative_to(base)), str(audio)))
-    return items, bad
+            yield Item(uid, text, str(audio.relative_to(base)), str(audio))
 
 
 def read_splits(input_path: Path, splits: Sequence[str] | None) -> list[SplitInput]:
@@ -40,8 +39,8 @@ def read_splits(input_path: Path, splits: Sequence[str] | None) -> list[SplitInp
     for name, root in roots:
         if not root.is_dir():
             raise PrepareError(f"--split {name}: {root} is not a directory")
-        items, bad = _items(root, input_path)
+        items = ItemStore(_items(root, input_path))
         if not items:
             raise PrepareError(f"{root}: no *.trans.txt files")
-        out.append(SplitInput(name, items, bad))
+        out.append(SplitInput(name, items))
     return out

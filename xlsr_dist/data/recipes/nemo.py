@@ -8,9 +8,10 @@ when present, else audio_filepath. Bad entries: a line that is not JSON or has n
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from xlsr_dist.data.recipes.item_store import ItemStore
 from xlsr_dist.data.recipes.items import Item, PrepareError, Skip, SplitInput
 from xlsr_dist.data.recipes.tables import find_per_split, resolve_path, single_split_name
 from xlsr_dist.data.skip_reasons import MALFORMED_ENTRY
@@ -25,9 +26,15 @@ def read_splits(input_path: Path, splits: Sequence[str] | None) -> list[SplitInp
         raise PrepareError(f"--input {input_path}: no such file or directory")
     out = []
     for name, manifest in manifests:
-        items: list[Item] = []
         bad: list[Skip] = []
-        for lineno, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+        out.append(SplitInput(name, ItemStore(_items(manifest, bad)), bad))
+    return out
+
+
+def _items(manifest: Path, bad: list[Skip]) -> Iterator[Item]:
+    """The manifest's entries, read line by line as they are taken; the malformed ones are appended to ``bad``."""
+    with manifest.open(encoding="utf-8") as lines:
+        for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             ref = f"{manifest.name}:{lineno}"
@@ -38,13 +45,9 @@ def read_splits(input_path: Path, splits: Sequence[str] | None) -> list[SplitInp
                 bad.append(Skip(ref, str(manifest), MALFORMED_ENTRY, f"line {lineno}: {type(e).__name__}: {e}"))
                 continue
             text = entry.get("text")
-            items.append(
-                Item(
-                    str(entry.get("id") or path),
-                    text if isinstance(text, str) else "",
-                    path,
-                    resolve_path(manifest.parent, path),
-                )
+            yield Item(
+                str(entry.get("id") or path),
+                text if isinstance(text, str) else "",
+                path,
+                resolve_path(manifest.parent, path),
             )
-        out.append(SplitInput(name, items, bad))
-    return out

@@ -4,8 +4,7 @@ paths relative to the file that names them."""
 from __future__ import annotations
 
 import csv
-import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from xlsr_dist.data.recipes.items import PrepareError, Skip
@@ -16,47 +15,45 @@ PATH_COLUMNS = ("path", "file", "file_name", "filename", "audio", "audio_path", 
 TEXT_COLUMNS = ("text", "sentence", "transcript", "transcription", "normalized_text", "label")
 
 
-def read_transcript_table(path: Path) -> tuple[list[dict[str, str]], list[Skip]]:
-    """Rows ``{path, text, line}`` of a .tsv/.csv transcript table, and its malformed lines as skips."""
+def read_transcript_table(path: Path, bad: list[Skip]) -> Iterator[tuple[str, str]]:
+    """(audio path, transcript) of each row of a .tsv/.csv transcript table, read as they are taken; its malformed
+    lines are appended to ``bad`` as skips. PrepareError (when taken first) for a table without the columns."""
     # newline="": only \n, \r, \r\n end a row (str.splitlines would also split on U+2028 inside a sentence).
-    text = io.StringIO(path.read_text(encoding="utf-8-sig", errors="replace"), newline="")
-    first = text.readline()
-    text.seek(0)
-    tsv = path.suffix.lower() == ".tsv" or (path.suffix.lower() != ".csv" and "\t" in first)
-    # Common Voice sentences contain unbalanced quotes: TSVs are split on tabs only.
-    reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(text)
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise PrepareError(f"{path}: empty transcript table") from None
-    lower = [h.strip().lower() for h in header]
-    path_column = next((c for c in PATH_COLUMNS if c in lower), None)
-    text_column = next((c for c in TEXT_COLUMNS if c in lower), None)
-    if path_column is None or text_column is None:
-        missing = "audio path" if path_column is None else "transcript"
-        wanted = PATH_COLUMNS if path_column is None else TEXT_COLUMNS
-        raise PrepareError(
-            f"{path}: cannot tell which column holds the {missing} (looked for {', '.join(wanted)}); the header is "
-            f"{header}; rename that column"
-        )
-    path_at, text_at = lower.index(path_column), lower.index(text_column)
-    rows: list[dict[str, str]] = []
-    bad: list[Skip] = []
-    for lineno, fields in enumerate(reader, start=2):
-        if not fields or all(not f.strip() for f in fields):
-            continue
-        if len(fields) <= max(path_at, text_at) or not fields[path_at].strip():
-            bad.append(
-                Skip(
-                    f"{path.name}:{lineno}",
-                    str(path),
-                    MALFORMED_ENTRY,
-                    f"line {lineno} has {len(fields)} fields or no audio path",
-                )
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as text:
+        first = text.readline()
+        text.seek(0)
+        tsv = path.suffix.lower() == ".tsv" or (path.suffix.lower() != ".csv" and "\t" in first)
+        # Common Voice sentences contain unbalanced quotes: TSVs are split on tabs only.
+        reader = csv.reader(text, delimiter="\t", quoting=csv.QUOTE_NONE) if tsv else csv.reader(text)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise PrepareError(f"{path}: empty transcript table") from None
+        lower = [h.strip().lower() for h in header]
+        path_column = next((c for c in PATH_COLUMNS if c in lower), None)
+        text_column = next((c for c in TEXT_COLUMNS if c in lower), None)
+        if path_column is None or text_column is None:
+            missing = "audio path" if path_column is None else "transcript"
+            wanted = PATH_COLUMNS if path_column is None else TEXT_COLUMNS
+            raise PrepareError(
+                f"{path}: cannot tell which column holds the {missing} (looked for {', '.join(wanted)}); the header "
+                f"is {header}; rename that column"
             )
-            continue
-        rows.append({"path": fields[path_at].strip(), "text": fields[text_at], "line": str(lineno)})
-    return rows, bad
+        path_at, text_at = lower.index(path_column), lower.index(text_column)
+        for lineno, fields in enumerate(reader, start=2):
+            if not fields or all(not f.strip() for f in fields):
+                continue
+            if len(fields) <= max(path_at, text_at) or not fields[path_at].strip():
+                bad.append(
+                    Skip(
+                        f"{path.name}:{lineno}",
+                        str(path),
+                        MALFORMED_ENTRY,
+                        f"line {lineno} has {len(fields)} fields or no audio path",
+                    )
+                )
+                continue
+            yield fields[path_at].strip(), fields[text_at]
 
 
 def resolve_path(base: Path, path: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,11 @@ import pyarrow.parquet as pq
 
 from xlsr_dist.atomic import write_json
 from xlsr_dist.data.shards.index import ensure_index
-from xlsr_dist.data.shards.reader import list_shards, read_metadata
+from xlsr_dist.data.shards.reader import list_shards
 from xlsr_dist.data.shards.schema import FORMAT, INDEX_SUFFIX, MANIFEST, ShardError
+
+# Rows of transcripts and durations write_manifest holds at a time.
+_MANIFEST_BATCH_ROWS = 8192
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -67,23 +71,25 @@ def write_manifest(
         if stale.name[: -len(INDEX_SUFFIX)] not in names:
             stale.unlink()
     indexed = {Path(p).name: ensure_index(p) for p in paths}
-    meta = read_metadata(paths)
-    durations = meta.column("duration").to_numpy()
-    texts = meta.column("text").to_pylist()
-    shard_of_row = meta.column("shard").to_numpy()
-    chars: dict[str, int] = {}
-    for t in texts:
-        for c in t:
-            chars[c] = chars.get(c, 0) + 1
+    # Shard by shard, a batch of rows at a time: memory holds one batch of transcripts and the durations (8 bytes
+    # a row), never the split's text column. Durations stay one array so the sums are numpy's, as they were.
+    durations = np.empty(sum(pq.read_metadata(p).num_rows for p in paths), dtype=np.float64)
+    chars: Counter[str] = Counter()
     shards = []
-    for i, p in enumerate(paths):
+    filled = 0
+    for p in paths:
+        start = filled
+        with pq.ParquetFile(p) as parquet:
+            for batch in parquet.iter_batches(batch_size=_MANIFEST_BATCH_ROWS, columns=["duration", "text"]):
+                durations[filled : filled + batch.num_rows] = batch.column("duration").to_numpy()
+                filled += batch.num_rows
+                chars.update("".join(batch.column("text").to_pylist()))
         name = Path(p).name
-        in_shard = shard_of_row == i
         shards.append(
             {
                 "name": name,
-                "rows": int(in_shard.sum()),
-                "seconds": round(float(durations[in_shard].sum()), 3),
+                "rows": filled - start,
+                "seconds": round(float(durations[start:filled].sum()), 3),
                 "bytes": os.path.getsize(p),
                 "sha256": (checksums or {}).get(name) or sha256_file(p),
                 # An accelerator, not data: readers validate it against the shard and fall back without it.
@@ -94,7 +100,7 @@ def write_manifest(
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "num_shards": len(paths),
-        "num_utterances": int(meta.num_rows),
+        "num_utterances": int(durations.size),
         "total_seconds": round(total, 3),
         "hours": round(total / 3600.0, 4),
         "duration_seconds": {
