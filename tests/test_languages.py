@@ -25,7 +25,8 @@ from tests._net import free_port
 from tests._runs import metrics_by_step
 from xlsr_dist import compare, evaluate_cli, export, prepare, text, transcribe
 from xlsr_dist.config import ConfigError, DataConfig, best_model_metric, build_config, primary_metric
-from xlsr_dist.data import language, shards, stream
+from xlsr_dist.data import language, shards
+from xlsr_dist.data.catalog import build_catalog, filter_metadata
 from xlsr_dist.data.recipes.items import PrepareError
 from xlsr_dist.data.skip_reasons import TRANSCRIPT_TOO_DENSE
 from xlsr_dist.text import TextNormalization
@@ -189,7 +190,7 @@ def test_prepare_keeps_every_utterance_normalised_for_its_language(tmp_path: Pat
     vocab = load_or_build_vocab(str(out / "train"), tmp_path / "run", False, data.normalization())
     assert set(vocab) == (characters - {" "}) | {text.WORD_DELIMITER, text.UNK, text.PAD}
     # The stream reads the transcripts as prepared: every utterance trains, its labels spell its transcript.
-    catalog = stream.build_catalog(str(out / "train"), vocab, data, _frames)
+    catalog = build_catalog(str(out / "train"), vocab, data, _frames)
     assert len(catalog) == len(expected) and catalog.report == []
     inverse = text.inverse(vocab)
     texts = split_texts(out / "train")
@@ -233,9 +234,9 @@ def test_a_letter_in_chars_to_ignore_is_deleted_when_the_stream_reads_plain_text
     meta = pa.table({"id": ["a"], "duration": [1.0], "text": ["box"], "shard": [0], "row": [0]})
     vocab = text.build_vocab(["box"])
     deleting_x = TextNormalization("en", chars_to_ignore="x")
-    catalog = stream.filter_metadata(meta, ["s"], vocab, 0.0, 30.0, _frames, deleting_x)
+    catalog = filter_metadata(meta, ["s"], vocab, 0.0, 30.0, _frames, deleting_x)
     assert catalog.labels(0) == [vocab["b"], vocab["o"]]
-    catalog = stream.filter_metadata(meta, ["s"], vocab, 0.0, 30.0, _frames, text.ENGLISH)
+    catalog = filter_metadata(meta, ["s"], vocab, 0.0, 30.0, _frames, text.ENGLISH)
     assert catalog.labels(0) == [vocab["b"], vocab["o"], vocab["x"]]
 
 
