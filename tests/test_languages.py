@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from tests._net import free_port
 from tests._runs import metrics_by_step
 from xlsr_dist import compare, evaluate_cli, export, prepare, text, transcribe
 from xlsr_dist.config import ConfigError, DataConfig, best_model_metric, build_config, primary_metric
-from xlsr_dist.data import language, shards, stream
+from xlsr_dist.data import language, shards
+from xlsr_dist.data.catalog import build_catalog, filter_metadata
 from xlsr_dist.data.recipes.items import PrepareError
 from xlsr_dist.data.skip_reasons import TRANSCRIPT_TOO_DENSE
+from xlsr_dist.data.vocabulary import split_vocabulary
 from xlsr_dist.text import TextNormalization
 from xlsr_dist.trainer import eval_line, load_or_build_vocab
 
@@ -189,7 +192,7 @@ def test_prepare_keeps_every_utterance_normalised_for_its_language(tmp_path: Pat
     vocab = load_or_build_vocab(str(out / "train"), tmp_path / "run", False, data.normalization())
     assert set(vocab) == (characters - {" "}) | {text.WORD_DELIMITER, text.UNK, text.PAD}
     # The stream reads the transcripts as prepared: every utterance trains, its labels spell its transcript.
-    catalog = stream.build_catalog(str(out / "train"), vocab, data, _frames)
+    catalog = build_catalog(str(out / "train"), vocab, data, _frames)
     assert len(catalog) == len(expected) and catalog.report == []
     inverse = text.inverse(vocab)
     texts = split_texts(out / "train")
@@ -213,6 +216,71 @@ def test_english_prepare_is_unchanged_and_older_corpora_read_as_english(tmp_path
     assert language.recorded(manifest) == text.ENGLISH  # an older prepare's manifest
 
 
+def _vocabulary_from_every_transcript(split_dir: Path, normalization: TextNormalization) -> dict[str, int]:
+    """What training start-up computed before the manifest's character set was used: every transcript normalised."""
+    return text.build_vocab(text.normalize(t, normalization) for t in split_texts(split_dir).values())
+
+
+def _shards_opened_by(build: Callable[[], dict[str, int]]) -> tuple[dict[str, int], int]:
+    shards.clear_cache()
+    before = shards.IO_STATS["files_opened"]
+    vocab = build()
+    return vocab, shards.IO_STATS["files_opened"] - before
+
+
+@pytest.mark.parametrize(
+    ("language_code", "extra"),
+    [("en", ()), ("de", ("--chars_to_ignore", "ü", "--fold_accents")), ("tr", ()), ("zh", ())],
+)
+def test_the_vocabulary_comes_from_the_manifest_identical_to_reading_every_transcript(
+    tmp_path: Path, language_code: str, extra: tuple[str, ...]
+) -> None:
+    if language_code == "en":  # German sentences prepared the English way: accents folded, numbers in English
+        out = tmp_path / "out"
+        prepare.run(_prepare_argv(write_corpus(tmp_path / "corpus", "de"), out, "en"))
+    else:
+        out, _ = prepared(tmp_path, language_code, *extra)
+    train = out / "train"
+    normalization = language.split_normalization(str(train))
+    assert normalization is not None
+    expected = _vocabulary_from_every_transcript(train, normalization)
+    vocab, opened = _shards_opened_by(lambda: split_vocabulary(str(train), normalization))
+    assert list(vocab.items()) == list(expected.items())  # the same ids, in the same order
+    assert opened == 0  # no rank reads the transcripts at start-up
+
+
+def test_a_corpus_without_a_usable_manifest_character_set_reads_every_transcript(tmp_path: Path) -> None:
+    out, _ = prepared(tmp_path, "de")
+    train = out / "train"
+    normalization = TextNormalization("de")
+    expected = _vocabulary_from_every_transcript(train, normalization)
+    manifest_path = train / shards.MANIFEST
+    original = json.loads(manifest_path.read_text())
+
+    def read_with(manifest: dict[str, Any] | None) -> tuple[dict[str, int], int]:
+        if manifest is None:
+            manifest_path.unlink(missing_ok=True)
+        else:
+            manifest_path.write_text(json.dumps(manifest))
+        return _shards_opened_by(lambda: split_vocabulary(str(train), normalization))
+
+    older = {k: v for k, v in original.items() if k != "vocabulary"}  # a prepare that recorded no character set
+    unrecorded = {k: v for k, v in original.items() if k != language.MANIFEST_KEY}  # nor a normalisation
+    other_shards = {**original, "shards": [{**s, "bytes": s["bytes"] + 1} for s in original["shards"]]}
+    # A wrong character set proves which source each answer came from.
+    lying = {"vocabulary": "xyz"}
+    for case in (older, unrecorded, other_shards):
+        vocab, opened = read_with({**case, **lying} if "vocabulary" in case else case)
+        assert list(vocab.items()) == list(expected.items()) and opened == len(original["shards"])
+    vocab, opened = read_with(None)  # shards without a manifest
+    assert list(vocab.items()) == list(expected.items()) and opened == len(original["shards"])
+    # Another normalisation than the one recorded: the manifest's characters would not be the run's.
+    read_with(original)
+    folded = TextNormalization("de", fold_accents=True)
+    vocab, opened = _shards_opened_by(lambda: split_vocabulary(str(train), folded))
+    assert vocab == _vocabulary_from_every_transcript(train, folded) and opened == len(original["shards"])
+
+
 def test_chars_to_ignore_and_no_normalisation_are_recorded_and_applied(tmp_path: Path) -> None:
     out, reports = prepared(tmp_path, "de", "--chars_to_ignore", "ü", "--fold_accents")
     assert all(r["skipped"] == [] for r in reports)
@@ -233,9 +301,9 @@ def test_a_letter_in_chars_to_ignore_is_deleted_when_the_stream_reads_plain_text
     meta = pa.table({"id": ["a"], "duration": [1.0], "text": ["box"], "shard": [0], "row": [0]})
     vocab = text.build_vocab(["box"])
     deleting_x = TextNormalization("en", chars_to_ignore="x")
-    catalog = stream.filter_metadata(meta, ["s"], vocab, 0.0, 30.0, _frames, deleting_x)
+    catalog = filter_metadata(meta, ["s"], vocab, 0.0, 30.0, _frames, deleting_x)
     assert catalog.labels(0) == [vocab["b"], vocab["o"]]
-    catalog = stream.filter_metadata(meta, ["s"], vocab, 0.0, 30.0, _frames, text.ENGLISH)
+    catalog = filter_metadata(meta, ["s"], vocab, 0.0, 30.0, _frames, text.ENGLISH)
     assert catalog.labels(0) == [vocab["b"], vocab["o"], vocab["x"]]
 
 

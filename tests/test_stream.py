@@ -260,7 +260,7 @@ def test_eval_stream_sees_every_utterance_once_with_equal_batch_counts(
 
 def test_transcripts_taken_as_already_normalised_are_fixed_points_of_normalize() -> None:
     from xlsr_dist import text
-    from xlsr_dist.data.stream import _ALREADY_NORMAL
+    from xlsr_dist.data.catalog import _ALREADY_NORMAL
 
     rng = np.random.default_rng(0)
     alphabet = list("ab'  Z1é-") + ["’"]

@@ -38,6 +38,7 @@ import torch
 from xlsr_dist import checkpoint, error_report, eval_tracking, hypotheses, preflight, text, tracking
 from xlsr_dist.config import ConfigError
 from xlsr_dist.data import language, partition, shards, stream
+from xlsr_dist.data.catalog import Catalog, filter_metadata
 from xlsr_dist.export import TRAIN_CONFIG, markdown_table
 from xlsr_dist.scoring import SetTotals, score_utterances, unrepresentable_characters
 from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, device_for, init, report_problem, shutdown
@@ -255,7 +256,7 @@ def load_model(spec: str) -> tuple[Any, dict[str, int]]:
 class EvalSet:
     name: str
     location: str
-    catalog: stream.Catalog
+    catalog: Catalog
     references: dict[str, str]
     """utterance id -> normalised transcript, what hypotheses are compared with"""
     unrepresentable: dict[str, int]
@@ -288,7 +289,7 @@ def build_set(
         normalization = language.split_normalization(location) or text.ENGLISH
     except ValueError as exc:
         raise ConfigError([f"--data {location}: {exc}"]) from None
-    catalog = stream.filter_metadata(meta, paths, vocab, 0.0, math.inf, _any_length, normalization)
+    catalog = filter_metadata(meta, paths, vocab, 0.0, math.inf, _any_length, normalization)
     if len(catalog) == 0:
         why = ", ".join(f"{n} {reason}" for reason, n in catalog.skipped.items())
         raise ConfigError([f"--data {location}: none of its {meta.num_rows} utterance(s) can be scored ({why})"])

@@ -39,7 +39,7 @@ from xlsr_dist import (
     tracking,
 )
 from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metric
-from xlsr_dist.data import demo, shards
+from xlsr_dist.data import demo, vocabulary
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
 from xlsr_dist.model import ModelLoadError, build_model, build_processor, count_parameters, output_frames
 from xlsr_dist.precision import skipped_steps, uses_loss_scaling
@@ -652,8 +652,7 @@ def load_or_build_vocab(
     saved = output_dir / checkpoint.MODEL_CONFIG / "vocab.json"
     if resuming and saved.is_file():
         return text.load_vocab(saved)
-    meta = shards.read_metadata(shards.list_shards(train_location))
-    return text.build_vocab(text.normalize(t, normalization) for t in meta.column("text").to_pylist())
+    return vocabulary.split_vocabulary(train_location, normalization)
 
 
 def adopt_model_config(ckpt: Path, output_dir: Path, world: World) -> None:

@@ -20,47 +20,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
-import re
-import string
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xlsr_dist import text
-from xlsr_dist.audio import SAMPLE_RATE, AudioError, decode_bytes
+from xlsr_dist.audio import AudioError, decode_bytes
 from xlsr_dist.config import BatchPlan, DataConfig
 from xlsr_dist.data import shards
+from xlsr_dist.data.catalog import Catalog, build_catalog
 from xlsr_dist.data.collate import Batch, Item, collate, collate_with_time_masks, dummy_item
 from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
-from xlsr_dist.data.skip_reasons import (
-    DUPLICATE_ID,
-    EMPTY_TRANSCRIPT,
-    LONGER_THAN_MAX,
-    SHORTER_THAN_MIN,
-    UNALIGNABLE,
-)
 from xlsr_dist.specaugment import TimeMasking
 from xlsr_dist.world import World
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-
-# Transcripts prepare wrote are already normalised, and text.normalize leaves such a string as it is (a fixed point:
-# lower-case words of a-z, apostrophes only between letters, single spaces) in every language and mode, unless
-# chars_to_ignore deletes one of those characters. Recognising them skips its per-character Unicode pass, the larger
-# part of every rank's start-up.
-_ALREADY_NORMAL = re.compile(r"[a-z]+(?:'[a-z]+)*(?: [a-z]+(?:'[a-z]+)*)*")
-_ALREADY_NORMAL_CHARACTERS = frozenset(string.ascii_lowercase + "'")
 
 
 class DataStateError(ValueError):
@@ -106,117 +86,6 @@ class DataState:
         if state.epoch < 0 or state.step_in_epoch < 0 or state.global_batch < 1:
             raise DataStateError(f"data state {d!r} has a negative position or a global batch < 1")
         return state
-
-
-@dataclass
-class Catalog:
-    """The filtered utterances in canonical (id) order: what the plan indexes into."""
-
-    ids: list[str]
-    durations: np.ndarray  # float64 seconds
-    shard: np.ndarray  # int32 index into shard_paths
-    row: np.ndarray  # int32 row within the shard
-    label_flat: np.ndarray  # int32, all label sequences concatenated
-    label_offsets: np.ndarray  # int64 [n + 1]
-    shard_paths: list[str]
-    report: list[dict[str, str]]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def labels(self, i: int) -> list[int]:
-        return self.label_flat[self.label_offsets[i] : self.label_offsets[i + 1]].tolist()
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        h.update("\0".join(self.ids).encode("utf-8"))
-        h.update(np.ascontiguousarray(self.durations, dtype="<f8").tobytes())
-        return h.hexdigest()
-
-    @property
-    def skipped(self) -> dict[str, int]:
-        return dict(Counter(r["reason"] for r in self.report))
-
-    def hours(self) -> float:
-        return float(self.durations.sum()) / 3600.0
-
-
-def build_catalog(
-    location: str, vocab: dict[str, int], data_cfg: DataConfig, frames_fn: Callable[[int], int]
-) -> Catalog:
-    """List and filter the utterances of a split; identical on every rank (reads metadata columns only)."""
-    paths = shards.list_shards(location)
-    meta = shards.read_metadata(paths)
-    return filter_metadata(
-        meta,
-        paths,
-        vocab,
-        data_cfg.min_duration_in_seconds,
-        data_cfg.max_duration_in_seconds,
-        frames_fn,
-        data_cfg.normalization(),
-    )
-
-
-def filter_metadata(
-    meta: pa.Table,
-    shard_paths: Sequence[str],
-    vocab: dict[str, int],
-    min_seconds: float,
-    max_seconds: float,
-    frames_fn: Callable[[int], int],
-    normalization: text.TextNormalization,
-) -> Catalog:
-    """Drop what cannot train (the stream's skip reasons), then sort by id so the order ignores the sharding.
-    Transcripts are normalised (again: a no-op for what prepare wrote) the way the split was prepared."""
-    order = pc.sort_indices(meta, sort_keys=[("id", "ascending"), ("shard", "ascending"), ("row", "ascending")])
-    meta = meta.take(order)
-    ids = meta.column("id").to_pylist()
-    durations = meta.column("duration").to_numpy().astype(np.float64)
-    texts = meta.column("text").to_pylist()
-    keep: list[int] = []
-    labels: list[list[int]] = []
-    report: list[dict[str, str]] = []
-    previous = None
-    shortcut = not _ALREADY_NORMAL_CHARACTERS & set(normalization.chars_to_ignore)
-    for i, (uid, dur, txt) in enumerate(zip(ids, durations.tolist(), texts)):
-        reason = ""
-        if uid == previous:
-            reason = DUPLICATE_ID
-        elif dur < min_seconds:
-            reason = SHORTER_THAN_MIN
-        elif dur > max_seconds:
-            reason = LONGER_THAN_MAX
-        else:
-            if shortcut and txt and _ALREADY_NORMAL.fullmatch(txt):
-                normalised = txt
-            else:
-                normalised = text.normalize(txt or "", normalization)
-            if not normalised:
-                reason = EMPTY_TRANSCRIPT
-            else:
-                lab = text.encode(normalised, vocab)
-                if text.ctc_min_frames(lab) > frames_fn(int(round(dur * SAMPLE_RATE))):
-                    reason = UNALIGNABLE
-        previous = uid
-        if reason:
-            report.append({"id": uid, "reason": reason})
-            continue
-        keep.append(i)
-        labels.append(lab)
-    sel = np.asarray(keep, dtype=np.int64)
-    lengths = np.fromiter((len(x) for x in labels), dtype=np.int64, count=len(labels))
-    flat = np.fromiter((t for x in labels for t in x), dtype=np.int32, count=int(lengths.sum()))
-    return Catalog(
-        ids=[ids[i] for i in keep],
-        durations=durations[sel],
-        shard=meta.column("shard").to_numpy()[sel].astype(np.int32),
-        row=meta.column("row").to_numpy()[sel].astype(np.int32),
-        label_flat=flat,
-        label_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        shard_paths=list(shard_paths),
-        report=report,
-    )
 
 
 class UtteranceDataset(Dataset):
@@ -437,7 +306,7 @@ class EvalStream:
         catalog = build_catalog(self.location, vocab, data_cfg, frames_fn)
         if max_utterances and max_utterances < len(catalog):
             # The first N in id order: the same subset on every rank and for any sharding.
-            catalog = _head(catalog, max_utterances)
+            catalog = catalog.head(max_utterances)
         if len(catalog) == 0:
             raise ValueError(f"--eval_data {self.location}: no usable utterance ({_describe_skipped(catalog.skipped)})")
         self.catalog = catalog
@@ -458,16 +327,3 @@ class EvalStream:
             f"eval: {self.num_samples} utterances ({self.catalog.hours():.2f} h), {len(self.batches)} "
             f"batch(es) of up to {self.batch_size} per rank; {_describe_skipped(self.skipped)}"
         )
-
-
-def _head(c: Catalog, n: int) -> Catalog:
-    return Catalog(
-        ids=c.ids[:n],
-        durations=c.durations[:n],
-        shard=c.shard[:n],
-        row=c.row[:n],
-        label_flat=c.label_flat[: c.label_offsets[n]],
-        label_offsets=c.label_offsets[: n + 1],
-        shard_paths=c.shard_paths,
-        report=c.report,
-    )

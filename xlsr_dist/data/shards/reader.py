@@ -118,7 +118,8 @@ class OpenShard:
         # the index path answers from (read_metadata leaves its table here so they are not read twice).
         self.index: np.ndarray | None | bool = None
         self.metadata_table: pa.Table | None = None
-        self.metadata_rows: tuple[list[str], list[str], list[float]] | None = None
+        # Arrow columns, not Python lists: a str and a float object per row of every shard cost a rank far more.
+        self.metadata_rows: tuple[pa.Array, pa.Array, pa.Array] | None = None
         IO_STATS["files_opened"] += 1
 
     def read_at(self, offset: int, n: int) -> bytes:
@@ -142,7 +143,7 @@ class OpenShard:
             self.index = where if where is not None else False
         return self.index if self.index is not False else None  # type: ignore[return-value]
 
-    def small_columns(self) -> tuple[list[str], list[str], list[float]]:
+    def small_columns(self) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(ids, texts, durations) of every row."""
         if self.metadata_rows is None:
             table = self.metadata_table
@@ -150,9 +151,9 @@ class OpenShard:
                 with self.lock:
                     table = self.parquet.read(columns=METADATA_COLUMNS)
             self.metadata_rows = (
-                table.column("id").to_pylist(),
-                table.column("text").to_pylist(),
-                table.column("duration").to_pylist(),
+                table.column("id").combine_chunks(),
+                table.column("text").combine_chunks(),
+                table.column("duration").combine_chunks(),
             )
             self.metadata_table = None
         return self.metadata_rows
@@ -287,7 +288,7 @@ def _read_indexed(opened: OpenShard, where: np.ndarray, wanted: np.ndarray) -> l
             opened.index = False
             IO_STATS["index_fallbacks"] += 1
             return None
-        out.append({"id": ids[r], "audio": raw[4:], "text": texts[r], "duration": durations[r]})
+        out.append({"id": ids[r].as_py(), "audio": raw[4:], "text": texts[r].as_py(), "duration": durations[r].as_py()})
     return out
 
 
