@@ -69,6 +69,7 @@ def test_an_overflow_is_skipped_everywhere_logged_and_left_out_of_the_loss(
     assert scales == {step: s["loss_scale"] for step, s in seen[0].items()}
     skipped_at = {step for step in skipped if skipped[step] > skipped.get(step - 1, 0.0)}
     assert set(INJECTED) <= skipped_at
+    print(f"{config}: injected {INJECTED}, skipped at {sorted(skipped_at)}, loss scale by step {scales}")
     losses = mlflow_history(uri, run_id, "loss")
     assert set(losses) == set(range(1, STEPS + 1)) - skipped_at  # logging_steps 1: a skipped step has no loss
     assert all(math.isfinite(v) for v in losses.values())
