@@ -185,3 +185,31 @@ def test_one_command_trains_both_sides_and_prints_the_comparison(tmp_path: Path)
         assert run["measured_steps"] == 2 and run["split_problems"] == []
         assert run["audio_s_per_s"] > 0 and 0.0 <= run["padding_fraction"] < 1.0
         assert all(v and v > 0 for v in run["peak_rss_steps"])
+
+
+def _fake_run(tmp_path: Path, abort_rank: int, before_record: bool) -> list[dict]:
+    script = ROOT / "tests" / "_record_then_abort_rank.py"
+    env = {_record.RECORD_ENV: str(tmp_path / "rank{rank}.json"), "ABORT_RANK": str(abort_rank)}
+    if before_record:
+        env["ABORT_BEFORE_RECORD"] = "1"
+    return train_speed.run_and_collect([str(script)], 2, tmp_path, timeout_s=60, threads=1, env=env)
+
+
+def test_a_rank_that_dies_after_recording_its_steps_counts_and_the_table_says_so(tmp_path: Path) -> None:
+    records = _fake_run(tmp_path, abort_rank=1, before_record=False)
+    assert sorted((r["rank"], r["exit_code"]) for r in records) == [(0, 0), (1, -6)]
+    run = _stats.summarize_run(records, warmup=1, global_batch=4)
+    assert run["measured_steps"] == 2 and run["split_problems"] == []
+    assert run["exits_after_steps"] == {"1": -6}
+    row = _stats.table([{"case": "tiny:2", "side": "fake", "summary": _stats.summarize_side([run], 2)}])
+    assert row.splitlines()[-1].endswith("| crashed after its steps (run 0: rank 1 exit -6) |")
+    clean = _stats.summarize_run(_fake_run(tmp_path / "clean", abort_rank=-1, before_record=False), 1, 4)
+    last = _stats.table([{"case": "tiny:2", "side": "fake", "summary": _stats.summarize_side([clean], 2)}])
+    assert last.splitlines()[-1].endswith("| ok |")
+
+
+def test_a_rank_that_dies_before_recording_its_steps_fails_the_run(tmp_path: Path) -> None:
+    import _launch
+
+    with pytest.raises(_launch.RunFailed, match=r"rank 1 \(exit -6\)"):
+        _fake_run(tmp_path, abort_rank=1, before_record=True)
