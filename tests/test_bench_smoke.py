@@ -213,3 +213,54 @@ def test_a_rank_that_dies_before_recording_its_steps_fails_the_run(tmp_path: Pat
 
     with pytest.raises(_launch.RunFailed, match=r"rank 1 \(exit -6\)"):
         _fake_run(tmp_path, abort_rank=1, before_record=True)
+
+
+def test_scale_flags_reject_world_sizes_that_do_not_split_the_global_batch() -> None:
+    import scale
+
+    args = scale.parse_args(["--sizes", "1e4,200", "--worlds", "1,8"])
+    assert args.sizes == [10000, 200] and args.worlds == [1, 8]
+    for bad in (["--worlds", "3"], ["--sizes", "ten"], ["--sizes", "0"]):
+        with pytest.raises(SystemExit):
+            scale.parse_args(bad)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_prepares_starts_ranks_and_prints_its_table(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "scale.py"),
+            "--sizes",
+            "200,400",
+            "--worlds",
+            "1,2",
+            "--steps",
+            "2",
+            "--stream_steps",
+            "20",
+            "--pool",
+            "8",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 200 |") or line.startswith("| 400 |")]
+    assert len(rows) == 2
+    results = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert [s["utterances"] for s in results["sizes"]] == [200, 400]
+    for size in results["sizes"]:
+        assert size["errors"] == {}
+        assert size["prepare"]["rows"] == size["utterances"] and size["prepare"]["peak_rss_mb"] > 0
+        for world in ("1", "2"):
+            ranks = size["startup"][world]
+            assert sorted(r["rank"] for r in ranks) == list(range(int(world)))
+            assert all(0 < r["startup_cpu_s"] and r["startup_s"] > 0 and r["rss_mb"] > 0 for r in ranks)
+        assert size["stream"]["steps"] == 19 and size["stream"]["vs_floor"] > 0
