@@ -13,7 +13,7 @@ utterance, as in Common Voice (~1.7M utterances) with tiny clips. For each size 
   3. for each world size, trains --steps steps of the tiny model with one OS process per rank (as srun or
      bench/train_speed.py start them; bench/_scale_rank.py): per rank, wall and CPU seconds from process creation
      to the first step, and RSS/USS then (the world-size-8 runs share this machine's cores: CPU seconds is the
-     per-rank cost, wall seconds what this machine's cores allowed);
+     per-rank cost, wall seconds what this machine's cores allowed); one untimed run comes first;
   4. in this process, as rank 0 of 8 (micro-batch 1): the data stream's construction (CPU seconds and RSS growth:
      the metadata a rank holds) and its steady state over --stream_steps steps in audio seconds per CPU second,
      against the decode floor of the same clips (soundfile on the FLAC bytes, nothing else). With clips this short
@@ -359,6 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{n:,}: {exc}", file=sys.stderr, flush=True)
                 continue
             print(f"{n:,}: prepare {size['prepare']}", file=sys.stderr, flush=True)
+            if n == args.sizes[0]:
+                # The first rank process of an invocation waited ~20 s more than later ones, off-CPU (cold caches of
+                # the imported libraries): one untimed run so that no size carries it.
+                try:
+                    run_startup(prepared, 1, 1, args.timeout, work / "train-warmup")
+                except _launch.RunFailed as exc:
+                    size["errors"]["warm-up"] = str(exc)
             for world in args.worlds:
                 try:
                     size["startup"][str(world)] = run_startup(
