@@ -16,15 +16,21 @@ from pathlib import Path
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-class RunFailed(RuntimeError):
-    pass
-
-
 @dataclass
 class RankOutcome:
     rank: int
     returncode: int | None
     log: Path
+
+
+class RunFailed(RuntimeError):
+    """A rank exited non-zero or the run timed out; ``outcomes`` says how each rank ended (a caller may still use
+    what the ranks wrote before, e.g. records of finished steps)."""
+
+    def __init__(self, message: str, outcomes: list[RankOutcome], timed_out: bool) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
+        self.timed_out = timed_out
 
 
 def free_port() -> int:
@@ -65,8 +71,13 @@ def run_ranks(
     threads: int,
     extra_env: dict[str, str],
     cwd: Path,
+    grace_s: float = 20.0,
 ) -> list[RankOutcome]:
-    """Run ``cmd`` once per rank; raise RunFailed (with each failing rank's last lines) on error or timeout."""
+    """Run ``cmd`` once per rank; raise RunFailed (with each failing rank's last lines) on error or timeout.
+
+    After one rank fails the others get ``grace_s`` to end by themselves before they are killed: a rank that aborts
+    in its teardown, after its last step, leaves peers that are finishing too, and their records are worth keeping.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     procs: list[tuple[subprocess.Popen[bytes], Path, object]] = []
@@ -98,10 +109,10 @@ def run_ranks(
     deadline = time.monotonic() + timeout_s
     failed_early = False
     while time.monotonic() < deadline and any(p.poll() is None for p, _, _ in procs):
-        # One dead rank leaves the others waiting in a collective until their timeout: stop them now.
-        if any(p.poll() not in (None, 0) for p, _, _ in procs):
+        # One dead rank leaves the others waiting in a collective until their timeout: stop them soon.
+        if not failed_early and any(p.poll() not in (None, 0) for p, _, _ in procs):
             failed_early = True
-            break
+            deadline = min(deadline, time.monotonic() + grace_s)
         time.sleep(0.2)
     timed_out = any(p.poll() is None for p, _, _ in procs)
     for p, _, _ in procs:
@@ -120,5 +131,5 @@ def run_ranks(
             + "\n".join(o.log.read_text(errors="replace").splitlines()[-25:])
             for o in bad
         )
-        raise RunFailed(f"{' '.join(cmd[:1])} {why} after {timeout_s:.0f} s limit:\n{tails}")
+        raise RunFailed(f"{' '.join(cmd[:1])} {why} after {timeout_s:.0f} s limit:\n{tails}", outcomes, timed_out)
     return outcomes

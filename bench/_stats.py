@@ -170,6 +170,8 @@ def summarize_run(
         "startup_s": recs[0].get("startup_s"),
         "preprocess_s": recs[0].get("preprocess_s"),
         "split_problems": split_problems(recs, global_batch, steps),
+        # Ranks that exited non-zero after writing their record (after the measured steps): reported, not fatal.
+        "exits_after_steps": {str(r["rank"]): r["exit_code"] for r in recs if r.get("exit_code") not in (0, None)},
     }
     profiles = [r.get("profile") or [] for r in recs]
     if profiles[0]:
@@ -252,7 +254,18 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
     profiles = [r["profile"] for r in runs if "profile" in r]
     if profiles:
         out["profile"] = profiles[0]
+    out["exits_after_steps"] = [r.get("exits_after_steps", {}) for r in runs]
     return out
+
+
+def ended(summary: dict[str, Any]) -> str:
+    """The table's 'ended' cell: 'ok', or which runs had a rank exit non-zero after its measured steps."""
+    notes = [
+        f"run {i}: " + ", ".join(f"rank {rank} exit {code}" for rank, code in exits.items())
+        for i, exits in enumerate(summary.get("exits_after_steps", []))
+        if exits
+    ]
+    return "ok" if not notes else "crashed after its steps (" + "; ".join(notes) + ")"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -274,7 +287,7 @@ def table(rows: Iterable[dict[str, Any]], cpu: bool = True) -> str:
         + (["CPU s/step"] if cpu else [])
         + ["data wait (ms)", "audio s/s"]
         + (["audio s/CPU-s"] if cpu else [])
-        + ["utt/s", "mean utt (s)", "padding", "peak mem/rank (MB)", "runs x steps"]
+        + ["utt/s", "mean utt (s)", "padding", "peak mem/rank (MB)", "runs x steps", "ended"]
     )
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
@@ -293,6 +306,7 @@ def table(rows: Iterable[dict[str, Any]], cpu: bool = True) -> str:
             _fmt(s.get("padding_fraction"), ".1%"),
             _fmt(mem, ".0f"),
             f"{s.get('runs', 0)} x {s.get('measured_steps', 0) // max(1, s.get('runs', 1))}",
+            ended(s),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

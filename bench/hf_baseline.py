@@ -276,4 +276,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Even after the process group is gone, interpreter shutdown can abort in a C++ thread's destructor ("terminate
+    # called without an active exception", exit -6: gloo's, DeepSpeed's or a DataLoader's threads). The record is
+    # written and nothing else is owed, so the rank leaves without finalizers; bench/train_speed.py would report
+    # such an abort but count the run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

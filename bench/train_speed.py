@@ -319,6 +319,31 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
+def run_and_collect(
+    cmd: list[str], world: int, run_dir: Path, timeout_s: float, threads: int, env: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Run the ranks and read their records, each with its rank's ``exit_code``. A rank writes its record only after
+    its last measured step, so a run whose every rank wrote one counts even if a rank then died (gloo's teardown can
+    abort a finished rank: "terminate called without an active exception", exit -6); other failures raise."""
+    try:
+        outcomes = _launch.run_ranks(cmd, world, run_dir, timeout_s, threads, env, ROOT)
+    except _launch.RunFailed as exc:
+        if not all((run_dir / f"rank{o.rank}.json").exists() for o in exc.outcomes):
+            raise
+        outcomes = exc.outcomes
+    records = []
+    for o in outcomes:
+        record = json.loads((run_dir / f"rank{o.rank}.json").read_text())
+        record["exit_code"] = o.returncode
+        records.append(record)
+    return records
+
+
+def after_steps_exits(records: list[dict[str, Any]]) -> str:
+    """'' when every rank exited 0, else e.g. 'rank 1 exit -6' (a crash or kill after the recorded steps)."""
+    return ", ".join(f"rank {r['rank']} exit {r['exit_code']}" for r in records if r.get("exit_code") not in (0, None))
+
+
 def one_run(
     side: str,
     case: str,
@@ -360,8 +385,10 @@ def one_run(
         print(f"[{case} {tag}] {world} x: python {' '.join(cmd)}")
         return []
     started = time.perf_counter()
-    _launch.run_ranks(cmd, world, run_dir, args.timeout, args.threads, env, ROOT)
-    records = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in range(world)]
+    records = run_and_collect(cmd, world, run_dir, args.timeout, args.threads, env)
+    ends = after_steps_exits(records)
+    if ends:
+        print(f"  {case} {tag}: measured steps recorded, then {ends} (reported, not fatal)", file=sys.stderr)
     if not args.keep_outputs:
         shutil.rmtree(out_dir, ignore_errors=True)
     print(f"  {case} {tag}: {time.perf_counter() - started:.0f} s wall", file=sys.stderr, flush=True)

@@ -185,3 +185,82 @@ def test_one_command_trains_both_sides_and_prints_the_comparison(tmp_path: Path)
         assert run["measured_steps"] == 2 and run["split_problems"] == []
         assert run["audio_s_per_s"] > 0 and 0.0 <= run["padding_fraction"] < 1.0
         assert all(v and v > 0 for v in run["peak_rss_steps"])
+
+
+def _fake_run(tmp_path: Path, abort_rank: int, before_record: bool) -> list[dict]:
+    script = ROOT / "tests" / "_record_then_abort_rank.py"
+    env = {_record.RECORD_ENV: str(tmp_path / "rank{rank}.json"), "ABORT_RANK": str(abort_rank)}
+    if before_record:
+        env["ABORT_BEFORE_RECORD"] = "1"
+    return train_speed.run_and_collect([str(script)], 2, tmp_path, timeout_s=60, threads=1, env=env)
+
+
+def test_a_rank_that_dies_after_recording_its_steps_counts_and_the_table_says_so(tmp_path: Path) -> None:
+    records = _fake_run(tmp_path, abort_rank=1, before_record=False)
+    assert sorted((r["rank"], r["exit_code"]) for r in records) == [(0, 0), (1, -6)]
+    run = _stats.summarize_run(records, warmup=1, global_batch=4)
+    assert run["measured_steps"] == 2 and run["split_problems"] == []
+    assert run["exits_after_steps"] == {"1": -6}
+    row = _stats.table([{"case": "tiny:2", "side": "fake", "summary": _stats.summarize_side([run], 2)}])
+    assert row.splitlines()[-1].endswith("| crashed after its steps (run 0: rank 1 exit -6) |")
+    clean = _stats.summarize_run(_fake_run(tmp_path / "clean", abort_rank=-1, before_record=False), 1, 4)
+    last = _stats.table([{"case": "tiny:2", "side": "fake", "summary": _stats.summarize_side([clean], 2)}])
+    assert last.splitlines()[-1].endswith("| ok |")
+
+
+def test_a_rank_that_dies_before_recording_its_steps_fails_the_run(tmp_path: Path) -> None:
+    import _launch
+
+    with pytest.raises(_launch.RunFailed, match=r"rank 1 \(exit -6\)"):
+        _fake_run(tmp_path, abort_rank=1, before_record=True)
+
+
+def test_scale_flags_reject_world_sizes_that_do_not_split_the_global_batch() -> None:
+    import scale
+
+    args = scale.parse_args(["--sizes", "1e4,200", "--worlds", "1,8"])
+    assert args.sizes == [10000, 200] and args.worlds == [1, 8]
+    for bad in (["--worlds", "3"], ["--sizes", "ten"], ["--sizes", "0"]):
+        with pytest.raises(SystemExit):
+            scale.parse_args(bad)
+
+
+@pytest.mark.slow
+def test_scale_benchmark_prepares_starts_ranks_and_prints_its_table(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "scale.py"),
+            "--sizes",
+            "200,400",
+            "--worlds",
+            "1,2",
+            "--steps",
+            "2",
+            "--stream_steps",
+            "20",
+            "--pool",
+            "8",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| 200 |") or line.startswith("| 400 |")]
+    assert len(rows) == 2
+    results = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert [s["utterances"] for s in results["sizes"]] == [200, 400]
+    for size in results["sizes"]:
+        assert size["errors"] == {}
+        assert size["prepare"]["rows"] == size["utterances"] and size["prepare"]["peak_rss_mb"] > 0
+        for world in ("1", "2"):
+            ranks = size["startup"][world]
+            assert sorted(r["rank"] for r in ranks) == list(range(int(world)))
+            assert all(0 < r["startup_cpu_s"] and r["startup_s"] > 0 and r["rss_mb"] > 0 for r in ranks)
+        assert size["stream"]["steps"] == 19 and size["stream"]["vs_floor"] > 0
