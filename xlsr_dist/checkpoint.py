@@ -232,7 +232,8 @@ def _fp32_masters(ckpt: Path, param_shapes: list[dict[str, Any]]) -> dict[str, t
     """The trained parameters from a ZeRO-1/2 checkpoint's fp32 partitions: each parameter group's flat fp32 vector
     is the ranks' partitions end to end, parameters in ``param_shapes`` order, each followed by its alignment
     padding (DeepSpeed's zero_to_fp32 layout, read here with safe_load instead of its unrestricted torch.load)."""
-    files = sorted(ckpt.glob("zero_pp_rank_*_optim_states.pt"), key=lambda f: int(f.name.split("_")[3]))
+    # DeepSpeed prefixes the files with bf16_ under bf16 (elastic.zero_partitions knows its names).
+    files = [path for _, path in sorted(elastic.zero_partitions(ckpt).items())]
     states = [safe_load(f, mmap=True)["optimizer_state_dict"] for f in files]
     if not states or int(max(_as_list(states[0]["partition_count"]))) != len(states):
         raise CheckpointError(f"{ckpt}: expected one *_optim_states.pt per rank, found {len(states)}")
