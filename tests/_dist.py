@@ -110,6 +110,13 @@ def run_launcher(
         raise HungRanks(f"{' '.join(cmd)} still running after {timeout:.0f} s:\n{out[-3000:]}") from exc
 
 
+def run_module(
+    args: Sequence[str], timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m <args>` (module first) from the repository root, as a user runs a command; output captured."""
+    return run_launcher([sys.executable, "-m", *args], timeout, env=env)
+
+
 def venv_bin(name: str) -> str:
     """A console script next to the running interpreter (deepspeed, torchrun)."""
     return str(Path(sys.executable).parent / name)

@@ -33,16 +33,16 @@ def train(out: Path, db: Path, world_size: int, logs: Path, **flags: str) -> str
     return results[0].output
 
 
-def stopped_copy(run: Reference, dest: Path) -> tuple[Path, Path]:
-    """An output dir (and its MLflow store) as if the run had stopped right after the step-SAVE_AT checkpoint."""
+def stopped_copy(run: Reference, dest: Path, save_at: int = SAVE_AT) -> tuple[Path, Path]:
+    """An output dir (and its MLflow store) as if the run had stopped right after the step-``save_at`` checkpoint."""
     out, db = dest / "out", dest / "mlflow.db"
     shutil.copytree(run.out, out)
     shutil.copy(run.db, db)
     for later in (out / "checkpoints").glob("step-*"):
-        if int(later.name.split("-")[1]) > SAVE_AT:
+        if int(later.name.split("-")[1]) > save_at:
             shutil.rmtree(later)
     shutil.rmtree(out / "final")
     rows = (out / "metrics.jsonl").read_text().splitlines()
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= SAVE_AT]  # marker rows have no step
+    kept = [line for line in rows if json.loads(line).get("step", 0) <= save_at]  # marker rows have no step
     (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     return out, db

@@ -4,14 +4,12 @@ reason, every good item reaches the shards, and training runs on them without cr
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests._corpus import make_bad_corpus
-from tests._dist import ROOT, base_env
+from tests._dist import run_module
 from tests._runs import metrics_by_step, tiny_flags
 
 pytestmark = pytest.mark.slow
@@ -20,10 +18,8 @@ pytestmark = pytest.mark.slow
 def test_bad_corpus_prepares_and_trains(tmp_path: Path) -> None:
     tsv, good_ids, bad = make_bad_corpus(tmp_path / "corpus")
     shards_dir = tmp_path / "shards"
-    prep = subprocess.run(
+    prep = run_module(
         [
-            sys.executable,
-            "-m",
             "xlsr_dist.prepare",
             "--layout",
             "folder",
@@ -37,10 +33,6 @@ def test_bad_corpus_prepares_and_trains(tmp_path: Path) -> None:
             "1",
             "--no_progress",
         ],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert prep.returncode == 0, prep.stderr[-3000:]
@@ -65,12 +57,8 @@ def test_bad_corpus_prepares_and_trains(tmp_path: Path) -> None:
         save_steps=2,
         report_to="none",
     )
-    run = subprocess.run(
-        [sys.executable, "-m", "xlsr_dist.train", *flags],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
+    run = run_module(
+        ["xlsr_dist.train", *flags],
         timeout=600,
     )
     assert run.returncode == 0, run.stderr[-4000:]

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests._dist import base_env
-from tests._runs import DATA_CACHE, ROOT, metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
+from tests._dist import run_module
+from tests._runs import DATA_CACHE, metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
 from xlsr_dist import best_checkpoint, checkpoint
 from xlsr_dist.config import ConfigError, parse_args
 from xlsr_dist.data import demo
@@ -135,12 +134,8 @@ FIRST_LEG, SECOND_LEG = 4, 8
 
 def _train(out: Path, uri: str, max_steps: int, **extra: object) -> subprocess.CompletedProcess[str]:
     flags = tiny_flags(out, uri, max_steps=max_steps, metric_for_best_model=METRIC, **UNLUCKY, **extra)
-    proc = subprocess.run(
-        [sys.executable, "-m", "xlsr_dist.train", *flags],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        ["xlsr_dist.train", *flags],
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -217,10 +212,8 @@ def test_mlflow_run_records_the_best_step(run: dict) -> None:
 @pytest.mark.slow
 def test_export_checkpoint_best_writes_the_best_model_and_its_card(run: dict) -> None:
     out, dest = run["out"], run["root"] / "exported"
-    proc = subprocess.run(
+    proc = run_module(
         [
-            sys.executable,
-            "-m",
             "xlsr_dist.export",
             "--output_dir",
             str(out),
@@ -230,10 +223,6 @@ def test_export_checkpoint_best_writes_the_best_model_and_its_card(run: dict) ->
             str(dest),
             "--no_mlflow",
         ],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -251,10 +240,8 @@ def test_export_checkpoint_best_writes_the_best_model_and_its_card(run: dict) ->
 def test_evaluate_on_best_logs_test_metrics_on_the_training_run_at_the_best_step(run: dict) -> None:
     out = run["out"]
     eval_set = demo.ensure_demo_corpus(DATA_CACHE, n_train=96, n_eval=16)[1]
-    proc = subprocess.run(
+    proc = run_module(
         [
-            sys.executable,
-            "-m",
             "xlsr_dist.evaluate",
             "--model",
             str(out / best_checkpoint.BEST_DIR),
@@ -265,10 +252,6 @@ def test_evaluate_on_best_logs_test_metrics_on_the_training_run_at_the_best_step
             "--num_workers",
             "0",
         ],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]

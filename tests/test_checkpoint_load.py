@@ -5,15 +5,13 @@ a clear CheckpointError and the code never runs."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests._crafted import crafted_run
-from tests._dist import ROOT, base_env
+from tests._dist import run_module
 from xlsr_dist import checkpoint
 
 
@@ -34,12 +32,8 @@ def test_transcribe_and_export_loading_refuses_it_and_no_code_runs(tmp_path: Pat
     # The same through the command line: one message, status 2, no traceback.
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"")
-    done = subprocess.run(
-        [sys.executable, "-m", "xlsr_dist.transcribe", "--model", str(ckpt), str(audio)],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
+    done = run_module(
+        ["xlsr_dist.transcribe", "--model", str(ckpt), str(audio)],
         timeout=300,
     )
     assert done.returncode == 2, done.stderr

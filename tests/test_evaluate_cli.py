@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests._dist import base_env, run_launcher, venv_bin
-from tests._runs import DATA_CACHE, ROOT, mlflow_runs, tiny_flags
+from tests._dist import run_launcher, run_module, venv_bin
+from tests._runs import DATA_CACHE, mlflow_runs, tiny_flags
 from xlsr_dist import error_report, hypotheses, text
 from xlsr_dist.config import ConfigError, ModelConfig
 from xlsr_dist.data import demo, shards
@@ -179,12 +178,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | str]:
     model's vocabulary lacks ("don't": the demo words have no apostrophe)."""
     root = tmp_path_factory.mktemp("evalcli")
     out, uri = root / "run", f"sqlite:///{root}/mlflow.db"
-    proc = subprocess.run(
-        [sys.executable, "-m", "xlsr_dist.train", *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4)],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        ["xlsr_dist.train", *tiny_flags(out, uri, max_steps=4, eval_steps=4, save_steps=4)],
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -206,12 +201,8 @@ def _report(out: Path, name: str) -> dict:
 def one_rank(trained: dict) -> tuple[Path, subprocess.CompletedProcess[str]]:
     out = trained["root"] / "one_rank"
     cmd = _evaluate_cmd(trained["run"], out, trained["eval"], trained["oov"], extra=("--tracking_uri", trained["uri"]))
-    proc = subprocess.run(
-        [sys.executable, "-m", "xlsr_dist.evaluate", *cmd],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
+    proc = run_module(
+        ["xlsr_dist.evaluate", *cmd],
         timeout=300,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]

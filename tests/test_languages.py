@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests._dist import ROOT, base_env, run_launcher, venv_bin
+from tests._dist import ROOT, base_env, run_launcher, run_module, venv_bin
 from tests._net import free_port
 from tests._runs import metrics_by_step
 from xlsr_dist import compare, evaluate_cli, export, prepare, text, transcribe
@@ -484,12 +484,8 @@ def test_six_languages_prepare_train_on_two_ranks_export_and_transcribe(tmp_path
     for code in CORPORA:
         roots[code] = tmp_path / f"{code}-shards"
         corpus = write_corpus(tmp_path / f"{code}-corpus", code)
-        done = subprocess.run(
-            [sys.executable, "-m", "xlsr_dist.prepare", *_prepare_argv(corpus, roots[code], code)],
-            cwd=ROOT,
-            env=base_env(),
-            capture_output=True,
-            text=True,
+        done = run_module(
+            ["xlsr_dist.prepare", *_prepare_argv(corpus, roots[code], code)],
             timeout=120,
         )
         assert done.returncode == 0, done.stderr
@@ -567,8 +563,8 @@ def test_six_languages_prepare_train_on_two_ranks_export_and_transcribe(tmp_path
         _assert_in_script(printed.split("\t", 1)[1], vocab, SCRIPTS[code])
 
     # The command itself writes the script to a pipe (UTF-8 whatever the locale).
-    shown = subprocess.run(
-        [sys.executable, "-m", "xlsr_dist.transcribe", "--model", str(tmp_path / "zh-model"), str(wav["zh"])],
+    shown = run_module(
+        ["xlsr_dist.transcribe", "--model", str(tmp_path / "zh-model"), str(wav["zh"])],
         cwd=ROOT,
         env=base_env(LC_ALL="C", LANG="C"),
         capture_output=True,
@@ -586,10 +582,6 @@ def test_language_mismatch_at_training_start_is_one_message_and_exit_2(tmp_path:
     out, _ = prepared(tmp_path, "ru")
     proc = subprocess.run(
         [sys.executable, "-m", "xlsr_dist.train", *_train_flags(out, tmp_path / "run", "de")],
-        cwd=ROOT,
-        env=base_env(),
-        capture_output=True,
-        text=True,
         timeout=180,
     )
     both = proc.stdout + proc.stderr

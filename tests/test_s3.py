@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests._dist import ROOT, base_env, run_ranks
+from tests._dist import ROOT, base_env, run_module, run_ranks
+from tests._resume import Reference, stopped_copy
 from tests._runs import DATA_CACHE, metrics_by_step, mlflow_runs, tiny_flags
 from tests._s3_server import S3Server
 from tests._secrets import files_holding
@@ -106,10 +104,8 @@ def test_prepare_into_s3_then_train_two_ranks_and_resume_from_it(
     s3.mkdir(BUCKET)
     ids = write_folder_corpus(tmp_path / "corpus")
 
-    prep = subprocess.run(
+    prep = run_module(
         [
-            sys.executable,
-            "-m",
             "xlsr_dist.prepare",
             "--layout",
             "folder",
@@ -126,11 +122,8 @@ def test_prepare_into_s3_then_train_two_ranks_and_resume_from_it(
             "1",
             "--no_progress",
         ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
+        env=env,
     )
     assert prep.returncode == 0, prep.stderr[-3000:]
     assert "train: prepared 96 utterances" in prep.stdout and f"-> s3://{BUCKET}/cv/train" in prep.stdout
@@ -183,16 +176,7 @@ def test_prepare_into_s3_then_train_two_ranks_and_resume_from_it(
     assert fetched < sum(shard_bytes.values())
 
     # Resume: the run as it was right after the step-2 checkpoint continues to step 4 with the same losses.
-    resumed, db = tmp_path / "resumed", tmp_path / "resumed.db"
-    shutil.copytree(full, resumed)
-    shutil.copy(tmp_path / "full.db", db)
-    for later in (resumed / "checkpoints").glob("step-*"):
-        if int(later.name.split("-")[1]) > SAVE_AT:
-            shutil.rmtree(later)
-    shutil.rmtree(resumed / "final")
-    rows = (resumed / "metrics.jsonl").read_text().splitlines()
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= SAVE_AT]  # marker rows have no step
-    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    resumed, db = stopped_copy(Reference(full, tmp_path / "full.db", losses), tmp_path / "resumed", SAVE_AT)
     output = train(resumed, db, tmp_path / "logs_resumed", env, resume_from_checkpoint="latest")
     assert "resumed from" in output and f"at step {SAVE_AT}" in output
     resumed_losses = metrics_by_step(resumed, "loss")
