@@ -563,8 +563,8 @@ def test_six_languages_prepare_train_on_two_ranks_export_and_transcribe(tmp_path
         _assert_in_script(printed.split("\t", 1)[1], vocab, SCRIPTS[code])
 
     # The command itself writes the script to a pipe (UTF-8 whatever the locale).
-    shown = run_module(
-        ["xlsr_dist.transcribe", "--model", str(tmp_path / "zh-model"), str(wav["zh"])],
+    shown = subprocess.run(
+        [sys.executable, "-m", "xlsr_dist.transcribe", "--model", str(tmp_path / "zh-model"), str(wav["zh"])],
         cwd=ROOT,
         env=base_env(LC_ALL="C", LANG="C"),
         capture_output=True,
@@ -580,10 +580,7 @@ def test_six_languages_prepare_train_on_two_ranks_export_and_transcribe(tmp_path
 @pytest.mark.slow
 def test_language_mismatch_at_training_start_is_one_message_and_exit_2(tmp_path: Path) -> None:
     out, _ = prepared(tmp_path, "ru")
-    proc = subprocess.run(
-        [sys.executable, "-m", "xlsr_dist.train", *_train_flags(out, tmp_path / "run", "de")],
-        timeout=180,
-    )
+    proc = run_module(["xlsr_dist.train", *_train_flags(out, tmp_path / "run", "de")], timeout=180)
     both = proc.stdout + proc.stderr
     assert proc.returncode == 2, both[-3000:]
     assert f"--language de: the training data at {out / 'train'} was prepared for 'ru' (manifest.json)" in both
