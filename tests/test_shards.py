@@ -63,12 +63,35 @@ def test_list_shards_and_metadata(split):
     assert paths == [str(d / shards.shard_name(k, 3)) for k in range(3)]
     before = dict(shards.IO_STATS)
     meta = shards.read_metadata(paths)
-    assert meta.column_names == ["id", "duration", "text", "shard", "row"]
+    assert meta.column_names == ["id", "duration", "text", "shard", "row", "blob_offset", "blob_length"]
     assert meta.column("id").to_pylist() == [r["id"] for r in rows]
     assert meta.column("shard").to_pylist() == [0] * 40 + [1] * 30 + [2] * 30
     assert meta.column("row").to_pylist() == list(range(40)) + list(range(30)) + list(range(30))
     assert np.allclose(meta.column("duration").to_numpy(), [r["duration"] for r in rows])
     assert shards.IO_STATS["row_groups_read"] == before["row_groups_read"]  # metadata never touches audio row reads
+    # The positions listed from the byte indexes are each row's audio, read with one ranged read apiece.
+    digests = shards.footer_digests(paths)
+    shard_of, offsets, lengths = (meta.column(c).to_pylist() for c in ("shard", "blob_offset", "blob_length"))
+    for k, path in enumerate(paths):
+        mine = [i for i, s in enumerate(shard_of) if s == k][::7]
+        blobs = shards.read_audio(path, digests[k], [offsets[i] for i in mine], [lengths[i] for i in mine])
+        assert blobs == [rows[i]["audio"] for i in mine]
+    assert shards.IO_STATS["row_groups_read"] == before["row_groups_read"]
+
+
+def test_read_audio_refuses_a_rewritten_shard_and_distrusts_wrong_positions(split):
+    d, rows = split
+    paths = shards.list_shards(d)
+    meta = shards.read_metadata(paths)
+    digest = shards.footer_digests(paths)[2]
+    offset, length = meta.column("blob_offset")[70].as_py(), meta.column("blob_length")[70].as_py()
+    # A position off by one byte is not a blob: None tells the caller to read the row through Parquet.
+    assert shards.read_audio(paths[2], digest, [offset + 1], [length]) is None
+    assert shards.read_rows(paths[2], [0])[0]["audio"] == rows[70]["audio"]
+    # Rewritten after the positions were listed: the rows a plan was made from are gone.
+    shards.write_shard(paths[2], _rows(500, 30))
+    with pytest.raises(shards.ShardError, match="changed after training started"):
+        shards.read_audio(paths[2], digest, [offset], [length])
 
 
 def test_read_rows_returns_asked_rows_in_order_reading_only_their_row_groups(split):

@@ -289,7 +289,9 @@ def build_set(
         normalization = language.split_normalization(location) or text.ENGLISH
     except ValueError as exc:
         raise ConfigError([f"--data {location}: {exc}"]) from None
-    catalog = filter_metadata(meta, paths, vocab, 0.0, math.inf, _any_length, normalization)
+    catalog = filter_metadata(
+        meta, paths, vocab, 0.0, math.inf, _any_length, normalization, shards.footer_digests(paths)
+    )
     if len(catalog) == 0:
         why = ", ".join(f"{n} {reason}" for reason, n in catalog.skipped.items())
         raise ConfigError([f"--data {location}: none of its {meta.num_rows} utterance(s) can be scored ({why})"])

@@ -13,6 +13,8 @@ import socket
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -195,6 +197,24 @@ def all_reduce_max(values: Sequence[float] | torch.Tensor, device: torch.device)
     if is_initialized():
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return t
+
+
+def node_id() -> str:
+    """What names this machine among the job's nodes: its host name and boot id (two containers may share a name)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (small and picklable), in rank order; ``[obj]`` without a process group."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 # What gloo and NCCL say when the process at the other end of a collective is gone or stuck.

@@ -1,6 +1,6 @@
 """A split's usable utterances in canonical (id) order, held compactly: what the epoch plan indexes into.
 
-Every rank needs, for every utterance, only its id, duration, shard and row and its label ids; held as Python
+Every rank needs, for every utterance, only its id, duration, shard, row, audio position and label ids; held as Python
 objects (a str per id, a list of ints per transcript) a 1M-utterance corpus costs about a gigabyte per rank. Here
 they are numpy arrays: ids one UTF-8 buffer plus offsets (``PackedStrings``), labels one buffer of the smallest
 integer type the vocabulary fits plus offsets. The filter runs over whole columns: duplicate ids, durations and CTC
@@ -8,7 +8,8 @@ lengths are array operations, and transcripts in the form prepare writes them (p
 byte lookup; only other transcripts go through ``text.normalize`` one by one.
 
 The result is the one the per-utterance loop of earlier versions gave -- same utterances, order, labels, skip
-report and fingerprint -- so plans and resumes of existing runs are unchanged.
+report and fingerprint -- so plans and resumes of existing runs are unchanged. On a node with several ranks one of
+them builds it and the others map its copy (``data/node_catalog.py``).
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ class Catalog:
     row: np.ndarray  # int32 row within the shard
     label_flat: np.ndarray  # all label sequences concatenated (uint8/uint16/int32: the vocabulary's size)
     label_offsets: np.ndarray  # int64 [n + 1]
+    blob_offset: np.ndarray  # int64 byte offset of the audio in its shard (shards.read_audio); -1: not known
+    blob_length: np.ndarray  # int64 its length
     shard_paths: list[str]
+    shard_digests: list[str]  # each shard's footer digest when the positions were listed ('' where none were)
     report: list[dict[str, str]]
 
     def __len__(self) -> int:
@@ -139,7 +143,10 @@ class Catalog:
             row=self.row[:n],
             label_flat=self.label_flat[: self.label_offsets[n]],
             label_offsets=self.label_offsets[: n + 1],
+            blob_offset=self.blob_offset[:n],
+            blob_length=self.blob_length[:n],
             shard_paths=self.shard_paths,
+            shard_digests=self.shard_digests,
             report=self.report,
         )
 
@@ -157,6 +164,7 @@ def build_catalog(
         data_cfg.max_duration_in_seconds,
         frames_fn,
         data_cfg.normalization(),
+        shards.footer_digests(paths),
     )
     # Arrow's allocator keeps the sorted and filtered copies' pages (~230 MB at 1M utterances) for reuse the rank
     # never has: give them back.
@@ -177,12 +185,16 @@ def filter_metadata(
     max_seconds: float,
     frames_fn: Callable[[int], int],
     normalization: text.TextNormalization,
+    shard_digests: Sequence[str] = (),
 ) -> Catalog:
     """Drop what cannot train (the stream's skip reasons), then sort by id so the order ignores the sharding.
     Transcripts are normalised (again: a no-op for what prepare wrote) the way the split was prepared.
 
     ``frames_fn`` must be non-decreasing in the sample count (every convolution length formula is): the CTC
-    length check is made through the shortest audio that gives each label count enough frames."""
+    length check is made through the shortest audio that gives each label count enough frames.
+
+    The audio positions (``blob_offset``/``blob_length`` of ``shards.read_metadata``) are kept when ``shard_digests``
+    names the files they were listed from; otherwise reads go through ``shards.read_rows``."""
     order = pc.sort_indices(meta, sort_keys=[("id", "ascending"), ("shard", "ascending"), ("row", "ascending")])
     meta = meta.take(order)
     n = meta.num_rows
@@ -214,6 +226,11 @@ def filter_metadata(
     skipped = np.flatnonzero(reasons != "")
     skipped_ids = ids.take(pa.array(skipped, type=pa.int64())).to_pylist()
     kept = pa.array(keep, type=pa.int64())
+    if shard_digests and "blob_offset" in meta.column_names:
+        blob_offset = meta.column("blob_offset").to_numpy()[keep].astype(np.int64)
+        blob_length = meta.column("blob_length").to_numpy()[keep].astype(np.int64)
+    else:
+        blob_offset = blob_length = np.full(len(keep), -1, dtype=np.int64)
     return Catalog(
         ids=PackedStrings.from_arrow(ids.take(kept)),
         durations=durations[keep],
@@ -221,7 +238,10 @@ def filter_metadata(
         row=meta.column("row").to_numpy()[keep].astype(np.int32),
         label_flat=flat,
         label_offsets=offsets,
+        blob_offset=blob_offset,
+        blob_length=blob_length,
         shard_paths=list(shard_paths),
+        shard_digests=list(shard_digests) or [""] * len(shard_paths),
         report=[{"id": uid, "reason": str(reasons[i])} for uid, i in zip(skipped_ids, skipped.tolist())],
     )
 

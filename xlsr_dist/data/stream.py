@@ -1,10 +1,11 @@
 """This rank's share of every optimizer step, read straight from the shards, with a tiny global resume state.
 
-Every rank reads the small metadata columns of all shards (ids, durations, transcripts), filters them identically
-and sorts the survivors by id: that canonical order does not depend on how the corpus was cut into shards. The
-epoch plan (partition.epoch_batches) is a pure function of it and of (seed, epoch, global batch, bucketing), so all
-ranks -- of this run, or of an earlier run at another world size -- agree on which utterances form step k. Each
-rank then reads from the shards only the rows of its own micro-batches (shards.read_rows, grouped by shard).
+The small metadata columns of all shards (ids, durations, transcripts) and the audio positions of their byte
+indexes are read once per node (``data/node_catalog.py``: the node's other ranks map that copy), filtered and
+sorted by id: that canonical order does not depend on how the corpus was cut into shards. The epoch plan
+(partition.epoch_batches) is a pure function of it and of (seed, epoch, global batch, bucketing), so all ranks -- of
+this run, or of an earlier run at another world size -- agree on which utterances form step k. Each rank then reads
+from the shards only the audio of its own micro-batches (shards.read_audio: one ranged read per utterance).
 
 The resume state (DataState) is global -- (seed, epoch, step in epoch) plus the global batch and a fingerprint of
 the filtered corpus -- not per rank, so a run may resume on any world size; resuming costs one plan computation,
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xlsr_dist.audio import AudioError, decode_bytes
 from xlsr_dist.config import BatchPlan, DataConfig
-from xlsr_dist.data import shards
+from xlsr_dist.data import node_catalog, shards
 from xlsr_dist.data.catalog import Catalog, build_catalog
 from xlsr_dist.data.collate import Batch, Item, collate, collate_with_time_masks, dummy_item
 from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
@@ -104,6 +105,31 @@ class UtteranceDataset(Dataset):
         items = self.__getitems__([index])
         return items[0]
 
+    def _audio(self, shard: int, members: list[int]) -> list[bytes]:
+        """The audio of catalog entries ``members`` (all in ``shard``): at the positions the catalog listed when it
+        has them (one ranged read each), else through the shard's rows, checked against the catalog's ids."""
+        c = self.catalog
+        path = c.shard_paths[shard]
+        if c.shard_digests[shard] and all(c.blob_length[i] >= 0 for i in members):
+            blobs = shards.read_audio(
+                path,
+                c.shard_digests[shard],
+                [int(c.blob_offset[i]) for i in members],
+                [int(c.blob_length[i]) for i in members],
+            )
+            if blobs is not None:
+                return blobs
+        rows = shards.read_rows(path, [int(c.row[i]) for i in members])
+        for i, row in zip(members, rows):
+            if row["id"] != c.ids[i]:
+                # The metadata this plan was made from no longer describes the file: continuing would train on
+                # wrong transcripts.
+                raise shards.ShardError(
+                    f"{path} row {int(c.row[i])} holds {row['id']!r}, expected {c.ids[i]!r}: "
+                    f"the shard changed after training started; restart the run"
+                )
+        return [row["audio"] for row in rows]
+
     def __getitems__(self, indices: Sequence[int]) -> list[Item]:
         c = self.catalog
         idx = [int(i) for i in indices]
@@ -113,17 +139,9 @@ class UtteranceDataset(Dataset):
             wanted_by_shard.setdefault(int(c.shard[i]), []).append(i)
         fetched: dict[int, Item | None] = {}
         for s, members in wanted_by_shard.items():
-            rows = shards.read_rows(c.shard_paths[s], [int(c.row[i]) for i in members])
-            for i, row in zip(members, rows):
-                if row["id"] != c.ids[i]:
-                    # The metadata this plan was made from no longer describes the file: continuing would train
-                    # on wrong transcripts.
-                    raise shards.ShardError(
-                        f"{c.shard_paths[s]} row {int(c.row[i])} holds {row['id']!r}, expected {c.ids[i]!r}: "
-                        f"the shard changed after training started; restart the run"
-                    )
+            for i, blob in zip(members, self._audio(s, members)):
                 try:
-                    wave = decode_bytes(row["audio"])
+                    wave = decode_bytes(blob)
                 except AudioError as e:
                     log.warning("skipping utterance %s: its audio does not decode (%s)", c.ids[i], e)
                     fetched[i] = None
@@ -198,7 +216,7 @@ class TrainStream:
         self.seed = int(seed)
         self.bucket_size_multiplier = data_cfg.bucket_size_multiplier
         self.num_workers = data_cfg.dataloader_num_workers
-        self.catalog = build_catalog(self.location, vocab, data_cfg, frames_fn)
+        self.catalog = node_catalog.node_shared(world, lambda: build_catalog(self.location, vocab, data_cfg, frames_fn))
         self.frames_fn, self.time_masking = frames_fn, time_masking
         self.num_samples = len(self.catalog)
         self.report = self.catalog.report
@@ -303,7 +321,7 @@ class EvalStream:
         self.world = world
         self.batch_size = batch_size
         self.num_workers = data_cfg.dataloader_num_workers
-        catalog = build_catalog(self.location, vocab, data_cfg, frames_fn)
+        catalog = node_catalog.node_shared(world, lambda: build_catalog(self.location, vocab, data_cfg, frames_fn))
         if max_utterances and max_utterances < len(catalog):
             # The first N in id order: the same subset on every rank and for any sharding.
             catalog = catalog.head(max_utterances)

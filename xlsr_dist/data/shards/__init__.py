@@ -29,7 +29,16 @@ from xlsr_dist.data.shards.manifest import (
     write_manifest,
 )
 from xlsr_dist.data.shards.publish import is_local, publish_split
-from xlsr_dist.data.shards.reader import IO_STATS, clear_cache, filesystem, list_shards, read_metadata, read_rows
+from xlsr_dist.data.shards.reader import (
+    IO_STATS,
+    clear_cache,
+    filesystem,
+    footer_digests,
+    list_shards,
+    read_audio,
+    read_metadata,
+    read_rows,
+)
 from xlsr_dist.data.shards.schema import (
     FORMAT,
     INDEX_SUFFIX,
@@ -59,11 +68,13 @@ __all__ = [
     "duration_histogram",
     "ensure_index",
     "filesystem",
+    "footer_digests",
     "index_path",
     "is_local",
     "list_shards",
     "locate_blobs",
     "publish_split",
+    "read_audio",
     "read_manifest",
     "read_metadata",
     "read_rows",

@@ -4,6 +4,10 @@ Opened shards are kept in a bounded per-process cache (``open_shard``), so repea
 nor re-parse footers; a forked worker starts with an empty cache, and a local file rewritten since it was opened
 is opened again. ``read_rows`` takes each row's audio through the shard's byte index when it has a valid one and
 through the Parquet row groups otherwise; the result is the same, byte for byte.
+
+Training reads through ``read_audio``: ``read_metadata`` lists every row's blob position from the byte indexes once,
+the catalog keeps those positions with the shard's footer digest, and a read is then one ranged read per row, with
+no index to parse and no small columns to hold in any process (the catalog has ids and labels already).
 """
 
 from __future__ import annotations
@@ -114,10 +118,10 @@ class OpenShard:
         self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self.num_rows = int(meta.num_rows)
         self.lock = threading.Lock()  # one handle per file: reads through it must not interleave
+        self.digest: str | None = None
         # Loaded on the first read_rows: (offset, length) per row or False (no valid index), and the small columns
-        # the index path answers from (read_metadata leaves its table here so they are not read twice).
+        # the index path answers from.
         self.index: np.ndarray | None | bool = None
-        self.metadata_table: pa.Table | None = None
         # Arrow columns, not Python lists: a str and a float object per row of every shard cost a rank far more.
         self.metadata_rows: tuple[pa.Array, pa.Array, pa.Array] | None = None
         IO_STATS["files_opened"] += 1
@@ -129,13 +133,20 @@ class OpenShard:
             self.handle.seek(offset)
             return bytes(self.handle.read(n))
 
+    def footer_digest(self) -> str:
+        """What identifies this file's content (``index.footer_digest``): its byte index and the catalog name it."""
+        if self.digest is None:
+            try:
+                self.digest = footer_digest(self.read_at, self.size)
+            except ValueError as e:
+                raise ShardError(f"{self.path} is not a Parquet file: {e}") from e
+        return self.digest
+
     def load_index(self) -> np.ndarray | None:
         if self.index is None:
             where = None
             try:
-                where = load_index(
-                    index_path(self.path), self.size, footer_digest(self.read_at, self.size), self.num_rows
-                )
+                where = load_index(index_path(self.path), self.size, self.footer_digest(), self.num_rows)
             except (OSError, ValueError):
                 pass
             if where is None:
@@ -146,16 +157,13 @@ class OpenShard:
     def small_columns(self) -> tuple[pa.Array, pa.Array, pa.Array]:
         """(ids, texts, durations) of every row."""
         if self.metadata_rows is None:
-            table = self.metadata_table
-            if table is None:
-                with self.lock:
-                    table = self.parquet.read(columns=METADATA_COLUMNS)
+            with self.lock:
+                table = self.parquet.read(columns=METADATA_COLUMNS)
             self.metadata_rows = (
                 table.column("id").combine_chunks(),
                 table.column("text").combine_chunks(),
                 table.column("duration").combine_chunks(),
             )
-            self.metadata_table = None
         return self.metadata_rows
 
     def close(self) -> None:
@@ -224,7 +232,8 @@ def clear_cache() -> None:
 
 
 def read_metadata(shard_paths: Sequence[str]) -> pa.Table:
-    """id, duration, text, shard (index into ``shard_paths``), row (within shard) of every utterance; no audio."""
+    """id, duration, text, shard (index into ``shard_paths``), row (within shard), blob_offset and blob_length (where
+    the row's audio sits, from the shard's byte index; -1 when it has no valid one) of every utterance; no audio."""
     if not shard_paths:
         raise ShardError("read_metadata: no shard paths given")
 
@@ -233,11 +242,18 @@ def read_metadata(shard_paths: Sequence[str]) -> pa.Table:
         opened = open_shard(path)
         with opened.lock:
             table = opened.parquet.read(columns=METADATA_COLUMNS)
-        if opened.metadata_rows is None:
-            opened.metadata_table = table  # read_rows' byte-index path answers id/text/duration from it
         n = table.num_rows
-        return table.append_column("shard", pa.array(np.full(n, position, dtype=np.int32))).append_column(
-            "row", pa.array(np.arange(n, dtype=np.int32))
+        where = opened.load_index()
+        if where is None:
+            where = np.full((n, 2), -1, dtype=np.int64)
+        # The parsed index served only to list the positions: training reads through them (read_audio), so holding
+        # it in every process that ever opens the shard would cost a second copy.
+        opened.index = None
+        return (
+            table.append_column("shard", pa.array(np.full(n, position, dtype=np.int32)))
+            .append_column("row", pa.array(np.arange(n, dtype=np.int32)))
+            .append_column("blob_offset", pa.array(where[:, 0]))
+            .append_column("blob_length", pa.array(where[:, 1]))
         )
 
     # Remote stores answer slowly but in parallel; the footers and small columns are tiny.
@@ -248,6 +264,47 @@ def read_metadata(shard_paths: Sequence[str]) -> pa.Table:
         with ThreadPoolExecutor(workers) as pool:
             tables = list(pool.map(one, enumerate(shard_paths)))
     return pa.concat_tables(tables)
+
+
+def footer_digests(shard_paths: Sequence[str]) -> list[str]:
+    """Each shard's footer digest (``index.footer_digest``): ``read_audio`` checks a shard is still that file."""
+    return [open_shard(p).footer_digest() for p in shard_paths]
+
+
+def read_audio(shard_path: str, digest: str, offsets: Sequence[int], lengths: Sequence[int]) -> list[bytes] | None:
+    """The audio blobs at ``offsets``/``lengths`` (from ``read_metadata``) of the shard whose footer digest was
+    ``digest``; None when one is not where its index said (read the rows through ``read_rows`` instead).
+
+    Raises ShardError when the file is no longer the one the positions were listed from: the rows a plan was made
+    from would no longer be there.
+    """
+    opened = open_shard(shard_path)
+    if opened.footer_digest() != digest:
+        raise ShardError(
+            f"{shard_path} changed after training started (its Parquet footer is not the one its rows were listed "
+            f"from); restart the run"
+        )
+    out = []
+    for offset, length in zip(offsets, lengths):
+        blob = _blob_at(opened, int(offset), int(length))
+        if blob is None:
+            return None
+        out.append(blob)
+    return out
+
+
+def _blob_at(opened: OpenShard, offset: int, length: int) -> bytes | None:
+    """The FLAC blob the byte index places at ``offset``; None (and the index distrusted from now on) if it is not."""
+    raw = opened.read_at(offset - 4, length + 4)
+    IO_STATS["blobs_read"] += 1
+    if len(raw) != length + 4 or struct.unpack("<I", raw[:4])[0] != length or raw[4:8] != FLAC_MAGIC:
+        log.warning(
+            "%s: byte index does not match the file at offset %d; reading Parquet row groups", opened.path, offset
+        )
+        opened.index = False
+        IO_STATS["index_fallbacks"] += 1
+        return None
+    return raw[4:]
 
 
 def read_rows(shard_path: str, rows: Sequence[int]) -> list[dict[str, Any]]:
@@ -277,18 +334,11 @@ def _read_indexed(opened: OpenShard, where: np.ndarray, wanted: np.ndarray) -> l
     ids, texts, durations = opened.small_columns()
     out = []
     for r in wanted.tolist():
-        offset, length = int(where[r, 0]), int(where[r, 1])
-        raw = opened.read_at(offset - 4, length + 4)
-        IO_STATS["blobs_read"] += 1
-        if len(raw) != length + 4 or struct.unpack("<I", raw[:4])[0] != length or raw[4:8] != FLAC_MAGIC:
-            # The index passed its footer check yet points at something else: trust Parquet from now on.
-            log.warning(
-                "%s: byte index does not match row %d; reading through Parquet row groups instead", opened.path, r
-            )
-            opened.index = False
-            IO_STATS["index_fallbacks"] += 1
+        # An index that passed its footer check yet points at something else: Parquet is trusted from then on.
+        blob = _blob_at(opened, int(where[r, 0]), int(where[r, 1]))
+        if blob is None:
             return None
-        out.append({"id": ids[r].as_py(), "audio": raw[4:], "text": texts[r].as_py(), "duration": durations[r].as_py()})
+        out.append({"id": ids[r].as_py(), "audio": blob, "text": texts[r].as_py(), "duration": durations[r].as_py()})
     return out
 
 
