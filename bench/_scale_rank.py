@@ -34,6 +34,28 @@ def status_mb(field: str) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
+def catalog_mapping_mb() -> dict[str, float]:
+    """The node's shared catalog as this rank maps it (xlsr_dist.data.node_catalog; /proc/self/smaps): resident MB,
+    this rank's proportional share (PSS) and what only it holds (private). Zero where the rank built its own."""
+    totals = {"Rss": 0, "Pss": 0, "Private_Clean": 0, "Private_Dirty": 0}
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return {}
+    inside = False
+    for line in lines:
+        head = line.split(maxsplit=1)[0]
+        if not head.endswith(":"):  # a mapping's header line: address range, permissions, ..., path
+            inside = "xlsr_dist-catalog-" in line
+        elif inside and head[:-1] in totals:
+            totals[head[:-1]] += int(line.split()[1])
+    return {
+        "catalog_rss_mb": totals["Rss"] / 1024,
+        "catalog_pss_mb": totals["Pss"] / 1024,
+        "catalog_private_mb": (totals["Private_Clean"] + totals["Private_Dirty"]) / 1024,
+    }
+
+
 class FirstStep(StepHooks):
     def __init__(self, path: str) -> None:
         self.path = path
@@ -45,6 +67,7 @@ class FirstStep(StepHooks):
         self.written = True
         process = psutil.Process()
         cpu = process.cpu_times()
+        memory = process.memory_full_info()
         write_json(
             self.path,
             {
@@ -56,7 +79,10 @@ class FirstStep(StepHooks):
                 "peak_rss_mb": status_mb("VmHWM"),
                 # Shared pages (the mapped torch libraries, page cache of memory-mapped files) count in every rank's
                 # RSS; USS is what this rank alone holds.
-                "uss_mb": process.memory_full_info().uss / 2**20,
+                "uss_mb": memory.uss / 2**20,
+                # Shared pages divided among the processes that map them: the rank's fair share of the node.
+                "pss_mb": memory.pss / 2**20,
+                **catalog_mapping_mb(),
             },
         )
 

@@ -12,13 +12,14 @@ utterance, as in Common Voice (~1.7M utterances) with tiny clips. For each size 
      its tree (wait4's ru_maxrss, the main process or a decoding worker) and of the whole tree (sampled);
   3. for each world size, trains --steps steps of the tiny model with one OS process per rank (as srun or
      bench/train_speed.py start them; bench/_scale_rank.py): per rank, wall and CPU seconds from process creation
-     to the first step, and RSS/USS then (the world-size-8 runs share this machine's cores: CPU seconds is the
-     per-rank cost, wall seconds what this machine's cores allowed); one untimed run comes first;
-  4. in this process, as rank 0 of 8 (micro-batch 1): the data stream's construction (CPU seconds and RSS growth:
-     the metadata a rank holds) and its steady state over --stream_steps steps in audio seconds per CPU second,
-     against the decode floor of the same clips (soundfile on the FLAC bytes, nothing else). With clips this short
-     the per-utterance overhead dominates both; bench/data_path.py measures the same on Common-Voice-like
-     durations.
+     to the first step, its RSS/USS/PSS then, and the pages of the node's catalog it maps (the world-size-8 runs
+     share this machine's cores: CPU seconds is the per-rank cost, wall seconds what this machine's cores
+     allowed); one untimed run comes first;
+  4. in this process, as rank 0 of 8 (micro-batch 1, no process group, so it builds the catalog itself): the data
+     stream's construction (CPU seconds and RSS growth: the catalog a node holds, which its ranks map) and its
+     steady state over --stream_steps steps in audio seconds per CPU second, against the decode floor of the same
+     clips (soundfile on the FLAC bytes, nothing else). With clips this short the per-utterance overhead dominates
+     both; bench/data_path.py measures the same on Common-Voice-like durations.
 Results: a markdown table on stdout and bench/results/scale/<date>.json (git-ignored).
 """
 
@@ -86,6 +87,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prepare_args", default="", help="extra flags for xlsr_dist.prepare, e.g. '--num_workers 1'")
     p.add_argument("--work", default="", help="where corpora and shards go (default: a temporary directory)")
     p.add_argument("--keep", action="store_true", help="keep --work's corpora and shards")
+    p.add_argument(
+        "--reuse_shards",
+        action="store_true",
+        help="with --work: train from the shards a --keep run left there, not preparing again (no prepare figures)",
+    )
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per prepare or training run")
     p.add_argument("--out", default=str(BENCH / "results" / "scale"), help="where the JSON goes")
     args = p.parse_args(argv)
@@ -97,6 +103,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     problems = [f"--worlds: {w} ranks cannot split the global batch 8" for w in args.worlds if 8 % w]
     if args.steps < 1 or args.stream_steps < 1 or args.pool < 1:
         problems.append("--steps/--stream_steps/--pool: must be >= 1")
+    if args.reuse_shards and not args.work:
+        problems.append("--reuse_shards: needs --work, the directory a --keep run left its shards in")
     if problems:
         p.error("; ".join(problems))
     return args
@@ -295,9 +303,10 @@ def render(results: dict[str, Any]) -> str:
         "| utterances | prepare (s) | prepare peak RSS, largest process / tree (MB) | shards (MB) | "
         + " | ".join(f"start-up wall / CPU s, world {w} (max rank)" for w in worlds)
         + " | "
-        + " | ".join(f"RSS / USS at step 1, world {w} (max rank, MB)" for w in worlds)
-        + " | stream set-up, rank 0 of 8: CPU s / RSS MB | steady data path vs decode floor |",
-        "|" + "---|" * (4 + 2 * len(worlds) + 2),
+        + " | ".join(f"RSS / USS / PSS at step 1, world {w} (max rank, MB)" for w in worlds)
+        + f" | catalog per rank, world {worlds[-1]}: mapped / PSS / private (max rank, MB)"
+        + " | catalog build, in-process: CPU s / RSS MB | steady data path vs decode floor |",
+        "|" + "---|" * (4 + 2 * len(worlds) + 3),
     ]
     for size in results["sizes"]:
         pre = size.get("prepare") or {}
@@ -317,8 +326,13 @@ def render(results: dict[str, Any]) -> str:
         for w in worlds:
             ranks = size.get("startup", {}).get(str(w))
             cells.append(
-                f"{max(r['rss_mb'] for r in ranks):.0f} / {max(r['uss_mb'] for r in ranks):.0f}" if ranks else "-"
+                " / ".join(_f(max((r.get(k) or 0) for r in ranks), ".0f") for k in ("rss_mb", "uss_mb", "pss_mb"))
+                if ranks
+                else "-"
             )
+        ranks = size.get("startup", {}).get(str(worlds[-1]))
+        keys = ("catalog_rss_mb", "catalog_pss_mb", "catalog_private_mb")
+        cells.append(" / ".join(_f(max((r.get(k) or 0) for r in ranks), ".1f") for k in keys) if ranks else "-")
         stream = size.get("stream") or {}
         cells.append(f"{_f(stream.get('construct_cpu_s'), '.2f')} / {_f(stream.get('construct_rss_mb'), '.0f')}")
         cells.append(f"{_f(stream.get('vs_floor'), '.2f')}x" if stream.get("vs_floor") else "-")
@@ -346,19 +360,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             size: dict[str, Any] = {"utterances": n, "startup": {}, "errors": {}}
             results["sizes"].append(size)
             corpus, prepared = work / f"input-{n}", work / f"shards-{n}"
-            started = time.perf_counter()
-            write_input(corpus, n, args.pool)
-            size["input_s"] = time.perf_counter() - started
-            print(f"{n:,}: input written in {size['input_s']:.1f} s", file=sys.stderr, flush=True)
-            try:
-                size["prepare"] = run_prepare(
-                    corpus, prepared, args.prepare_args.split(), args.timeout, work / f"prepare-{n}.log"
-                )
-            except RuntimeError as exc:
-                size["errors"]["prepare"] = str(exc)
-                print(f"{n:,}: {exc}", file=sys.stderr, flush=True)
-                continue
-            print(f"{n:,}: prepare {size['prepare']}", file=sys.stderr, flush=True)
+            if not (args.reuse_shards and (prepared / "train" / shards.MANIFEST).exists()):
+                started = time.perf_counter()
+                write_input(corpus, n, args.pool)
+                size["input_s"] = time.perf_counter() - started
+                print(f"{n:,}: input written in {size['input_s']:.1f} s", file=sys.stderr, flush=True)
+                try:
+                    size["prepare"] = run_prepare(
+                        corpus, prepared, args.prepare_args.split(), args.timeout, work / f"prepare-{n}.log"
+                    )
+                except RuntimeError as exc:
+                    size["errors"]["prepare"] = str(exc)
+                    print(f"{n:,}: {exc}", file=sys.stderr, flush=True)
+                    continue
+                print(f"{n:,}: prepare {size['prepare']}", file=sys.stderr, flush=True)
             if n == args.sizes[0]:
                 # The first rank process of an invocation waited ~20 s more than later ones, off-CPU (cold caches of
                 # the imported libraries): one untimed run so that no size carries it.

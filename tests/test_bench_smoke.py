@@ -263,4 +263,6 @@ def test_scale_benchmark_prepares_starts_ranks_and_prints_its_table(tmp_path: Pa
             ranks = size["startup"][world]
             assert sorted(r["rank"] for r in ranks) == list(range(int(world)))
             assert all(0 < r["startup_cpu_s"] and r["startup_s"] > 0 and r["rss_mb"] > 0 for r in ranks)
+        # Two ranks on one node: each maps the node's one catalog file (node_catalog), and the bench sees it.
+        assert all(r["catalog_rss_mb"] > 0 and r["catalog_pss_mb"] > 0 for r in size["startup"]["2"])
         assert size["stream"]["steps"] == 19 and size["stream"]["vs_floor"] > 0
