@@ -69,14 +69,18 @@ def test_list_shards_and_metadata(split):
     assert meta.column("row").to_pylist() == list(range(40)) + list(range(30)) + list(range(30))
     assert np.allclose(meta.column("duration").to_numpy(), [r["duration"] for r in rows])
     assert shards.IO_STATS["row_groups_read"] == before["row_groups_read"]  # metadata never touches audio row reads
-    # The positions listed from the byte indexes are each row's audio, read with one ranged read apiece.
+    # The positions listed from the byte indexes are each row's audio, read with one ranged read apiece, by a
+    # process that parses no Parquet footer (as a rank mapping its node's catalog).
     digests = shards.footer_digests(paths)
+    shards.clear_cache()
+    footers = shards.IO_STATS["footers_parsed"]
     shard_of, offsets, lengths = (meta.column(c).to_pylist() for c in ("shard", "blob_offset", "blob_length"))
     for k, path in enumerate(paths):
         mine = [i for i, s in enumerate(shard_of) if s == k][::7]
         blobs = shards.read_audio(path, digests[k], [offsets[i] for i in mine], [lengths[i] for i in mine])
         assert blobs == [rows[i]["audio"] for i in mine]
     assert shards.IO_STATS["row_groups_read"] == before["row_groups_read"]
+    assert shards.IO_STATS["footers_parsed"] == footers
 
 
 def test_read_audio_refuses_a_rewritten_shard_and_distrusts_wrong_positions(split):

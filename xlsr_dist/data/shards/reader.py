@@ -41,7 +41,13 @@ from xlsr_dist.data.shards.schema import (
 _CACHE_SIZE = 64
 
 # Counters a test (or a curious user) reads to see how much a reader actually fetched.
-IO_STATS: dict[str, int] = {"files_opened": 0, "row_groups_read": 0, "blobs_read": 0, "index_fallbacks": 0}
+IO_STATS: dict[str, int] = {
+    "files_opened": 0,
+    "footers_parsed": 0,
+    "row_groups_read": 0,
+    "blobs_read": 0,
+    "index_fallbacks": 0,
+}
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +95,7 @@ def list_shards(location: str | Path) -> list[str]:
 
 
 class OpenShard:
-    """One shard file held open: its handle, Parquet footer and row-group starts, and, once a read needed them, its
+    """One shard file held open: its handle and, once a read needed them, its Parquet footer and row-group starts,
     byte index and small columns."""
 
     def __init__(self, path: str) -> None:
@@ -105,19 +111,18 @@ class OpenShard:
             self.stamp: tuple[int, int] | None = None
             size = getattr(self.handle, "size", None)
             self.size = int(size if size is not None else fs.size(fs_path))
-            self.parquet = pq.ParquetFile(self.handle)
         else:
             self.handle = None
             self.fd = os.open(path, os.O_RDONLY)
             st = os.fstat(self.fd)
             self.stamp = (st.st_mtime_ns, st.st_size)
             self.size = int(st.st_size)
-            self.parquet = pq.ParquetFile(path, memory_map=False)
-        meta = self.parquet.metadata
-        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self.starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-        self.num_rows = int(meta.num_rows)
-        self.lock = threading.Lock()  # one handle per file: reads through it must not interleave
+        # One handle per file: reads through it must not interleave. Reentrant: the footer is parsed under it on
+        # first use, from inside reads that hold it.
+        self.lock = threading.RLock()
+        self._parquet: pq.ParquetFile | None = None
+        self._starts: np.ndarray | None = None
+        self._num_rows: int | None = None
         self.digest: str | None = None
         # Loaded on the first read_rows: (offset, length) per row or False (no valid index), and the small columns
         # the index path answers from.
@@ -125,6 +130,52 @@ class OpenShard:
         # Arrow columns, not Python lists: a str and a float object per row of every shard cost a rank far more.
         self.metadata_rows: tuple[pa.Array, pa.Array, pa.Array] | None = None
         IO_STATS["files_opened"] += 1
+
+    @property
+    def parquet(self) -> pq.ParquetFile:
+        """The Parquet reader, its footer parsed on first use. Training reads audio at listed positions
+        (``read_audio``) and never needs it: a footer of thousands of row groups is megabytes of parsed metadata
+        in every process that opens the shard."""
+        with self.lock:
+            if self._parquet is None:
+                try:
+                    parquet = (
+                        pq.ParquetFile(self.handle)
+                        if self.handle is not None
+                        else pq.ParquetFile(self.path, memory_map=False)
+                    )
+                except (OSError, pa.ArrowException) as e:
+                    raise ShardError(f"cannot read shard {self.path}: {e}") from e
+                missing = [c for c in ROW_COLUMNS if c not in parquet.schema_arrow.names]
+                if missing:
+                    parquet.close()
+                    raise ShardError(f"{self.path} is not an xlsr_dist shard: missing columns {missing}")
+                IO_STATS["footers_parsed"] += 1
+                meta = parquet.metadata
+                sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+                self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+                self._num_rows = int(meta.num_rows)
+                self._parquet = parquet
+            return self._parquet
+
+    def forget_parquet(self) -> None:
+        """Drop the parsed footer (it is parsed again if a read needs it); the handle stays open."""
+        with self.lock:
+            if self._parquet is not None:
+                self._parquet.close()
+                self._parquet = None
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Row-group starts: [0, rows of group 0, ...], [num_row_groups + 1]."""
+        self.parquet  # noqa: B018 -- parses the footer, which sets them
+        return self._starts  # type: ignore[return-value]
+
+    @property
+    def num_rows(self) -> int:
+        if self._num_rows is None:
+            self.parquet  # noqa: B018
+        return self._num_rows  # type: ignore[return-value]
 
     def read_at(self, offset: int, n: int) -> bytes:
         if self.fd is not None:
@@ -168,7 +219,7 @@ class OpenShard:
 
     def close(self) -> None:
         try:
-            self.parquet.close()
+            self.forget_parquet()
         finally:
             if self.handle is not None:
                 self.handle.close()
@@ -212,10 +263,6 @@ def open_shard(path: str) -> OpenShard:
         opened = OpenShard(path)
     except (OSError, pa.ArrowException) as e:
         raise ShardError(f"cannot read shard {path}: {e}") from e
-    missing = [c for c in ROW_COLUMNS if c not in opened.parquet.schema_arrow.names]
-    if missing:
-        opened.close()
-        raise ShardError(f"{path} is not an xlsr_dist shard: missing columns {missing}")
     with _open_shards_lock:
         # An evicted/replaced entry is not closed here: another thread may still be reading through it; its
         # handle is released when the last reference goes.
@@ -246,9 +293,10 @@ def read_metadata(shard_paths: Sequence[str]) -> pa.Table:
         where = opened.load_index()
         if where is None:
             where = np.full((n, 2), -1, dtype=np.int64)
-        # The parsed index served only to list the positions: training reads through them (read_audio), so holding
-        # it in every process that ever opens the shard would cost a second copy.
+        # The parsed index and footer served only to list the rows: training reads through the positions
+        # (read_audio), so holding them in the process that listed them would cost it megabytes per shard.
         opened.index = None
+        opened.forget_parquet()
         return (
             table.append_column("shard", pa.array(np.full(n, position, dtype=np.int32)))
             .append_column("row", pa.array(np.arange(n, dtype=np.int32)))
