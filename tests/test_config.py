@@ -64,6 +64,13 @@ def test_every_problem_is_reported_at_once_naming_each_flag() -> None:
     ]
 
 
+def test_ctc_blank_bias_is_only_for_models_built_from_random_weights() -> None:
+    assert build_config({"architecture": "tiny", "ctc_blank_bias": 5}).model.ctc_blank_bias == 5.0
+    with pytest.raises(ConfigError) as err:
+        build_config({"ctc_blank_bias": 5})
+    assert [p.split(":")[0] for p in err.value.problems] == ["--ctc_blank_bias"]
+
+
 def test_bad_types_are_reported_together() -> None:
     with pytest.raises(ConfigError) as err:
         build_config({"max_steps": "ten", "learning_rate": "fast", "freeze_feature_encoder": "maybe"})

@@ -67,8 +67,10 @@ def test_audio_is_16k_mono_speech_of_the_declared_duration(corpus) -> None:
         wave = decode_bytes(row["audio"])
         assert wave.ndim == 1 and wave.dtype == np.float32
         assert row["duration"] == pytest.approx(wave.shape[0] / SAMPLE_RATE, abs=1e-6)
-        assert 0.5 <= row["duration"] <= 4.5
+        assert 0.1 <= row["duration"] <= 4.0
         assert 0.1 < np.abs(wave).max() <= 1.0
+        # The background noise fades in and out: no step in the noise floor against a batch's zero padding.
+        assert np.abs(wave[:8]).max() < 0.01 and np.abs(wave[-8:]).max() < 0.01
         # Letters are louder than the background noise between words.
         frames = wave[: wave.shape[0] // 160 * 160].reshape(-1, 160)
         energy = (frames**2).mean(axis=1)

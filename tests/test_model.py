@@ -95,6 +95,20 @@ def test_freeze_feature_encoder_flag_is_respected() -> None:
     assert count_parameters(frozen, trainable_only=True) < count_parameters(trainable, trainable_only=True)
 
 
+def test_ctc_blank_bias_starts_a_random_model_predicting_blank() -> None:
+    torch.manual_seed(0)
+    plain = build_model(ModelConfig(architecture="tiny"), 29, 28)
+    torch.manual_seed(0)
+    biased = build_model(ModelConfig(architecture="tiny", ctc_blank_bias=5.0), 29, 28)
+    assert biased.lm_head.bias[28].item() == 5.0
+    assert torch.equal(biased.lm_head.bias[:28], plain.lm_head.bias[:28])
+    assert torch.equal(biased.lm_head.weight, plain.lm_head.weight)
+    audio = torch.randn(2, 16000)
+    with torch.no_grad():
+        blank = [m(audio).logits.softmax(-1)[..., 28].mean().item() for m in (plain, biased)]
+    assert blank[0] < 0.1 and blank[1] > 0.75, blank
+
+
 def test_gradient_checkpointing_flag_is_respected() -> None:
     model = build_model(ModelConfig(architecture="tiny", gradient_checkpointing=True), 29, 28)
     flag = getattr(type(model), "is_activation_checkpointing", None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,11 @@ class ModelConfig:
     ctc_zero_infinity: bool = True
     """Zero the loss of unalignable utterances so one bad item cannot poison fp16 training."""
     gradient_checkpointing: bool = False
+    ctc_blank_bias: float = 0.0
+    """Initial bias of the CTC head's blank logit in a model built from random weights (--architecture tiny or
+    xlsr-53); 0 keeps transformers' zero init. At 0 every frame starts with a uniform distribution, the first CTC
+    losses are ~10x the plateau's and their (clipped) gradients stall a model trained from scratch on the all-blank
+    plateau for hundreds of steps; ~5 (blank ~85 % likely at first, where training goes anyway) avoids that."""
 
 
 @dataclass
@@ -87,6 +93,10 @@ class DataConfig:
     bucket_size_multiplier: int = 100
     """Duration bucketing: each shuffled window of global_batch x this many utterances is sorted by duration
     before being cut into global batches (1 disables bucketing)."""
+    sortagrad_epochs: int = 0
+    """SortaGrad (Deep Speech 2): the first this many epochs run shortest utterances first, batches in order of
+    duration, which shortens the all-blank plateau of CTC from random weights (0 = off: every epoch bucketed and
+    shuffled)."""
     dataloader_num_workers: int = 1
     eval_max_utterances: int = 0
     """Evaluate on at most this many utterances (0 = all)."""
@@ -393,6 +403,10 @@ def validate(cfg: Config) -> None:
         value = getattr(m, name)
         if not 0.0 <= value < 1.0:
             p.append(f"--{name}: {value} must be in [0, 1)")
+    if m.ctc_blank_bias and m.architecture not in ("tiny", "xlsr-53"):
+        p.append("--ctc_blank_bias: only for models built from random weights (--architecture tiny or xlsr-53)")
+    if not math.isfinite(m.ctc_blank_bias):
+        p.append(f"--ctc_blank_bias: {m.ctc_blank_bias} must be finite")
     if m.ctc_loss_reduction not in ("mean", "sum"):
         p.append(f"--ctc_loss_reduction: {m.ctc_loss_reduction!r} must be 'mean' or 'sum'")
     if not d.train_data:
@@ -403,6 +417,8 @@ def validate(cfg: Config) -> None:
         p.append("--max_duration_in_seconds: must be greater than --min_duration_in_seconds")
     if d.bucket_size_multiplier < 1:
         p.append("--bucket_size_multiplier: must be >= 1 (1 disables bucketing)")
+    if d.sortagrad_epochs < 0:
+        p.append("--sortagrad_epochs: must be >= 0 (0 disables SortaGrad)")
     if d.dataloader_num_workers < 0:
         p.append("--dataloader_num_workers: must be >= 0")
     if d.demo_train_utterances < 16 or d.demo_eval_utterances < 1:

@@ -323,6 +323,9 @@ def build_model(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Wav2Vec
         model = _load_pretrained(cfg.model_name_or_path, overrides)
     else:
         raise ModelLoadError(f"--architecture: {cfg.architecture!r} is not one of '', 'xlsr-53', 'tiny'")
+    if cfg.architecture and cfg.ctc_blank_bias:
+        with torch.no_grad():
+            model.lm_head.bias[pad_token_id] = cfg.ctc_blank_bias
     if cfg.freeze_feature_encoder:
         model.freeze_feature_encoder()
     if cfg.gradient_checkpointing:

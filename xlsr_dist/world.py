@@ -168,11 +168,23 @@ def init(world: World, device: torch.device, timeout_s: int) -> None:
     export_env(world, device=device)
     # A dead peer must turn into an error on every other rank, not an endless wait inside NCCL.
     os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
+    if device.type == "cpu":
+        _skip_shared_memory_all_reduce()
     deepspeed.init_distributed(
         dist_backend=backend_for(device),
         timeout=datetime.timedelta(seconds=timeout_s),
         verbose=False,
     )
+
+
+def _skip_shared_memory_all_reduce() -> None:
+    """On CPU, DeepSpeed's comm layer JIT-compiles its shared-memory all-reduce op at start-up, ~25 s of C++ on two
+    cores whenever the torch_extensions cache misses (a fresh machine, another venv path). Only inference_all_reduce
+    uses it, never training (ZeRO reduces through torch.distributed), so it is marked unavailable, as on a platform
+    without it: the comm layer then starts without building it."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def is_initialized() -> bool:

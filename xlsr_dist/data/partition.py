@@ -14,6 +14,9 @@ Epoch recipe (duration bucketing with random batch order):
 3. cut the rest into windows of ``global_batch * bucket_size_multiplier`` and sort each window by duration, so the
    utterances of one batch have similar lengths (little padding);
 4. cut into global batches and shuffle the batch order, so training does not see lengths grow monotonically.
+
+A SortaGrad epoch (``shortest_first``, Deep Speech 2's curriculum) keeps step 1-2 and then sorts all of the kept
+utterances by duration instead: batches run from the shortest utterances to the longest.
 """
 
 from __future__ import annotations
@@ -45,11 +48,13 @@ def epoch_batches(
     epoch: int,
     global_batch: int,
     bucket_size_multiplier: int,
+    shortest_first: bool = False,
 ) -> np.ndarray:
     """Int array [steps_per_epoch, global_batch] of utterance indices (into ``durations``) for one epoch.
 
     Each row is sorted by duration (shortest first), so contiguous slices of it (ranks, then micro-batches) hold
-    utterances of similar length.
+    utterances of similar length. ``shortest_first`` orders the rows by duration too (SortaGrad); the utterances
+    left out are the same as without it.
     """
     d = np.asarray(durations, dtype=np.float64)
     if global_batch < 1 or bucket_size_multiplier < 1:
@@ -61,6 +66,8 @@ def epoch_batches(
         return np.zeros((0, global_batch), dtype=np.int64)
     rng = epoch_rng(seed, epoch)
     kept = rng.permutation(d.size)[: steps * global_batch]
+    if shortest_first:
+        return kept[np.lexsort((kept, d[kept]))].reshape(steps, global_batch)
     window = global_batch * bucket_size_multiplier
     for start in range(0, kept.size, window):
         chunk = kept[start : start + window]

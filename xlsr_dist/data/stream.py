@@ -215,6 +215,7 @@ class TrainStream:
         self.plan = plan
         self.seed = int(seed)
         self.bucket_size_multiplier = data_cfg.bucket_size_multiplier
+        self.sortagrad_epochs = data_cfg.sortagrad_epochs
         self.num_workers = data_cfg.dataloader_num_workers
         self.catalog = node_catalog.node_shared(world, lambda: build_catalog(self.location, vocab, data_cfg, frames_fn))
         self.frames_fn, self.time_masking = frames_fn, time_masking
@@ -257,7 +258,12 @@ class TrainStream:
         """[steps_per_epoch, global_batch] catalog indices of ``epoch`` (the same on every rank)."""
         if self._plan_cache is None or self._plan_cache[0] != epoch:
             rows = epoch_batches(
-                self.catalog.durations, self.seed, epoch, self.plan.global_batch, self.bucket_size_multiplier
+                self.catalog.durations,
+                self.seed,
+                epoch,
+                self.plan.global_batch,
+                self.bucket_size_multiplier,
+                shortest_first=epoch < self.sortagrad_epochs,
             )
             self._plan_cache = (epoch, rows)
         return self._plan_cache[1]
