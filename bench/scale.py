@@ -9,7 +9,8 @@ utterance, as in Common Voice (~1.7M utterances) with tiny clips. For each size 
   1. writes a NeMo-style JSON-lines manifest (train: the size; eval: 16 utterances) whose rows name clips of the
      pool, with distinct ids and short transcripts (the input layout `--layout nemo` reads; no million files);
   2. runs `python -m xlsr_dist.prepare` on it in a subprocess: wall time, and peak RSS of the largest process of
-     its tree (wait4's ru_maxrss, the main process or a decoding worker) and of the whole tree (sampled);
+     its tree (each process's VmHWM, sampled every 0.25 s: the main process or a decoding worker) and of the
+     whole tree (summed RSS, sampled);
   3. for each world size, trains --steps steps of the tiny model with one OS process per rank (as srun or
      bench/train_speed.py start them; bench/_scale_rank.py): per rank, wall and CPU seconds from process creation
      to the first step, its RSS/USS/PSS then, and the pages of the node's catalog it maps (the world-size-8 runs
@@ -137,14 +138,18 @@ def write_input(root: Path, n: int, pool: int, seed: int = 0) -> Path:
     return root
 
 
-def tree_rss_mb(process: psutil.Process) -> float:
-    total = 0
+def tree_rss_mb(process: psutil.Process) -> tuple[float, float]:
+    """(summed RSS of the tree now, the largest VmHWM -- peak RSS since exec -- among its processes), MB."""
+    total, largest = 0, 0
     for p in [process, *process.children(recursive=True)]:
         try:
             total += p.memory_info().rss
-        except psutil.Error:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+        except (psutil.Error, OSError):
             continue
-    return total / 2**20
+        match = re.search(r"VmHWM:\s+(\d+)\s+kB", status)
+        largest = max(largest, int(match.group(1)) * 1024 if match else 0)
+    return total / 2**20, largest / 2**20
 
 
 def run_prepare(corpus: Path, output: Path, extra: Sequence[str], timeout_s: float, log: Path) -> dict[str, Any]:
@@ -156,28 +161,29 @@ def run_prepare(corpus: Path, output: Path, extra: Sequence[str], timeout_s: flo
     with open(log, "wb") as handle:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
         watched = psutil.Process(proc.pid)
-        tree_peak = [0.0]
+        tree_peak, largest_peak = [0.0], [0.0]
         done = threading.Event()
 
         def sample() -> None:
             while not done.wait(0.25):
                 try:
-                    tree_peak[0] = max(tree_peak[0], tree_rss_mb(watched))
+                    tree, largest = tree_rss_mb(watched)
+                    tree_peak[0], largest_peak[0] = max(tree_peak[0], tree), max(largest_peak[0], largest)
                 except psutil.Error:
                     return
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         deadline = time.monotonic() + timeout_s
-        status, usage = 0, None
+        status = 0
         while time.monotonic() < deadline:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             time.sleep(0.1)
         else:
             proc.kill()
-            _, status, usage = os.wait4(proc.pid, 0)
+            _, status, _ = os.wait4(proc.pid, 0)
         done.set()
         sampler.join()
     wall = time.perf_counter() - started
@@ -190,7 +196,9 @@ def run_prepare(corpus: Path, output: Path, extra: Sequence[str], timeout_s: flo
     return {
         "wall_s": wall,
         # Linux: the peak RSS of the child or of the largest descendant it waited for (a decoding worker).
-        "peak_rss_mb": usage.ru_maxrss / 1024 if usage is not None else None,
+        # Not wait4's ru_maxrss: Popen starts the child with vfork, and exec records the parent's (this benchmark's)
+        # peak as the child's, so it grew with what this process had measured before. VmHWM is per process image.
+        "peak_rss_mb": largest_peak[0] or None,
         "tree_peak_rss_mb": tree_peak[0] or None,
         "shards": len(files),
         "shard_mb": sum(os.path.getsize(f) for f in files) / 1e6,
