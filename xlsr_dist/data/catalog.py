@@ -15,7 +15,6 @@ them builds it and the others map its copy (``data/node_catalog.py``).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import operator
 import re
@@ -178,8 +177,8 @@ def _give_back_freed_memory() -> None:
     temporaries freed (~250 MB at 1M, measured) in its heap until trimmed."""
     pa.default_memory_pool().release_unused()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim(0)
+        # The symbols already loaded into this process (libc's among them): no library search at start-up.
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
         pass
 

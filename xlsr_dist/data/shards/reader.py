@@ -332,6 +332,8 @@ def read_audio(shard_path: str, digest: str, offsets: Sequence[int], lengths: Se
             f"{shard_path} changed after training started (its Parquet footer is not the one its rows were listed "
             f"from); restart the run"
         )
+    if opened.index is False:  # a position of this shard already missed its blob here: Parquet from now on
+        return None
     out = []
     for offset, length in zip(offsets, lengths):
         blob = _blob_at(opened, int(offset), int(length))
