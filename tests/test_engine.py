@@ -64,11 +64,28 @@ def test_scheduler_block_is_refused(tmp_path: Path) -> None:
         engine.resolve_ds_config(_cfg(tmp_path, ds), plan_batches(8, 1), CPU)
 
 
-def test_fp16_on_this_cpu_stops_with_the_configs_to_use(tmp_path: Path) -> None:
+def _cpu_fp16(monkeypatch: pytest.MonkeyPatch, supported: bool) -> None:
+    """What DeepSpeed's CPU accelerator answers depends on the CPU (0.19.8: fp16 where oneDNN has fp16 kernels,
+    AVX512-FP16/AMX); the tests fix the answer so that both cases run on any machine."""
+    from deepspeed.accelerator import get_accelerator
+
+    monkeypatch.setattr(get_accelerator(), "is_fp16_supported", lambda: supported)
+
+
+def test_fp16_on_a_cpu_without_fp16_stops_with_the_configs_to_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _cpu_fp16(monkeypatch, supported=False)
     cfg = _cfg(tmp_path)  # default: ds_configs/zero2_fp16.json
     with pytest.raises(ConfigError) as err:
         engine.resolve_ds_config(cfg, plan_batches(8, 1), CPU)
     assert "fp16" in str(err.value) and "zero2_bf16.json" in str(err.value) and "zero2_fp32.json" in str(err.value)
+
+
+def test_fp16_on_a_cpu_with_fp16_keeps_fp16(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _cpu_fp16(monkeypatch, supported=True)
+    ds = engine.resolve_ds_config(_cfg(tmp_path), plan_batches(8, 1), CPU)
+    assert engine.precision(ds) == "fp16"
 
 
 def test_shipped_configs_are_zero2_with_the_right_precision() -> None:

@@ -1,11 +1,16 @@
 """Which GPU a rank trains on, for the GPU layouts launchers produce (the GPU count is passed in, so these run on
-any machine): all GPUs of the node visible to every rank, or one GPU per rank (srun --gpus-per-task=1)."""
+any machine): all GPUs of the node visible to every rank, or one GPU per rank (srun --gpus-per-task=1); and how
+ranks leave on a user error."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests._dist import run_launcher, venv_bin
+from tests._net import free_port
 from xlsr_dist.config import ConfigError
 from xlsr_dist.world import World, cuda_index, export_env
 
@@ -58,3 +63,27 @@ def test_deepspeed_is_told_the_device_index_while_world_keeps_the_node_local_ran
     cpu_env = {"LOCAL_RANK": "3"}
     export_env(world, cpu_env, device=torch.device("cpu"))
     assert cpu_env["LOCAL_RANK"] == "3"
+
+
+_LATE_REPORTER = """
+import sys, time
+from xlsr_dist.world import World, report_problem
+world = World.from_env()
+if world.is_main:
+    time.sleep(1.5)  # rank 0 finishes its checks later than rank 1 (CI: loading the model, a loaded machine)
+report_problem(world, "prog", "--data /nope: no such file or directory", "run")
+sys.exit(2)
+"""
+
+
+@pytest.mark.slow
+def test_the_reporting_rank_is_not_killed_by_a_silent_rank_that_exits_first(tmp_path: Path) -> None:
+    # torchrun, like the DeepSpeed launcher, kills every rank as soon as one exits non-zero.
+    script = tmp_path / "late_reporter.py"
+    script.write_text(_LATE_REPORTER)
+    proc = run_launcher(
+        [venv_bin("torchrun"), "--nproc_per_node", "2", "--master_port", str(free_port()), str(script)], timeout=120
+    )
+    both = proc.stdout + proc.stderr
+    assert proc.returncode != 0, both[-3000:]
+    assert both.count("prog: --data /nope: no such file or directory") == 1, both[-3000:]

@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import sys
+import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,10 +131,18 @@ def cuda_index(world: World, visible_gpus: int) -> int | None:
     return world.local_rank
 
 
+# How long a rank that found a problem but leaves the telling to another waits before it exits. The DeepSpeed
+# launcher, torchrun and `srun --kill-on-bad-exit` kill every rank once the first exits non-zero: a silent rank that
+# finished its checks a moment sooner would get the reporting rank killed before it printed (seen in CI: status 2,
+# no message). The reporting rank exits straight after printing, so under those launchers this wait is cut short.
+SILENT_RANK_GRACE_S = 5.0
+
+
 def report_problem(world: World, prog: str, message: str, scope: str) -> None:
     """A user error as one message on stderr, without traceback, from the ranks that can see it (ConfigError.scope):
     rank 0 for the flags ("run"), each node's first rank for what its machine sees ("node"), the rank itself for its
-    own environment ("rank"). A rank other than 0 names itself and its host: its problem may be one rank 0 lacks."""
+    own environment ("rank"). A rank other than 0 names itself and its host: its problem may be one rank 0 lacks.
+    The ranks that stay silent return only after SILENT_RANK_GRACE_S, so that they never exit first."""
     if scope == "run":
         reports = world.is_main
     elif scope == "node":
@@ -143,6 +152,8 @@ def report_problem(world: World, prog: str, message: str, scope: str) -> None:
     if reports:
         where = "" if world.is_main else f"rank {world.rank} on {socket.gethostname()}: "
         print(f"{prog}: {where}{message}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(SILENT_RANK_GRACE_S)
 
 
 def visible_gpu_count() -> int:
