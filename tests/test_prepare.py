@@ -396,12 +396,16 @@ def test_shard_size_mb_cuts_shards_at_the_target_and_records_their_checksums(tmp
 
 
 def _prepare_peak_rss_mb(tsv: Path, out: Path) -> float:
-    """Peak RSS of a prepare run in a fresh process (one decoding process: the pool's children are not counted)."""
+    """Peak RSS of a prepare run in a fresh process (one decoding process: the pool's children are not counted).
+    VmHWM, not getrusage's ru_maxrss: subprocess starts the child with vfork, and exec carries the parent's peak
+    (this pytest process's, often the larger) into the child's ru_maxrss, which would make every run look alike."""
     code = (
-        "import resource, sys\n"
+        "import re, sys\n"
+        "from pathlib import Path\n"
         "from xlsr_dist import prepare\n"
         "prepare.main(sys.argv[1:])\n"
-        "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "status = Path('/proc/self/status').read_text()\n"
+        "print('peak_kb', re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1))\n"
     )
     args = ["--input", str(tsv), "--output", str(out), "--num_workers", "1", "--no_progress"]
     proc = subprocess.run(

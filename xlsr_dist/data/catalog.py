@@ -14,7 +14,6 @@ them builds it and the others map its copy (``data/node_catalog.py``).
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import operator
 import re
@@ -39,6 +38,7 @@ from xlsr_dist.data.skip_reasons import (
     SHORTER_THAN_MIN,
     UNALIGNABLE,
 )
+from xlsr_dist.memory import give_back_freed_memory
 
 # Transcripts prepare wrote are already normalised, and text.normalize leaves such a string as it is (a fixed point:
 # lower-case words of a-z, apostrophes only between letters, single spaces) in every language and mode, unless
@@ -167,20 +167,10 @@ def build_catalog(
         data_cfg.normalization(),
         shards.footer_digests(paths),
     )
-    _give_back_freed_memory()
+    # Arrow keeps the sorted and filtered copies' pages (~230 MB at 1M utterances) and glibc what the shards' parsed
+    # footers and the temporaries freed (~250 MB at 1M, measured): memory the rank never uses again.
+    give_back_freed_memory()
     return catalog
-
-
-def _give_back_freed_memory() -> None:
-    """Return the building's freed memory to the OS. Arrow's allocator keeps the sorted and filtered copies' pages
-    (~230 MB at 1M utterances) for reuse the rank never has, and glibc keeps what the shards' parsed footers and the
-    temporaries freed (~250 MB at 1M, measured) in its heap until trimmed."""
-    pa.default_memory_pool().release_unused()
-    try:
-        # The symbols already loaded into this process (libc's among them): no library search at start-up.
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
-        pass
 
 
 def label_dtype(vocab: dict[str, int]) -> np.dtype:

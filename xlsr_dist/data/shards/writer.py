@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from xlsr_dist.atomic import replacing
 from xlsr_dist.data.shards.index import footer_digest, locate_blobs, remove_index, write_index_entries
 from xlsr_dist.data.shards.schema import FLAC_MAGIC, ROW_GROUP_SIZE, SCHEMA
+from xlsr_dist.memory import give_back_freed_memory
 
 # Bytes written but not yet matched to their blobs beyond which the index is given up (write_manifest rebuilds it
 # from the file): only reachable if pyarrow ever held a row group's pages back, far above one row group.
@@ -150,6 +151,10 @@ class ShardWriter:
         digest = footer_digest(lambda offset, n: os.pread(self._file.fileno(), n, offset), size)
         indexed = self._sink.keep_unmatched and not self._unmatched_blobs and len(self._offsets) == self.rows
         self._exit.close()
+        # The row groups' metadata and the footer built from it (~15 MB for a 256 MB shard of 16-row groups) are
+        # freed now; untrimmed, each shard's landed elsewhere in a fragmented heap and prepare's RSS grew with the
+        # number of shards (+42 % from 10k to 1M utterances, BENCHMARKS.md).
+        give_back_freed_memory()
         # After the shard: until the new index lands, the old one (if any) names another footer and is ignored.
         if indexed:
             write_index_entries(self.path, size, digest, self._offsets, self._lengths)
