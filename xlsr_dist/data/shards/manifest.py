@@ -47,7 +47,8 @@ def verify_shard(path: str | Path, rows: int, sha256: str) -> bool:
 
 
 def duration_histogram(durations: Iterable[float], edges: Sequence[float] | None = None) -> dict[str, list]:
-    seconds = np.asarray(list(durations), dtype=np.float64)
+    # An array as it is: a list of a million numpy scalars first was prepare's peak (+48 MB at 1M utterances).
+    seconds = np.asarray(durations if isinstance(durations, np.ndarray) else list(durations), dtype=np.float64)
     if edges is None:
         top = max(30.0, float(np.ceil(seconds.max()))) if seconds.size else 30.0
         edges = [0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30] + ([top] if top > 30 else [])
