@@ -20,7 +20,7 @@ import psutil  # noqa: E402
 
 from xlsr_dist import train  # noqa: E402
 from xlsr_dist.atomic import write_json  # noqa: E402
-from xlsr_dist.trainer import StepHooks  # noqa: E402
+from xlsr_dist.training.trainer import StepHooks  # noqa: E402
 
 RECORD_ENV = "XLSR_SCALE_RECORD"
 

@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from _record import PROFILE_ENV, RECORD_ENV, StepRecorder  # noqa: E402
 
 from xlsr_dist import train  # noqa: E402
-from xlsr_dist.trainer import StepHooks  # noqa: E402
+from xlsr_dist.training.trainer import StepHooks  # noqa: E402
 
 # deepspeed.comm collectives ZeRO-2 runs (allgather_fn and reduce_scatter_fn log as the op they wrap). Only ops its
 # comms logger can compute a bandwidth for: it exits the process on any other.

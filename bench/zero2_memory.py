@@ -115,10 +115,10 @@ class SavedActivations:
 
 
 def run_rank(args: argparse.Namespace) -> None:
-    from xlsr_dist import engine as engine_setup
     from xlsr_dist import world
     from xlsr_dist.config import ModelConfig, build_config, plan_batches
     from xlsr_dist.model import build_model, count_parameters
+    from xlsr_dist.training import engine as engine_setup
 
     me = world.World.from_env()
     device = torch.device("cpu")

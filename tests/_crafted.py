@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from xlsr_dist import checkpoint
 from xlsr_dist.model import tiny_config
+from xlsr_dist.training import checkpoint
 
 
 class RunsCode:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from xlsr_dist import elastic, world
+from xlsr_dist import world
+from xlsr_dist.training import elastic
 from xlsr_dist.world import World
 
 GLOBAL_BATCH = 8

@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 from deepspeed.accelerator import get_accelerator  # noqa: E402
 
-from xlsr_dist import ctc, precision, train, trainer, world  # noqa: E402
+from xlsr_dist import ctc, precision, train, world
+from xlsr_dist.training import trainer  # noqa: E402
 
 
 def overflowing(spec: str) -> Any:

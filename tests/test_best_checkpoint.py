@@ -14,11 +14,11 @@ import torch
 
 from tests._dist import run_module
 from tests._runs import DATA_CACHE, metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
-from xlsr_dist import best_checkpoint, checkpoint
 from xlsr_dist.config import ConfigError, parse_args
 from xlsr_dist.data import demo
-from xlsr_dist.evaluate_cli import locate_model
+from xlsr_dist.evaluation.run import locate_model
 from xlsr_dist.export import ExportError, resolve_checkpoint
+from xlsr_dist.training import best_checkpoint, checkpoint
 
 # ---- fast: the choice, the flags, rotation ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import torch
 
 from tests._crafted import crafted_run
 from tests._dist import run_module
-from xlsr_dist import checkpoint
+from xlsr_dist.training import checkpoint
 
 
 @pytest.mark.parametrize("bad_file", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])

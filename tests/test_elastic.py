@@ -18,7 +18,7 @@ import torch
 
 from tests._dist import run_ranks
 from tests._elastic_script import TinyNet, ds_config
-from xlsr_dist import elastic
+from xlsr_dist.training import elastic
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xlsr_dist import engine
 from xlsr_dist.config import ConfigError, build_config, plan_batches
+from xlsr_dist.training import engine
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -114,7 +114,8 @@ def test_lr_lambda_equals_hf_linear_schedule_every_step() -> None:
 SCHEDULE_SCRIPT = r"""
 import json, sys, torch
 from transformers import get_linear_schedule_with_warmup
-from xlsr_dist import engine, world
+from xlsr_dist.training import engine
+from xlsr_dist import world
 from xlsr_dist.config import build_config, plan_batches
 cfg = build_config({"deepspeed": "ds_configs/zero2_fp32.json", "learning_rate": 1e-3})
 ds = engine.resolve_ds_config(cfg, plan_batches(8, 1), torch.device("cpu"))

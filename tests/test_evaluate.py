@@ -11,12 +11,12 @@ import torch
 
 from tests._dist import run_ranks
 from tests._runs import DATA_CACHE
-from xlsr_dist import evaluate
 from xlsr_dist.config import ModelConfig
 from xlsr_dist.data import demo
-from xlsr_dist.evaluate import error_counts, rates
+from xlsr_dist.evaluation import counts as evaluate
+from xlsr_dist.evaluation.counts import error_counts, rates
+from xlsr_dist.evaluation.scoring import score_utterances
 from xlsr_dist.model import build_model
-from xlsr_dist.scoring import score_utterances
 
 REFS = ["the cat sat on the mat", "hello", "a much longer reference sentence with many words in it", "yes no"]
 HYPS = ["the cat sat on mat", "jello", "a much longer reference sentence with many words in it", "yes yes no"]
@@ -61,11 +61,12 @@ import functools, json, sys, tempfile
 from pathlib import Path
 import torch
 from transformers import set_seed
-from xlsr_dist import evaluate, text
+from xlsr_dist.evaluation import counts as evaluate
+from xlsr_dist import text
 from xlsr_dist.config import DataConfig, ModelConfig
 from xlsr_dist.data.stream import EvalStream
 from xlsr_dist.model import build_model, output_frames
-from xlsr_dist.trainer import load_or_build_vocab
+from xlsr_dist.training.trainer import load_or_build_vocab
 from xlsr_dist.world import World, finish, init
 
 train_dir, eval_dir, utterances, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

@@ -16,7 +16,7 @@ import pytest
 
 from tests._dist import RankResult, base_env, run_ranks
 from tests._runs import tiny_flags
-from xlsr_dist.checkpoint import MARKER, SLOW_SAVE_ENV, newest_complete
+from xlsr_dist.training.checkpoint import MARKER, SLOW_SAVE_ENV, newest_complete
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ def test_kill_one_of_four_ranks_takes_all_down_within_a_minute(tmp_path: Path) -
 _RAISE_ON_RANK_1 = """
 import os, sys
 from xlsr_dist import train
-from xlsr_dist.trainer import StepHooks
+from xlsr_dist.training.trainer import StepHooks
 
 class FailOnRank1(StepHooks):
     def batches_ready(self, step, micro_batches):

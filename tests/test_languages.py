@@ -24,15 +24,16 @@ import soundfile as sf
 from tests._dist import ROOT, base_env, run_launcher, run_module, venv_bin
 from tests._net import free_port
 from tests._runs import metrics_by_step
-from xlsr_dist import compare, evaluate_cli, export, prepare, text, transcribe
+from xlsr_dist import compare, export, prepare, text, transcribe
 from xlsr_dist.config import ConfigError, DataConfig, best_model_metric, build_config, primary_metric
 from xlsr_dist.data import language, shards
 from xlsr_dist.data.catalog import build_catalog, filter_metadata
 from xlsr_dist.data.recipes.items import PrepareError
 from xlsr_dist.data.skip_reasons import TRANSCRIPT_TOO_DENSE
 from xlsr_dist.data.vocabulary import split_vocabulary
+from xlsr_dist.evaluation import run as evaluate_cli
 from xlsr_dist.text import TextNormalization
-from xlsr_dist.trainer import eval_line, load_or_build_vocab
+from xlsr_dist.training.trainer import eval_line, load_or_build_vocab
 
 SR = 16000
 

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from transformers import Wav2Vec2ForCTC
 
-from xlsr_dist.layerdrop import SharedLayerDrop, dropped_layers, install
 from xlsr_dist.model import tiny_config
+from xlsr_dist.training.layerdrop import SharedLayerDrop, dropped_layers, install
 
 
 def test_the_draw_depends_on_seed_and_step_only_with_the_given_probability() -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from xlsr_dist import text
+from xlsr_dist.decoding import greedy
 from xlsr_dist.text import TextNormalization
 
 
@@ -301,7 +302,7 @@ def test_vocab_of_any_script_round_trips(tmp_path: Path) -> None:
         ids = text.encode(line, vocab)
         assert vocab[text.UNK] not in ids
         with_blanks = [i for label in ids for i in (label, vocab[text.PAD])]  # what CTC emits between repeats
-        assert text.ctc_greedy_decode(with_blanks, text.inverse(vocab), vocab[text.PAD]) == line
+        assert greedy.ctc_greedy_decode(with_blanks, text.inverse(vocab), vocab[text.PAD]) == line
     text.save_vocab(vocab, tmp_path / "vocab.json")
     assert "你" in (tmp_path / "vocab.json").read_text(encoding="utf-8")  # UTF-8 whatever the locale
     assert text.load_vocab(tmp_path / "vocab.json") == vocab
@@ -328,7 +329,7 @@ def test_greedy_decode_collapses_repeats_and_blanks() -> None:
         vocab["d"],
         blank,
     ]
-    assert text.ctc_greedy_decode(ids, inv, blank) == "hello world"
+    assert greedy.ctc_greedy_decode(ids, inv, blank) == "hello world"
 
 
 def test_ctc_min_frames_counts_blanks_between_repeats() -> None:

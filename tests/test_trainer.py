@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from xlsr_dist.trainer import NonFiniteGuard, NonFiniteLoss, due
+from xlsr_dist.training.trainer import NonFiniteGuard, NonFiniteLoss, due
 
 
 def _micro(ids: list[str], bad: list[bool]) -> list[dict]:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, get_args, get_type_hints
 
-from xlsr_dist.best_checkpoint import metric_problems
 from xlsr_dist.text import TextNormalization, settings_problems, writes_words
+from xlsr_dist.training.best_checkpoint import metric_problems
 
 # The reference recipe keeps the optimizer batch at 8 utterances whatever the GPU count.
 REFERENCE_GLOBAL_BATCH = 8

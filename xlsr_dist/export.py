@@ -19,9 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from xlsr_dist.best_checkpoint import BEST_DIR, read_record
-from xlsr_dist.best_checkpoint import RECORD as BEST_RECORD
 from xlsr_dist.config import TrackingConfig
+from xlsr_dist.markdown import markdown_table, maybe_round
 from xlsr_dist.text import writes_words
 from xlsr_dist.tracking import (
     METRICS_FILE,
@@ -35,6 +34,8 @@ from xlsr_dist.tracking import (
     short_error,
     upload_artifact,
 )
+from xlsr_dist.training.best_checkpoint import BEST_DIR, read_record
+from xlsr_dist.training.best_checkpoint import RECORD as BEST_RECORD
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +53,6 @@ FRAMEWORKS = (
 
 class ExportError(RuntimeError):
     pass
-
-
-def maybe_round(value: Any, decimals: int = 4) -> str:
-    """The HF Trainer card's number format: at most ``decimals`` decimals, short values as they are (1.0, 0.849)."""
-    if isinstance(value, float):
-        text = str(value)
-        if "." in text and "e" not in text and len(text.split(".")[1]) > decimals:
-            return f"{value:.{decimals}f}"
-        if "e" in text:
-            return f"{value:.{decimals}f}"
-    return str(value)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """Same layout as transformers' modelcard.make_markdown_table (the seed card's table)."""
-    cells = [[maybe_round(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
-
-    def line(values: Sequence[str]) -> str:
-        return "".join(f"| {v}" + " " * (w - len(v) + 1) for v, w in zip(values, widths)) + "|\n"
-
-    return line(header) + "".join("|:" + "-" * w + ":" for w in widths) + "|\n" + "".join(line(r) for r in cells)
 
 
 def _latest_at_or_before(series: dict[int, float], step: int, after: int = -1) -> float | None:
@@ -288,7 +267,7 @@ def resolve_checkpoint(output_dir: Path, checkpoint: str) -> str:
     """--checkpoint as a path ('' for final/): 'final' -> '', 'latest' -> the newest complete checkpoint, 'best' ->
     best/ (written at the end of training), else the checkpoint best.json names (a run not finished yet)."""
     # Here, not at the top: checkpoint imports torch, which writing a card or --help does not need.
-    from xlsr_dist.checkpoint import newest_complete
+    from xlsr_dist.training.checkpoint import newest_complete
 
     if checkpoint in ("", "final"):
         return ""
@@ -312,7 +291,7 @@ def resolve_checkpoint(output_dir: Path, checkpoint: str) -> str:
 
 def load_model(output_dir: Path, checkpoint: str) -> tuple[Any, Any, int | None]:
     """(model, processor, step the weights come from or None for final/)."""
-    from xlsr_dist.checkpoint import FINAL, load_hf_model, model_step, newest_complete
+    from xlsr_dist.training.checkpoint import FINAL, load_hf_model, model_step, newest_complete
 
     checkpoint = resolve_checkpoint(output_dir, checkpoint)
     source = Path(checkpoint) if checkpoint else output_dir
@@ -393,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no_mlflow", action="store_true", help="do not log the export to MLflow")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from xlsr_dist.checkpoint import CheckpointError
+    from xlsr_dist.training.checkpoint import CheckpointError
 
     try:
         dest = export(args.output_dir, args.export_dir, args.checkpoint, args.model_name)

@@ -24,9 +24,9 @@ if __name__ == "__main__":
     for _sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(_sig, lambda signum, _frame: _EARLY_STOP.append(signal.Signals(signum).name))
 
-from xlsr_dist import checkpoint, elastic, engine, preflight  # noqa: E402
 from xlsr_dist.config import ConfigError, parse_args, plan_batches  # noqa: E402
 from xlsr_dist.data import language  # noqa: E402
+from xlsr_dist.training import checkpoint, elastic, engine, preflight  # noqa: E402
 from xlsr_dist.world import (  # noqa: E402
     World,
     barrier,
@@ -39,7 +39,7 @@ from xlsr_dist.world import (  # noqa: E402
 )
 
 if TYPE_CHECKING:
-    from xlsr_dist.trainer import StepHooks
+    from xlsr_dist.training.trainer import StepHooks
 
 log = logging.getLogger("xlsr_dist")
 
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
     # The trainer pulls in transformers, the data pipeline and jiwer (seconds): loaded only once the configuration
     # is known to be good, and with the stop handlers above already in place.
     from xlsr_dist.model import ModelLoadError
-    from xlsr_dist.trainer import Trainer
+    from xlsr_dist.training.trainer import Trainer
 
     init(world, device, cfg.train.dist_timeout_s)
     try:

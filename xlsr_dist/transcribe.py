@@ -18,7 +18,7 @@ def load(model_path: str | Path, device: str = "") -> tuple[Any, Any, Any]:
     """(model in eval mode on ``device``, processor, torch.device)."""
     import torch
 
-    from xlsr_dist.checkpoint import load_hf_model
+    from xlsr_dist.training.checkpoint import load_hf_model
 
     model, processor = load_hf_model(model_path)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE")
     args = parser.parse_args(argv)
     from xlsr_dist.audio import AudioError
-    from xlsr_dist.checkpoint import CheckpointError
+    from xlsr_dist.training.checkpoint import CheckpointError
 
     failed = 0
     try:

@@ -1,4 +1,4 @@
-"""Transcript normalisation for any language XLS-R speaks, and the character vocabulary of the CTC head.
+"""Transcript normalisation for any language XLS-R speaks.
 
 ``normalize(text, TextNormalization(language, fold_accents, mode, chars_to_ignore))`` is applied by prepare and again,
 idempotently, when training and evaluation read transcripts; a corpus is normalised one way, recorded with it.
@@ -40,25 +40,18 @@ HF's run_speech_recognition_ctc removes ``--chars_to_ignore``, lower-cases and t
 Mode ``"none"`` (``--text_normalization none``, for corpora normalised already): only ``chars_to_ignore`` is applied,
 ``|`` (the word delimiter, never a character of the vocabulary) becomes a space and whitespace is collapsed; case,
 digits and punctuation stay.
-
-The vocabulary is the set of characters of the training transcripts in any script, space written as the word
-delimiter "|", then [UNK], then [PAD], which is also the CTC blank (HF's run_speech_recognition_ctc convention).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from num2words import CONVERTER_CLASSES, num2words
-
-from xlsr_dist import atomic
 
 WORD_DELIMITER = "|"
 UNK = "[UNK]"
@@ -365,59 +358,3 @@ def characters_per_second_limit(text: str, max_chars_per_second: float) -> float
     if weighted == len(text):  # alphabetic text: the cap itself, not cap * n / n, which may round off it
         return max_chars_per_second
     return max_chars_per_second * len(text) / weighted
-
-
-# --------------------------------------------------------------------------------------- vocabulary and CTC
-
-
-def build_vocab(texts: Iterable[str]) -> dict[str, int]:
-    chars = set()
-    for t in texts:
-        chars.update(t)
-    # The delimiter cannot also be a character (normalize never leaves one; an index used twice would not be a
-    # vocabulary).
-    chars.discard(" ")
-    chars.discard(WORD_DELIMITER)
-    ordered = sorted(chars) + [WORD_DELIMITER]
-    vocab = {c: i for i, c in enumerate(ordered)}
-    vocab[UNK] = len(vocab)
-    vocab[PAD] = len(vocab)
-    return vocab
-
-
-def save_vocab(vocab: dict[str, int], path: str | Path) -> None:
-    atomic.write_text(path, json.dumps(vocab, indent=1, ensure_ascii=False))
-
-
-def load_vocab(path: str | Path) -> dict[str, int]:
-    return dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def encode(text: str, vocab: dict[str, int]) -> list[int]:
-    unk = vocab[UNK]
-    return [vocab.get(WORD_DELIMITER if c == " " else c, unk) for c in text]
-
-
-def ctc_min_frames(labels: Sequence[int]) -> int:
-    """Output frames CTC needs for ``labels``: one per label plus a blank between each repeated pair."""
-    repeats = sum(1 for a, b in zip(labels, labels[1:]) if a == b)
-    return len(labels) + repeats
-
-
-def ctc_greedy_decode(ids: Sequence[int], inverse_vocab: Sequence[str], blank_id: int) -> str:
-    """Collapse repeats, drop blanks, map '|' back to spaces."""
-    out: list[str] = []
-    previous = -1
-    for i in ids:
-        if i != previous and i != blank_id:
-            token = inverse_vocab[i]
-            out.append(" " if token == WORD_DELIMITER else ("" if token in (UNK, PAD) else token))
-        previous = i
-    return " ".join("".join(out).split())
-
-
-def inverse(vocab: dict[str, int]) -> list[str]:
-    inv = [""] * len(vocab)
-    for token, i in vocab.items():
-        inv[i] = token
-    return inv

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from xlsr_dist import atomic, elastic
+from xlsr_dist import atomic
 from xlsr_dist.state_files import CheckpointError, safe_load
+from xlsr_dist.training import elastic
 from xlsr_dist.world import World, barrier
 
 CHECKPOINTS = "checkpoints"

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from xlsr_dist import atomic
-from xlsr_dist.scoring import UtteranceScore
+from xlsr_dist.evaluation.scoring import UtteranceScore
 
 FILE_NAME = "hypotheses.jsonl"
 PARTS_DIR = ".parts"

@@ -12,8 +12,8 @@ from typing import Any
 import jiwer
 
 from xlsr_dist import atomic
-from xlsr_dist.export import markdown_table
-from xlsr_dist.scoring import UtteranceScore
+from xlsr_dist.evaluation.scoring import UtteranceScore
+from xlsr_dist.markdown import markdown_table
 
 JSON_NAME = "report.json"
 MARKDOWN_NAME = "report.md"

@@ -35,12 +35,16 @@ from typing import Any, NoReturn
 import pyarrow as pa
 import torch
 
-from xlsr_dist import checkpoint, error_report, eval_tracking, hypotheses, preflight, text, tracking
+from xlsr_dist import text, tracking
 from xlsr_dist.config import ConfigError
 from xlsr_dist.data import language, partition, shards, stream
 from xlsr_dist.data.catalog import Catalog, filter_metadata
-from xlsr_dist.export import TRAIN_CONFIG, markdown_table
-from xlsr_dist.scoring import SetTotals, score_utterances, unrepresentable_characters
+from xlsr_dist.evaluation import error_report, hypotheses
+from xlsr_dist.evaluation import tracking as eval_tracking
+from xlsr_dist.evaluation.scoring import SetTotals, score_utterances, unrepresentable_characters
+from xlsr_dist.export import TRAIN_CONFIG
+from xlsr_dist.markdown import markdown_table
+from xlsr_dist.training import checkpoint, preflight
 from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, device_for, init, report_problem, shutdown
 
 log = logging.getLogger("xlsr_dist.evaluate")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xlsr_dist import checkpoint
 from xlsr_dist.config import Config, ConfigError
 from xlsr_dist.data import shards
+from xlsr_dist.training import checkpoint
 
 
 def shard_paths(flag: str, location: str) -> list[str]:

@@ -26,24 +26,15 @@ import torch
 from tqdm import tqdm
 from transformers import set_seed
 
-from xlsr_dist import (
-    atomic,
-    best_checkpoint,
-    checkpoint,
-    ctc,
-    elastic,
-    engine,
-    evaluate,
-    layerdrop,
-    text,
-    tracking,
-)
+from xlsr_dist import atomic, ctc, text, tracking
 from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metric
 from xlsr_dist.data import demo, vocabulary
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
+from xlsr_dist.evaluation import counts as evaluate
 from xlsr_dist.model import ModelLoadError, build_model, build_processor, count_parameters, output_frames
 from xlsr_dist.precision import skipped_steps, uses_loss_scaling
-from xlsr_dist.specaugment import TimeMasking, forward_takes_time_masks
+from xlsr_dist.training import best_checkpoint, checkpoint, elastic, engine, layerdrop
+from xlsr_dist.training.specaugment import TimeMasking, forward_takes_time_masks
 from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, barrier
 
 log = logging.getLogger("xlsr_dist")

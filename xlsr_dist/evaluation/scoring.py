@@ -21,7 +21,8 @@ import torch
 
 from xlsr_dist import ctc, precision, text
 from xlsr_dist.audio import SAMPLE_RATE
-from xlsr_dist.evaluate import error_counts
+from xlsr_dist.decoding import greedy
+from xlsr_dist.evaluation.counts import error_counts
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def score_utterances(
         for i in batch["valid"].nonzero().flatten().tolist():
             uid = batch["ids"][i]
             n_frames = int(frames[i])
-            hypothesis = text.ctc_greedy_decode(predicted[i, :n_frames].tolist(), inverse_vocab, blank_id)
+            hypothesis = greedy.ctc_greedy_decode(predicted[i, :n_frames].tolist(), inverse_vocab, blank_id)
             reference = references[uid]
             counts = error_counts([reference], [hypothesis])
             labels = [x for x in batch["labels"][i].tolist() if x >= 0]

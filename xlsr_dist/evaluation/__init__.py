@@ -1,0 +1,7 @@
+"""Evaluation: WER/CER and loss from error counts summed across ranks, and the test-set evaluation command's parts.
+
+counts.py is the in-training evaluation (greedy decode, global counts); scoring.py scores each utterance of a test
+set; hypotheses.py writes and merges the per-rank hypothesis files; error_report.py summarises the errors;
+tracking.py logs a test set's metrics to MLflow; run.py is what `python -m xlsr_dist.evaluate` runs.
+May import the basics, text/, data/, decoding/ and tracking/; never training/.
+"""

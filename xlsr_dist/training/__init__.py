@@ -1,0 +1,9 @@
+"""Training: the Trainer and what it is built from.
+
+The Trainer (trainer.py) runs the loop; engine.py resolves the DeepSpeed config and initialises the engine;
+checkpoint.py saves every rank's state together and marks it complete, elastic.py resumes it on another world size,
+best_checkpoint.py keeps the best one; layerdrop.py and specaugment.py draw the step's randomness from the seed so
+every rank and every world size draws the same; preflight.py checks what a run needs before any process group.
+May import the basics (config, world, atomic, model, precision, ctc ...), text/, data/, decoding/, evaluation/ and
+tracking/; nothing outside the commands imports training/.
+"""
