@@ -14,8 +14,9 @@ from typing import Any
 import jiwer
 import torch
 
-from xlsr_dist import ctc, precision, text, world
+from xlsr_dist import text, world
 from xlsr_dist.decoding import greedy
+from xlsr_dist.forward import CTCLoss, forward
 
 
 @dataclass(frozen=True)
@@ -84,22 +85,15 @@ def evaluate(
     shown: list[tuple[str, str, str]] = []
     for batch in batches:
         valid = batch["valid"].to(device)
-        with precision.forward_autocast(precision_mode, device):
-            logits = module(
-                input_values=batch["input_values"].to(device, dtype),
-                attention_mask=batch["attention_mask"].to(device),
-            ).logits
-        frames = ctc.frame_lengths(module, batch["attention_mask"].to(device))
-        losses = ctc.per_utterance_loss(logits, frames, batch["labels"].to(device), blank_id, zero_infinity, reduction)
+        out = forward(module, batch, device, CTCLoss(blank_id, zero_infinity, reduction), dtype, precision_mode)
+        assert out.losses is not None  # a loss was asked for
         keep = valid.nonzero().flatten().tolist()
         if not keep:
             continue
-        totals[0] += float(losses[valid].sum())
+        totals[0] += float(out.losses[valid].sum())
         totals[1] += len(keep)
-        predicted = logits.argmax(-1).cpu()
-        hyps = [
-            greedy.ctc_greedy_decode(predicted[i, : int(frames[i])].tolist(), inverse_vocab, blank_id) for i in keep
-        ]
+        ids = out.greedy_ids()
+        hyps = [greedy.ctc_greedy_decode(ids[i], inverse_vocab, blank_id) for i in keep]
         refs = [decode_labels(batch["labels"][i : i + 1], inverse_vocab)[0] for i in keep]
         counts = error_counts(refs, hyps)
         totals[2] += counts.word_errors

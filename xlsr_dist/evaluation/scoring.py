@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from xlsr_dist import ctc, precision, text
+from xlsr_dist import text
 from xlsr_dist.audio import SAMPLE_RATE
 from xlsr_dist.decoding import greedy
 from xlsr_dist.evaluation.counts import error_counts
+from xlsr_dist.forward import CTCLoss, forward
 
 
 @dataclass(frozen=True)
@@ -131,18 +132,16 @@ def score_utterances(
     """
     model.eval()
     for batch in batches:
-        mask = batch["attention_mask"].to(device)
-        with precision.forward_autocast(precision_mode, device):
-            logits = model(input_values=batch["input_values"].to(device), attention_mask=mask).logits
-        frames = ctc.frame_lengths(model, mask)
-        losses = ctc.per_utterance_loss(logits, frames, batch["labels"].to(device), blank_id, zero_infinity).cpu()
-        predicted = logits.argmax(-1).cpu()
-        frames = frames.cpu()
+        out = forward(model, batch, device, CTCLoss(blank_id, zero_infinity), autocast_mode=precision_mode)
+        assert out.losses is not None  # a loss was asked for
+        losses = out.losses.cpu()
+        frames = out.frames.cpu()
+        ids = out.greedy_ids()
         samples = batch["attention_mask"].sum(-1)
         for i in batch["valid"].nonzero().flatten().tolist():
             uid = batch["ids"][i]
             n_frames = int(frames[i])
-            hypothesis = greedy.ctc_greedy_decode(predicted[i, :n_frames].tolist(), inverse_vocab, blank_id)
+            hypothesis = greedy.ctc_greedy_decode(ids[i], inverse_vocab, blank_id)
             reference = references[uid]
             counts = error_counts([reference], [hypothesis])
             labels = [x for x in batch["labels"][i].tolist() if x >= 0]

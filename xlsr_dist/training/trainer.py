@@ -31,6 +31,7 @@ from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metri
 from xlsr_dist.data import demo, vocabulary
 from xlsr_dist.data.stream import DataState, EvalStream, TrainStream
 from xlsr_dist.evaluation import counts as evaluate
+from xlsr_dist.forward import CTCLoss, forward
 from xlsr_dist.model import ModelLoadError, build_model, build_processor, count_parameters, output_frames
 from xlsr_dist.precision import skipped_steps, uses_loss_scaling
 from xlsr_dist.training import best_checkpoint, checkpoint, elastic, engine, layerdrop
@@ -584,23 +585,11 @@ class Trainer:
         nonfinite = torch.zeros((), dtype=torch.bool, device=device)
         if self.layer_drop is not None:
             self.layer_drop.begin_step(self.step + 1)
+        ctc_loss = CTCLoss(self.blank_id, self.zero_infinity, self.ctc_loss_reduction)
         for batch in micro_batches:
-            mask = batch["attention_mask"].to(device, non_blocking=True)
-            input_values = batch["input_values"].to(device, self.dtype, non_blocking=True)
-            # Only training batches carry masks: evaluation never masks (HF masks only in training mode).
-            extra = {}
-            if "mask_time_indices" in batch:
-                extra["mask_time_indices"] = batch["mask_time_indices"].to(device, non_blocking=True)
             with hooks.phase("forward"):
-                logits = self.model_engine(input_values=input_values, attention_mask=mask, **extra).logits
-            losses = ctc.per_utterance_loss(
-                logits,
-                ctc.frame_lengths(self.model_engine.module, mask),
-                batch["labels"].to(device, non_blocking=True),
-                self.blank_id,
-                self.zero_infinity,
-                self.ctc_loss_reduction,
-            )
+                losses = forward(self.model_engine, batch, device, ctc_loss, self.dtype).losses
+            assert losses is not None  # a loss was asked for
             valid = batch["valid"].to(device)
             loss = ctc.batch_loss(losses, valid, self.ctc_loss_reduction)
             with hooks.phase("backward"):
