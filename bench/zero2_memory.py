@@ -115,7 +115,7 @@ class SavedActivations:
 
 
 def run_rank(args: argparse.Namespace) -> None:
-    from xlsr_dist import world
+    from xlsr_dist import precision, world
     from xlsr_dist.config import ModelConfig, build_config, plan_batches
     from xlsr_dist.model import build_model, count_parameters
     from xlsr_dist.training import engine as engine_setup
@@ -142,7 +142,7 @@ def run_rank(args: argparse.Namespace) -> None:
     engine = engine_setup.initialize(model, ds_config, warmup_steps=0, total_steps=args.steps)
     phases["engine_initialised"] = rss_bytes()
     parameters = {p.untyped_storage().data_ptr() for p in engine.module.parameters()}
-    dtype = engine_setup.torch_dtype(ds_config)
+    dtype = precision.input_dtype(precision.mode(ds_config))
     samples = int(args.seconds * SAMPLE_RATE)
     generator = torch.Generator().manual_seed(100 + me.rank)
     engine.train()
@@ -168,7 +168,7 @@ def run_rank(args: argparse.Namespace) -> None:
         "world_size": me.world_size,
         "rank": me.rank,
         "checkpointing": checkpointing,
-        "precision": engine_setup.precision(ds_config),
+        "precision": precision.mode(ds_config),
         "deepspeed": args.deepspeed,
         "parameters": count_parameters(engine.module),
         "trainable_parameters": count_parameters(engine.module, trainable_only=True),

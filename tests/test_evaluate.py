@@ -66,7 +66,7 @@ from xlsr_dist import text
 from xlsr_dist.config import DataConfig, ModelConfig
 from xlsr_dist.data.stream import EvalStream
 from xlsr_dist.model import build_model, output_frames
-from xlsr_dist.training.trainer import load_or_build_vocab
+from xlsr_dist.training.setup import load_or_build_vocab
 from xlsr_dist.world import World, finish, init
 
 train_dir, eval_dir, utterances, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])

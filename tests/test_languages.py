@@ -33,7 +33,8 @@ from xlsr_dist.data.skip_reasons import TRANSCRIPT_TOO_DENSE
 from xlsr_dist.data.vocabulary import split_vocabulary
 from xlsr_dist.evaluation import run as evaluate_cli
 from xlsr_dist.text import TextNormalization
-from xlsr_dist.training.trainer import eval_line, load_or_build_vocab
+from xlsr_dist.training.loop import eval_line
+from xlsr_dist.training.setup import load_or_build_vocab
 
 SR = 16000
 

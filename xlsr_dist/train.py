@@ -24,6 +24,7 @@ if __name__ == "__main__":
     for _sig in (signal.SIGUSR1, signal.SIGTERM):
         signal.signal(_sig, lambda signum, _frame: _EARLY_STOP.append(signal.Signals(signum).name))
 
+from xlsr_dist import precision  # noqa: E402
 from xlsr_dist.config import ConfigError, parse_args, plan_batches  # noqa: E402
 from xlsr_dist.data import language  # noqa: E402
 from xlsr_dist.training import checkpoint, elastic, engine, preflight  # noqa: E402
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
         plan.micro_batch,
         plan.grad_accum,
         world.world_size,
-        engine.precision(ds_config),
+        precision.mode(ds_config),
         device,
     )
     # The trainer pulls in transformers, the data pipeline and jiwer (seconds): loaded only once the configuration

@@ -1,6 +1,8 @@
 """Training: the Trainer and what it is built from.
 
-The Trainer (trainer.py) runs the loop; engine.py resolves the DeepSpeed config and initialises the engine;
+The Trainer (trainer.py) runs the loop, set up in the phases of setup.py, with the helpers of loop.py (log
+window, evaluator, checkpointer, non-finite guard) and one TrainState (state.py: what a checkpoint carries besides
+DeepSpeed's files, saved and restored in one place); engine.py resolves the DeepSpeed config and initialises the engine;
 checkpoint.py saves every rank's state together and marks it complete, elastic.py resumes it on another world size,
 best_checkpoint.py keeps the best one; layerdrop.py and specaugment.py draw the step's randomness from the seed so
 every rank and every world size draws the same; preflight.py checks what a run needs before any process group.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,15 +29,6 @@ def _accelerator_supports(dtype: str, device: torch.device) -> bool:
         return bool(acc.is_fp16_supported() if dtype == "fp16" else acc.is_bf16_supported())
     except Exception:  # an accelerator that cannot even answer cannot run it either
         return dtype == "bf16"
-
-
-def precision(ds_config: dict[str, Any]) -> str:
-    """amp (torch_autocast fp16, fp32 weights: the card's Native AMP), fp16, bf16 or fp32."""
-    return xlsr_dist.precision.mode(ds_config)
-
-
-def torch_dtype(ds_config: dict[str, Any]) -> torch.dtype:
-    return xlsr_dist.precision.input_dtype(precision(ds_config))
 
 
 def _fill(section: dict[str, Any], key: str, value: Any, where: str, flag: str, problems: list[str]) -> None:
@@ -71,7 +61,27 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
     except json.JSONDecodeError as exc:
         raise ConfigError([f"--deepspeed: {path} is not valid JSON ({exc})"]) from exc
     ds = copy.deepcopy(raw)
-    t = cfg.train
+    problems = _fill_batch(ds, cfg, plan) + _fill_optimizer(ds, cfg)
+    if "scheduler" in ds:
+        problems.append(
+            "--deepspeed: remove the 'scheduler' block; xlsr_dist sets HF's linear warm-up/decay schedule from "
+            "--learning_rate and --warmup_steps (DeepSpeed's WarmupDecayLR warms up logarithmically by default)"
+        )
+    problems.extend(xlsr_dist.precision.problems(ds))
+    problems.extend(_hardware_problems(ds, path.name, device))
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2):
+        problems.append(
+            f"--deepspeed: zero_optimization.stage {stage}: xlsr_dist supports ZeRO stages 0-2 "
+            "(stage 3 shards parameters, which checkpoint export does not gather)"
+        )
+    ds.setdefault("steps_per_print", 10**9)
+    if problems:
+        raise ConfigError(problems)
+    return ds
+
+
+def _fill_batch(ds: dict[str, Any], cfg: Config, plan: BatchPlan) -> list[str]:
     problems: list[str] = []
     _fill(ds, "train_batch_size", plan.global_batch, "train_batch_size", "--global_batch_size", problems)
     _fill(
@@ -90,7 +100,13 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
         "the world size and --per_device_train_batch_size",
         problems,
     )
-    _fill(ds, "gradient_clipping", t.max_grad_norm, "gradient_clipping", "--max_grad_norm", problems)
+    _fill(ds, "gradient_clipping", cfg.train.max_grad_norm, "gradient_clipping", "--max_grad_norm", problems)
+    return problems
+
+
+def _fill_optimizer(ds: dict[str, Any], cfg: Config) -> list[str]:
+    t = cfg.train
+    problems: list[str] = []
     optimizer = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
     if str(optimizer.get("type", "")).lower() not in ("adamw", "adam"):
         problems.append(f"--deepspeed: optimizer.type {optimizer.get('type')!r}: xlsr_dist's recipe is AdamW")
@@ -102,20 +118,20 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
     _fill(params, "eps", t.adam_epsilon, "optimizer.params.eps", "--adam_epsilon", problems)
     _fill(params, "weight_decay", t.weight_decay, "optimizer.params.weight_decay", "--weight_decay", problems)
     params.setdefault("torch_adam", True)
-    if "scheduler" in ds:
-        problems.append(
-            "--deepspeed: remove the 'scheduler' block; xlsr_dist sets HF's linear warm-up/decay schedule from "
-            "--learning_rate and --warmup_steps (DeepSpeed's WarmupDecayLR warms up logarithmically by default)"
-        )
-    problems.extend(xlsr_dist.precision.problems(ds))
-    prec = precision(ds)
+    return problems
+
+
+def _hardware_problems(ds: dict[str, Any], file_name: str, device: torch.device) -> list[str]:
+    """The config's precision on this accelerator."""
+    prec = xlsr_dist.precision.mode(ds)
+    problems: list[str] = []
     # amp keeps fp32 weights and autocasts: torch runs that on a CPU too, so only fp16/bf16 weights are checked.
     if prec in ("fp16", "bf16") and not _accelerator_supports(prec, device):
         problems.append(
-            f"--deepspeed: {path.name} asks for {prec}, which this {device.type.upper()} accelerator does not "
+            f"--deepspeed: {file_name} asks for {prec}, which this {device.type.upper()} accelerator does not "
             f"support; use {PRECISION_CONFIGS}"
             if prec == "fp16"
-            else f"--deepspeed: {path.name} asks for {prec}, which this accelerator does not support; "
+            else f"--deepspeed: {file_name} asks for {prec}, which this accelerator does not support; "
             "use ds_configs/zero2_fp32.json (or zero2_fp16.json on an NVIDIA GPU)"
         )
     if prec == "bf16" and device.type == "cuda":
@@ -123,49 +139,26 @@ def resolve_ds_config(cfg: Config, plan: BatchPlan, device: torch.device) -> dic
         problem = xlsr_dist.precision.native_bf16_problem(prec, device.type, native, torch.cuda.get_device_name(device))
         if problem:
             problems.append(problem)
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
-    if stage not in (0, 1, 2):
-        problems.append(
-            f"--deepspeed: zero_optimization.stage {stage}: xlsr_dist supports ZeRO stages 0-2 "
-            "(stage 3 shards parameters, which checkpoint export does not gather)"
-        )
-    ds.setdefault("steps_per_print", 10**9)
-    if problems:
-        raise ConfigError(problems)
-    return ds
-
-
-def lr_lambda(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """The multiplier of transformers.get_linear_schedule_with_warmup, step for step."""
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return float(step) / float(max(1, warmup_steps))
-        return max(0.0, float(total_steps - step) / float(max(1, total_steps - warmup_steps)))
-
-    return multiplier
+    return problems
 
 
 def initialize(model: torch.nn.Module, ds_config: dict[str, Any], warmup_steps: int, total_steps: int) -> Any:
-    """deepspeed.initialize with the linear schedule; returns the engine (engine.lr_scheduler is the schedule)."""
+    """deepspeed.initialize with transformers' linear warm-up/decay schedule; returns the engine
+    (engine.lr_scheduler is the schedule)."""
     import deepspeed
+    from transformers import get_linear_schedule_with_warmup
 
-    schedule = lr_lambda(warmup_steps, total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=[p for p in model.parameters() if p.requires_grad],
         config=ds_config,
         # DeepSpeed steps this only on optimizer steps it did not skip (fp16 overflow), as HF's Trainer does.
-        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        lr_scheduler=lambda optimizer: get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps),
     )
     # DeepSpeed 0.19.8 applies torch_autocast's GradScaler out of order under ZeRO-1/2 (clips scaled gradients,
     # never lowers the scale after an overflow): precision.py puts GradScaler's policy where ZeRO's fp16 path runs it.
     xlsr_dist.precision.repair_autocast_fp16(engine)
     return engine
-
-
-def loss_scale(engine: Any) -> float:
-    return xlsr_dist.precision.loss_scale(engine)
 
 
 def grad_norm(engine: Any) -> float:
