@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,12 @@ def test_language_settings_from_flags_and_files(tmp_path: Path) -> None:
         "none",
     )
     assert parse_args(["--config", str(path), "--fold_accents", "none"]).data.fold_accents is None  # flags win
+
+
+def test_config_is_a_basic_that_imports_no_room_above_it() -> None:
+    # config is imported by every room; importing training/ (or torch) from it would make circles and slow --help.
+    probe = "import sys, xlsr_dist.config; print(' '.join(sorted(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    ours = {m.split(".")[1] for m in loaded if m.startswith("xlsr_dist.")}
+    assert ours == {"atomic", "config", "text"}, ours
+    assert "torch" not in loaded

@@ -3,8 +3,8 @@
 
 main() parses and checks everything before any process group starts, then runs xlsr_dist.trainer.Trainer, whose loop
 reads top to bottom: train_step -> maybe_log -> maybe_eval -> maybe_save. This module owns what a process needs
-around it: the stop signals, the console, the exit status (75 after a saved stop, 2 for configuration errors) and a
-fast, simultaneous exit.
+around it: the stop signals, the console, the exit status (75 after a saved stop, 2 for user errors: the
+configuration, and data problems found once the shards are read) and a fast, simultaneous exit.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ if __name__ == "__main__":
         signal.signal(_sig, lambda signum, _frame: _EARLY_STOP.append(signal.Signals(signum).name))
 
 from xlsr_dist import precision  # noqa: E402
-from xlsr_dist.config import ConfigError, parse_args, plan_batches  # noqa: E402
+from xlsr_dist.config import Config, ConfigError, parse_args, plan_batches  # noqa: E402
 from xlsr_dist.data import language  # noqa: E402
+from xlsr_dist.data.problems import DataProblem  # noqa: E402
 from xlsr_dist.training import checkpoint, elastic, engine, preflight  # noqa: E402
 from xlsr_dist.world import (  # noqa: E402
     World,
@@ -89,7 +90,7 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
     stop.install()
     world = World.from_env()
     try:
-        cfg = parse_args(argv)
+        cfg = parse_args_and_locations(argv)
         # A corpus prepared for one language (or normalisation) and trained as another: said once, before any rank
         # waits for another.
         mismatches = language.training_problems(cfg)
@@ -139,6 +140,11 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
         # What preflight could not know (a download that failed, a checkpoint DeepSpeed refused): the same message.
         report_problem(world, "xlsr_dist", str(exc), "node")
         code = 2
+    except DataProblem as exc:
+        # Found once the shards are read; every rank reads the same catalog and raised here after the same
+        # collectives, so none waits in one: rank 0 says it, all exit 2.
+        report_problem(world, "xlsr_dist", str(exc), "run")
+        code = 2
     except Exception as exc:
         if is_peer_failure(exc):
             log.error(
@@ -151,6 +157,33 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
     finally:
         shutdown()
     sys.exit(code)
+
+
+def parse_args_and_locations(argv: Sequence[str] | None) -> Config:
+    """parse_args; when the configuration has problems, a data location that is missing or holds no shards is named
+    in the same message (both are known before any process group). The locations are what this node sees: such a
+    message has ConfigError scope "node"."""
+    try:
+        return parse_args(argv)
+    except ConfigError as exc:
+        if not isinstance(exc.config, Config):
+            raise
+        data = exc.config.data
+        # Each problem starts with the flag(s) it is about: "--eval_data: required when --train_data is not 'demo'".
+        named = {flag for problem in exc.problems for flag in problem.split(":")[0].split("/")}
+        locations = [("--train_data", data.train_data)] if data.train_data not in ("", "demo") else []
+        locations += [("--eval_data", data.eval_data)] if data.eval_data else []
+        found: list[str] = []
+        for flag, location in locations:
+            if flag in named:
+                continue  # the flag's value is wrong already: its location would only repeat that
+            try:
+                preflight.shard_paths(flag, location)
+            except ConfigError as missing:
+                found += missing.problems
+        if not found:
+            raise
+        raise ConfigError([*exc.problems, *found], scope="node") from None
 
 
 def exit_now(code: int) -> None:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xlsr_dist.audio import AudioError, decode_bytes
 from xlsr_dist.config import BatchPlan, DataConfig
-from xlsr_dist.data import node_catalog, shards
+from xlsr_dist.data import node_catalog, problems, shards
 from xlsr_dist.data.catalog import Catalog, build_catalog
 from xlsr_dist.data.collate import Batch, Item, collate, collate_with_time_masks, dummy_item
 from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
@@ -224,9 +224,13 @@ class TrainStream:
         self.skipped = self.catalog.skipped
         self.steps_per_epoch = self.num_samples // plan.global_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"--train_data {self.location}: {self.num_samples} usable utterance(s) "
-                f"({_describe_skipped(self.skipped)}), fewer than one global batch of {plan.global_batch}"
+            raise problems.too_few_to_train(
+                self.location,
+                self.num_samples,
+                self.skipped,
+                _describe_skipped(self.skipped),
+                plan.global_batch,
+                plan.world_size,
             )
         self.fingerprint = self.catalog.fingerprint()
         self.dataset = UtteranceDataset(self.catalog)
@@ -332,7 +336,7 @@ class EvalStream:
             # The first N in id order: the same subset on every rank and for any sharding.
             catalog = catalog.head(max_utterances)
         if len(catalog) == 0:
-            raise ValueError(f"--eval_data {self.location}: no usable utterance ({_describe_skipped(catalog.skipped)})")
+            raise problems.nothing_to_evaluate(self.location, catalog.skipped, _describe_skipped(catalog.skipped))
         self.catalog = catalog
         self.num_samples = len(catalog)
         self.report = catalog.report

@@ -29,32 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from xlsr_dist import atomic
+from xlsr_dist.config.metrics import metric_key
 
 log = logging.getLogger("xlsr_dist")
 
 RECORD = "best.json"
 BEST_DIR = "best"
-# What the in-training evaluation reports (xlsr_dist.evaluate), each lower-is-better.
-METRICS = ("eval_loss", "eval_wer", "eval_cer")
-
-
-def metric_key(name: str) -> str:
-    """HF's spelling of metric_for_best_model, with or without the "eval_" prefix -> the logged name (eval_wer)."""
-    return name if name.startswith("eval_") else f"eval_{name}"
-
-
-def metric_problems(name: str, greater_is_better: bool | None) -> list[str]:
-    """Problems with --metric_for_best_model / --greater_is_better, each naming its flag."""
-    problems = []
-    if metric_key(name) not in METRICS:
-        choices = ", ".join(f"{m.removeprefix('eval_')} ({m})" for m in METRICS)
-        problems.append(f"--metric_for_best_model: {name!r} is not an evaluation metric; one of {choices}")
-    if greater_is_better:
-        problems.append(
-            "--greater_is_better: true would keep the worst checkpoint; every metric xlsr_dist evaluates (loss, wer, "
-            "cer) is lower-is-better (leave it unset or false)"
-        )
-    return problems
 
 
 @dataclass(frozen=True)
