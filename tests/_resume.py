@@ -96,8 +96,8 @@ def assert_mlflow_run_continued(
     those after step ``after`` equal to ``expected`` (rel 1e-5)."""
     runs = mlflow_runs(uri)
     assert [r.info.run_id for r in runs] == [run_id], "the resume continues the same MLflow run"
-    assert runs[0].info.status == "FINISHED"
     history = loss_history(uri, run_id)
     assert [s for s, _ in history] == list(range(1, steps + 1)), "one loss per step in MLflow: no gap, no duplicate"
+    assert runs[0].info.status == "FINISHED"
     for step, value in history[after:]:
         assert value == pytest.approx(expected[step], rel=1e-5), step
