@@ -114,11 +114,12 @@ def test_server_killed_mid_run_and_restarted_gets_every_metric_once(
         server.kill()
         killed_at = _last_step(out)
         _wait(lambda: _last_step(out) >= killed_at + 2, "two more steps with the server down", run)
+        restarting_at = _last_step(out)
         server.start()  # same port, database and artifact store
         restarted_at = _last_step(out)
         results = run.result()
     assert [r.returncode for r in results] == [0, 0], results[0].output[-4000:]
-    print(f"server down from step {killed_at} to step {restarted_at}")  # shown with -s
+    print(f"server killed at step {killed_at}, restarted from step {restarting_at} to {restarted_at}")  # with -s
     assert len(_rank0_warnings(results[0].output, "unreachable; buffering")) == 1, results[0].output[-4000:]
     assert len(_rank0_warnings(results[0].output, "reachable again")) == 1, results[0].output[-4000:]
     _check_mlflow_matches(server.uri, out, _check_local_record(out))
