@@ -3,13 +3,15 @@ launcher: every rank saves one complete checkpoint at the same step and reports 
 KILLED, and `--resume_from_checkpoint latest` continues with the uninterrupted run's losses (fp32, rel 1e-5) in the
 same MLflow run.
 
-What each launcher does with SIGTERM (torch 2.13, DeepSpeed 0.19), which these tests pin down:
-- torchrun's elastic agent sends it on to each worker's process group, waits up to 30 s (``--shutdown_timeout``)
-  before SIGKILL, then exits 1 itself (its SignalException), whatever the workers returned.
+What each launcher does with SIGTERM (torch 2.13, DeepSpeed 0.19):
+- torchrun's elastic agent sends it on to each worker's process group and exits 1 itself (its SignalException),
+  whatever the workers returned (tested here); it SIGKILLs workers still running after 30 s (``--shutdown_timeout``;
+  from its source).
 - ``deepspeed`` (the runner) forwards nothing on one node (it installs handlers only for multi-node pdsh): signalled
-  alone it dies and its child ``deepspeed.launcher.launch`` and the ranks train on. ``launch.py`` signals each rank's
-  process tree, waits 30 s before SIGKILL and exits 1. So the signal must reach the launcher's process group, as
-  SLURM's scancel, ``kill -TERM -- -PGID``, ``dumb-init`` or ``tini -g`` send it.
+  alone it dies and its child ``deepspeed.launcher.launch`` and the ranks train on (tested here). So the signal must
+  reach the launcher's process group, as SLURM's scancel, ``kill -TERM -- -PGID``, ``dumb-init`` or ``tini -g`` send
+  it (tested with killpg). ``launch.py`` itself passes SIGTERM to each rank's process tree, SIGKILLs it after 30 s and
+  exits 1 (from its source).
 """
 
 from __future__ import annotations
