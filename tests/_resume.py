@@ -1,17 +1,31 @@
-"""Shared by the resume tests: real training runs on N ranks and an output dir cut back to a mid-run checkpoint."""
+"""Shared by the resume tests: real training runs on N ranks, an output dir and MLflow store cut back to a mid-run
+checkpoint, and the check that the resumed process itself logged the later steps into the same MLflow run."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests._dist import run_ranks
-from tests._runs import tiny_flags
+from tests._runs import mlflow_runs, tiny_flags
 
 STEPS = 8
 SAVE_AT = 4
+
+# MLflow's "latest value" of each metric, as its SQL store picks it: the highest step, then timestamp, then value.
+_LATEST_METRICS = """
+INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid)
+SELECT m.key, m.value, m.timestamp, m.step, m.is_nan, m.run_uuid FROM metrics m
+WHERE NOT EXISTS (
+    SELECT 1 FROM metrics n WHERE n.run_uuid = m.run_uuid AND n.key = m.key AND (
+        n.step > m.step OR (n.step = m.step AND n.timestamp > m.timestamp)
+        OR (n.step = m.step AND n.timestamp = m.timestamp AND n.value > m.value)))
+"""
 
 
 @dataclass(frozen=True)
@@ -34,7 +48,10 @@ def train(out: Path, db: Path, world_size: int, logs: Path, **flags: str) -> str
 
 
 def stopped_copy(run: Reference, dest: Path, save_at: int = SAVE_AT) -> tuple[Path, Path]:
-    """An output dir (and its MLflow store) as if the run had stopped right after the step-``save_at`` checkpoint."""
+    """An output dir and MLflow store as the run left them had it stopped right after its step-``save_at``
+    checkpoint: later checkpoints, the final model and later metrics.jsonl rows removed, and the MLflow store holding
+    only steps 1..save_at of the run, marked KILLED. Whatever the run holds after a resume beyond save_at, the resumed
+    process sent."""
     out, db = dest / "out", dest / "mlflow.db"
     shutil.copytree(run.out, out)
     shutil.copy(run.db, db)
@@ -45,4 +62,42 @@ def stopped_copy(run: Reference, dest: Path, save_at: int = SAVE_AT) -> tuple[Pa
     rows = (out / "metrics.jsonl").read_text().splitlines()
     kept = [line for line in rows if json.loads(line).get("step", 0) <= save_at]  # marker rows have no step
     (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+    cut_mlflow_store(db, save_at)
+    run_id = mlflow_runs(f"sqlite:///{db}")[0].info.run_id
+    assert [s for s, _ in loss_history(f"sqlite:///{db}", run_id)] == list(range(1, save_at + 1)), "the cut store"
     return out, db
+
+
+def cut_mlflow_store(db: Path, last_step: int) -> None:
+    """Every metric value after ``last_step`` removed from a (copied) sqlite MLflow store; its runs marked KILLED,
+    as a run stopped there ends."""
+    con = sqlite3.connect(db)
+    try:
+        with con:
+            con.execute("DELETE FROM metrics WHERE step > ?", (last_step,))
+            con.execute("DELETE FROM latest_metrics")
+            con.execute(_LATEST_METRICS)
+            con.execute("UPDATE runs SET status = 'KILLED'")
+    finally:
+        con.close()
+
+
+def loss_history(uri: str, run_id: str, key: str = "loss") -> list[tuple[int, float]]:
+    """Every value MLflow holds for ``key``, duplicates included, by step."""
+    from mlflow.tracking import MlflowClient
+
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def assert_mlflow_run_continued(
+    uri: str, run_id: str, expected: dict[int, float], after: int = SAVE_AT, steps: int = STEPS
+) -> None:
+    """``run_id`` is still the only training run, finished, with one loss per step 1..steps (no gap, no duplicate),
+    those after step ``after`` equal to ``expected`` (rel 1e-5)."""
+    runs = mlflow_runs(uri)
+    assert [r.info.run_id for r in runs] == [run_id], "the resume continues the same MLflow run"
+    history = loss_history(uri, run_id)
+    assert [s for s, _ in history] == list(range(1, steps + 1)), "one loss per step in MLflow: no gap, no duplicate"
+    assert runs[0].info.status == "FINISHED"
+    for step, value in history[after:]:
+        assert value == pytest.approx(expected[step], rel=1e-5), step

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests._dist import base_env, run_launcher, run_ranks, venv_bin
+from tests._resume import SAVE_AT, STEPS, Reference, assert_mlflow_run_continued, stopped_copy, train
 from tests._runs import metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
 
 pytestmark = pytest.mark.slow
@@ -109,32 +108,16 @@ def test_world_size_3_stops_before_any_work_naming_what_works(tmp_path: Path) ->
 
 
 def test_resume_continues_at_next_step_with_same_run_and_same_losses(tmp_path: Path) -> None:
-    out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
-    first = run_ranks(
-        ["-m", "xlsr_dist.train", *tiny_flags(out, uri)], world_size=2, timeout=600, log_dir=tmp_path / "logs1"
-    )
-    assert all(r.returncode == 0 for r in first), first[0].output[-4000:]
-    full_losses = metrics_by_step(out, "loss")
-    run_id = mlflow_runs(uri)[0].info.run_id
+    full = tmp_path / "full"
+    train(full / "out", full / "mlflow.db", 2, full / "logs")
+    run = Reference(full / "out", full / "mlflow.db", metrics_by_step(full / "out", "loss"))
 
-    # A second output dir that stopped after the step-4 checkpoint: same files, later ones removed.
-    resumed = tmp_path / "resumed"
-    shutil.copytree(out, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-0000008")
-    shutil.rmtree(resumed / "final")
-    rows = (resumed / "metrics.jsonl").read_text().splitlines()
-    kept = [line for line in rows if json.loads(line).get("step", 0) <= 4]  # marker rows have no step
-    (resumed / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
-    second = run_ranks(
-        ["-m", "xlsr_dist.train", *tiny_flags(resumed, uri, resume_from_checkpoint="latest")],
-        world_size=2,
-        timeout=600,
-        log_dir=tmp_path / "logs2",
-    )
-    assert all(r.returncode == 0 for r in second), second[0].output[-4000:]
-    assert "resumed from" in second[0].output and "at step 4" in second[0].output
-    assert len(mlflow_runs(uri)) == 1, "resume must continue the same MLflow run"
-    resumed_losses = metrics_by_step(resumed, "loss")
-    for step in range(5, 9):
-        assert resumed_losses[step] == pytest.approx(full_losses[step], rel=1e-5, abs=1e-6), step
-    assert mlflow_runs(uri)[0].info.run_id == run_id
+    # The output dir and MLflow store as a run stopped after the step-4 checkpoint left them (steps 1-4 only).
+    out, db = stopped_copy(run, tmp_path / "resumed")
+    (run_id,) = [r.info.run_id for r in mlflow_runs(f"sqlite:///{db}")]
+    output = train(out, db, 2, tmp_path / "resumed" / "logs", resume_from_checkpoint="latest")
+    assert "resumed from" in output and f"at step {SAVE_AT}" in output
+    resumed_losses = metrics_by_step(out, "loss")
+    for step in range(SAVE_AT + 1, STEPS + 1):
+        assert resumed_losses[step] == pytest.approx(run.losses[step], rel=1e-5, abs=1e-6), step
+    assert_mlflow_run_continued(f"sqlite:///{db}", run_id, run.losses)

@@ -5,6 +5,16 @@ main() parses and checks everything before any process group starts, then runs x
 reads top to bottom: train_step -> maybe_log -> maybe_eval -> maybe_save. This module owns what a process needs
 around it: the stop signals, the console, the exit status (75 after a saved stop, 2 for user errors: the
 configuration, and data problems found once the shards are read) and a fast, simultaneous exit.
+
+Stopping: SIGTERM (Kubernetes, torchrun's agent, most schedulers) or SIGUSR1 (SLURM's --signal) on any rank stops
+every rank at the same step with a complete checkpoint; each rank exits 75 (EX_TEMPFAIL) and
+`--resume_from_checkpoint latest` continues in the same MLflow run. Exit statuses of a rank: 0 done, 75 stopped and
+saved, 2 a user error, anything else a failure. A launcher reports its own (tests/test_sigterm.py): torchrun forwards
+SIGTERM to the ranks and exits 1; the `deepspeed` command forwards nothing on one node (it dies of the signal, 143,
+and the ranks train on), so signal its process group (`kill -TERM -- -PGID`, scancel, dumb-init, `tini -g`). Both
+launchers SIGKILL the ranks 30 s after passing SIGTERM on (their source; torchrun: --shutdown_timeout), so the step
+and the save must fit in that; a rank's "stop requested (SIGTERM): checkpoint saved at step N" line and
+step-N/COMPLETE.json, not the launcher's status, say the stop was clean.
 """
 
 from __future__ import annotations
