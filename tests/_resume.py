@@ -7,8 +7,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests._dist import run_ranks
-from tests._runs import tiny_flags
+from tests._runs import metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
 
 STEPS = 8
 SAVE_AT = 4
@@ -46,3 +48,27 @@ def stopped_copy(run: Reference, dest: Path, save_at: int = SAVE_AT) -> tuple[Pa
     kept = [line for line in rows if json.loads(line).get("step", 0) <= save_at]  # marker rows have no step
     (out / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
     return out, db
+
+
+def resume_and_compare(
+    run: Reference, saved_on: int, world_size: int, tmp_path: Path, expected: dict[int, float]
+) -> None:
+    """``run`` (saved on ``saved_on`` ranks) cut back to its step-SAVE_AT checkpoint and resumed on ``world_size``
+    ranks logs ``expected``'s losses after it (rel 1e-5), in the same MLflow run."""
+    out, db = stopped_copy(run, tmp_path)
+    run_ids = [r.info.run_id for r in mlflow_runs(f"sqlite:///{db}")]
+    output = train(out, db, world_size, tmp_path / "logs", resume_from_checkpoint="latest")
+    assert f"at step {SAVE_AT}" in output
+    assert f"saved on {saved_on} rank(s), continuing on {world_size} rank(s)" in output
+    assert (out / "checkpoints" / f"step-{SAVE_AT:07d}" / "universal").is_dir(), "the conversion is kept"
+    resumed = metrics_by_step(out, "loss")
+    worst = max(abs(resumed[s] - expected[s]) / abs(expected[s]) for s in range(SAVE_AT + 1, STEPS + 1))
+    print(f"{saved_on} -> {world_size}: max relative loss difference after resume {worst:.3g}")
+    for step in range(SAVE_AT + 1, STEPS + 1):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
+    runs = mlflow_runs(f"sqlite:///{db}")
+    assert [r.info.run_id for r in runs] == run_ids, "the resume continues the same MLflow run"
+    history = mlflow_history(f"sqlite:///{db}", runs[0].info.run_id, "loss")
+    assert sorted(history) == list(range(1, STEPS + 1))
+    for step in range(SAVE_AT + 1, STEPS + 1):
+        assert history[step] == pytest.approx(expected[step], rel=1e-5), step
