@@ -4,6 +4,7 @@ error that names the ranks still running instead of a silent hang."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -143,7 +144,7 @@ def wait_launchers(procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path
     hung = [i for i, p in enumerate(procs) if p.poll() is None]
     for p in procs:
         if p.poll() is None:
-            os.killpg(p.pid, 9)
+            os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     if hung:
         tails = "\n".join(f"--- launcher {i} (last lines) ---\n{logs[i].read_text()[-3000:]}" for i in hung)

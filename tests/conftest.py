@@ -19,5 +19,7 @@ __all__ = ["local_ssh", "mlflow_server", "mlflow_server_factory", "s3_server", "
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     return strict_report((yield))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def _script_env(node: int, port: int) -> dict[str, str]:
     )
 
 
-def _start_torchrun_script(tmp_path: Path, flags: list[str]) -> tuple[list, list[Path]]:
+def _start_torchrun_script(tmp_path: Path, flags: list[str]) -> tuple[list[subprocess.Popen[bytes]], list[Path]]:
     port = free_port()
     logs = [tmp_path / f"node{n}.log" for n in range(NODES)]
     cmd = ["bash", "launch/multinode_torchrun.sh", *flags]
