@@ -1,5 +1,5 @@
 """Training learns, measured rather than assumed: the demo (launch/demo.yaml, 2 ranks through the DeepSpeed launcher,
-fp32) reaches the eval WER the README reports, and a short variant of every training objective shows its loss falling.
+fp32) reaches the eval WER docs/demo.md reports, and a short variant of every training objective shows its loss falling.
 
 An objective added later (pretraining, xlsr_dist/pretrain.py) is one more entry in OBJECTIVES: its command, the flags
 of its short variant and the metric its loss is logged as.
@@ -18,7 +18,7 @@ from tests._runs import DATA_CACHE, metrics_by_step, tiny_flags
 
 pytestmark = pytest.mark.slow
 
-# The README's demo table: ~0.01 at step 500 on this machine; every seed tried is under 0.1 by step 400.
+# docs/demo.md's table: ~0.01 at step 500 on this machine; every seed tried is under 0.1 by step 400.
 DEMO_WER_BOUND = 0.1
 DEMO_STEPS = 500
 
