@@ -17,15 +17,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian packages the tests start for real: SLURM + munge (a one-node cluster), Chromium (the MLflow UI test).
+# Debian packages the tests start for real: SLURM + munge (a one-node cluster), Chromium (the MLflow UI test),
+# OpenSSH server + pdsh (two nodes on one machine through launch/multinode_deepspeed.sh, tests/test_two_nodes.py).
 # Where this target can install them (root with apt-get), their tests must run: `make test` fails, not skips, if
 # they cannot (XLSR_REQUIRE_SYSTEM_TESTS=1, tests/_system.py). Elsewhere they skip, naming the claim left unproven.
 CAN_INSTALL_SYSTEM_DEPS := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && echo 1)
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  missing=""; for p in slurm-wlm munge chromium; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  missing=""; for p in slurm-wlm munge chromium openssh-server pdsh; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	  if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi; \
-	else echo "not root with apt-get: install slurm-wlm munge chromium yourself, or their tests skip (UNPROVEN: ...)"; fi
+	else echo "not root with apt-get: install slurm-wlm munge chromium openssh-server pdsh yourself, or their tests skip (UNPROVEN: ...)"; fi
 
 # The demo: tiny model, embedded synthetic corpus, 2 CPU ranks through the DeepSpeed launcher.
 demo: setup

@@ -82,7 +82,9 @@ if [ -z "${NODE_RANK:-}" ]; then
     for name in $(compgen -e | grep -E '^(MLFLOW|PYTHON|MV2|UCX|NCCL)') $DS_FORWARD_ENV; do
         value="${!name:-}"
         [ -n "$value" ] || continue
-        if [[ ${name^^} =~ PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY ]]; then
+        # TOKENIZERS_PARALLELISM (Hugging Face tokenizers) names no token; any other *TOKEN* name may hold one.
+        upper="${name^^}"
+        if [[ ${upper//TOKENIZER/} =~ PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|PRIVATE_KEY|ACCESS_KEY ]]; then
             refuse_forwarded_secret "$name" "is set"
         elif [[ $value =~ ://[^/@:]+:[^/@]+@ ]]; then
             refuse_forwarded_secret "$name" "holds a URL with a password (user:password@)"

@@ -4,6 +4,7 @@ error that names the ranks still running instead of a silent hang."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,3 +121,32 @@ def run_module(
 def venv_bin(name: str) -> str:
     """A console script next to the running interpreter (deepspeed, torchrun)."""
     return str(Path(sys.executable).parent / name)
+
+
+def start_launcher(
+    cmd: Sequence[str], log_path: Path, cwd: Path = ROOT, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A launcher left running (one node's torchrun or launch script, started beside the others), its output in
+    ``log_path``; in its own session, so a test can end it and every rank under it together."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            list(cmd), cwd=cwd, env=env or base_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_launchers(procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[Path], timeout: float) -> list[int]:
+    """Every launcher's exit status; after ``timeout`` the ones still running are killed with all their ranks, and
+    HungRanks names them with their last output."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    hung = [i for i, p in enumerate(procs) if p.poll() is None]
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    if hung:
+        tails = "\n".join(f"--- launcher {i} (last lines) ---\n{logs[i].read_text()[-3000:]}" for i in hung)
+        raise HungRanks(f"launcher(s) {hung} still running after {timeout:.0f} s (killed):\n{tails}")
+    return [int(p.returncode) for p in procs]

@@ -21,6 +21,16 @@ from xlsr_dist.text import build_vocab  # noqa: E402
 from xlsr_dist.world import World  # noqa: E402
 
 
+def mapped_catalog_files() -> list[str]:
+    """The node catalog files this process maps (by then unlinked: the kernel still names them)."""
+    paths = set()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        path = line.split(maxsplit=5)[5] if len(line.split(maxsplit=5)) == 6 else ""
+        if "xlsr_dist-catalog-" in path:
+            paths.add(path.removesuffix(" (deleted)"))
+    return sorted(paths)
+
+
 def main(location: str, record: str) -> int:
     world = World.from_env()
     record = record.format(rank=world.rank)
@@ -54,6 +64,7 @@ def main(location: str, record: str) -> int:
             "mine": [uid for batch in micro for uid in batch["ids"]],
             # Arrays over the node's file: not this process's own memory, and read-only.
             "mapped": not durations.flags.owndata and not durations.flags.writeable,
+            "catalog_files": mapped_catalog_files(),
         },
     )
     dist.barrier()

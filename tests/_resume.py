@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests._dist import run_ranks
-from tests._runs import mlflow_runs, tiny_flags
+from tests._runs import metrics_by_step, mlflow_runs, tiny_flags
 
 STEPS = 8
 SAVE_AT = 4
@@ -101,3 +101,23 @@ def assert_mlflow_run_continued(
     assert runs[0].info.status == "FINISHED"
     for step, value in history[after:]:
         assert value == pytest.approx(expected[step], rel=1e-5), step
+
+
+def resume_and_compare(
+    run: Reference, saved_on: int, world_size: int, tmp_path: Path, expected: dict[int, float]
+) -> None:
+    """``run`` (saved on ``saved_on`` ranks) cut back to its step-SAVE_AT checkpoint and MLflow store and resumed on
+    ``world_size`` ranks logs ``expected``'s losses after it (rel 1e-5), in the same MLflow run."""
+    out, db = stopped_copy(run, tmp_path)
+    (run_id,) = [r.info.run_id for r in mlflow_runs(f"sqlite:///{db}")]
+    output = train(out, db, world_size, tmp_path / "logs", resume_from_checkpoint="latest")
+    assert f"at step {SAVE_AT}" in output
+    assert f"saved on {saved_on} rank(s), continuing on {world_size} rank(s)" in output
+    assert (out / "checkpoints" / f"step-{SAVE_AT:07d}" / "universal").is_dir(), "the conversion is kept"
+    resumed = metrics_by_step(out, "loss")
+    worst = max(abs(resumed[s] - expected[s]) / abs(expected[s]) for s in range(SAVE_AT + 1, STEPS + 1))
+    print(f"{saved_on} -> {world_size}: max relative loss difference after resume {worst:.3g}")
+    for step in range(SAVE_AT + 1, STEPS + 1):
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
+    # The store held steps 1..SAVE_AT only (stopped_copy): the later ones are the resumed process's.
+    assert_mlflow_run_continued(f"sqlite:///{db}", run_id, expected)

@@ -60,6 +60,14 @@ def test_deepspeed_ssh_mode_never_puts_a_secret_on_the_pdsh_command_line(
     assert f"error: {secret_name} " in proc.stdout and "~/.mlflow/credentials" in proc.stdout, proc.stdout
 
 
+def test_a_forwarded_tokenizers_setting_is_not_taken_for_a_token(tmp_path: Path) -> None:
+    proc, pdsh_calls = _deepspeed_over_pdsh(
+        tmp_path, TOKENIZERS_PARALLELISM="false", DS_FORWARD_ENV="OMP_NUM_THREADS TOKENIZERS_PARALLELISM"
+    )
+    assert proc.returncode == 0, proc.stdout
+    assert len(pdsh_calls) == 1 and "export TOKENIZERS_PARALLELISM=false;" in " ".join(pdsh_calls[0]), pdsh_calls
+
+
 def test_credentials_file_reaches_mlflow_and_stays_off_the_pdsh_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from tests._dist import base_env, run_ranks
-from tests._resume import SAVE_AT, STEPS, Reference, assert_mlflow_run_continued, stopped_copy, train
+from tests._resume import (
+    SAVE_AT,
+    STEPS,
+    Reference,
+    resume_and_compare,
+    stopped_copy,
+    train,
+)
 from tests._runs import metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
 
 pytestmark = pytest.mark.slow
@@ -30,29 +37,11 @@ def reference_2_ranks(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     return Reference(out, db, metrics_by_step(out, "loss"))
 
 
-def _resume_and_compare(
-    run: Reference, saved_on: int, world_size: int, tmp_path: Path, expected: dict[int, float]
-) -> None:
-    out, db = stopped_copy(run, tmp_path)
-    (run_id,) = [r.info.run_id for r in mlflow_runs(f"sqlite:///{db}")]
-    output = train(out, db, world_size, tmp_path / "logs", resume_from_checkpoint="latest")
-    assert f"at step {SAVE_AT}" in output
-    assert f"saved on {saved_on} rank(s), continuing on {world_size} rank(s)" in output
-    assert (out / "checkpoints" / f"step-{SAVE_AT:07d}" / "universal").is_dir(), "the conversion is kept"
-    resumed = metrics_by_step(out, "loss")
-    worst = max(abs(resumed[s] - expected[s]) / abs(expected[s]) for s in range(SAVE_AT + 1, STEPS + 1))
-    print(f"{saved_on} -> {world_size}: max relative loss difference after resume {worst:.3g}")
-    for step in range(SAVE_AT + 1, STEPS + 1):
-        assert resumed[step] == pytest.approx(expected[step], rel=1e-5), step
-    # The store held steps 1..SAVE_AT only (stopped_copy): the later ones are the resumed process's.
-    assert_mlflow_run_continued(f"sqlite:///{db}", run_id, expected)
-
-
 @pytest.mark.parametrize("world_size", [1, 4])
 def test_two_rank_checkpoint_resumes_on_other_world_size_with_same_losses(
     reference_2_ranks: Reference, world_size: int, tmp_path: Path
 ) -> None:
-    _resume_and_compare(reference_2_ranks, 2, world_size, tmp_path, reference_2_ranks.losses)
+    resume_and_compare(reference_2_ranks, 2, world_size, tmp_path, reference_2_ranks.losses)
 
 
 def test_four_rank_checkpoint_resumes_on_two_ranks_with_same_losses(
@@ -61,7 +50,7 @@ def test_four_rank_checkpoint_resumes_on_two_ranks_with_same_losses(
     four = tmp_path / "four"
     train(four / "out", four / "mlflow.db", 4, four / "logs", max_steps=str(STEPS))
     run = Reference(four / "out", four / "mlflow.db", metrics_by_step(four / "out", "loss"))
-    _resume_and_compare(run, 4, 2, tmp_path / "resumed", reference_2_ranks.losses)
+    resume_and_compare(run, 4, 2, tmp_path / "resumed", reference_2_ranks.losses)
 
 
 def test_setting_that_cannot_carry_over_stops_at_start_up_with_status_2(

@@ -4,6 +4,7 @@ ranks leave on a user error."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from tests._dist import run_launcher, venv_bin
 from tests._net import free_port
 from xlsr_dist.config import ConfigError
-from xlsr_dist.world import World, cuda_index, export_env
+from xlsr_dist.world import World, cuda_index, export_env, node_id
 
 
 def _srun_task(local_id: int, tasks_per_node: int, nodes: int = 1) -> World:
@@ -87,3 +88,17 @@ def test_the_reporting_rank_is_not_killed_by_a_silent_rank_that_exits_first(tmp_
     both = proc.stdout + proc.stderr
     assert proc.returncode != 0, both[-3000:]
     assert both.count("prog: --data /nope: no such file or directory") == 1, both[-3000:]
+
+
+def test_the_node_rank_is_the_launchers_and_names_the_node_with_the_machine() -> None:
+    base = {"RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    torchrun = World.from_env({**base, "GROUP_RANK": "1"})
+    deepspeed = World.from_env({**base, "LOCAL_SIZE": "2", "CROSS_RANK": "1"})
+    srun = World.from_env({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_NODEID": "1"})
+    assert [w.node_rank for w in (torchrun, deepspeed, srun)] == [1, 1, 1]
+    assert World.from_env(base).node_rank == 1, "no launcher word: the rank's block of LOCAL_WORLD_SIZE ranks"
+    # Two nodes on one machine (two launchers with --node_rank 0 and 1): one host, two nodes.
+    first = World.from_env({**base, "RANK": "0", "GROUP_RANK": "0"})
+    assert node_id(first) != node_id(torchrun)
+    assert node_id(torchrun) == node_id(World.from_env({**base, "RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1"}))
+    assert node_id(torchrun).startswith(socket.gethostname() + "/")

@@ -28,6 +28,9 @@ class World:
     local_rank: int = 0
     world_size: int = 1
     local_world_size: int = 1
+    # The node's number as the launcher gave it (torchrun's GROUP_RANK, DeepSpeed's CROSS_RANK, SLURM_NODEID); None
+    # when it gave none.
+    launcher_node_rank: int | None = None
 
     @property
     def is_main(self) -> bool:
@@ -39,6 +42,9 @@ class World:
 
     @property
     def node_rank(self) -> int:
+        """Which node of the job this rank runs on: the launcher's word, else the rank's block of local ranks."""
+        if self.launcher_node_rank is not None:
+            return self.launcher_node_rank
         return self.rank // max(1, self.local_world_size)
 
     @staticmethod
@@ -49,13 +55,21 @@ class World:
             rank, world = int(e["RANK"]), int(e["WORLD_SIZE"])
             local = int(e.get("LOCAL_RANK", rank))
             local_world = int(e.get("LOCAL_WORLD_SIZE", e.get("LOCAL_SIZE", world)))
+            node = e.get("GROUP_RANK", e.get("CROSS_RANK"))
         elif "SLURM_PROCID" in e and "SLURM_NTASKS" in e:
             rank, world = int(e["SLURM_PROCID"]), int(e["SLURM_NTASKS"])
             local = int(e.get("SLURM_LOCALID", 0))
             local_world = int(e.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0] or 1)
+            node = e.get("SLURM_NODEID")
         else:
-            rank, world, local, local_world = 0, 1, 0, 1
-        return World(rank=rank, local_rank=local, world_size=world, local_world_size=local_world)
+            rank, world, local, local_world, node = 0, 1, 0, 1, None
+        return World(
+            rank=rank,
+            local_rank=local,
+            world_size=world,
+            local_world_size=local_world,
+            launcher_node_rank=int(node) if node else None,
+        )
 
 
 def _free_port() -> int:
@@ -222,13 +236,16 @@ def all_reduce_max(values: Sequence[float] | torch.Tensor, device: torch.device)
     return t
 
 
-def node_id() -> str:
-    """What names this machine among the job's nodes: its host name and boot id (two containers may share a name)."""
+def node_id(world: World) -> str:
+    """What names this rank's node among the job's nodes: the machine (host name and boot id: two containers may share
+    a name) and the node rank its launcher gave it. The machine alone cannot tell two launchers' nodes apart on one
+    host (two `torchrun --node_rank` on one machine, or nodes that are containers sharing a kernel), whose ranks must
+    not share node-local files; the node rank alone would merge nodes of a launcher that numbers none."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot = ""
-    return f"{socket.gethostname()}/{boot}"
+    return f"{socket.gethostname()}/{boot}/node{world.node_rank}"
 
 
 def all_gather_object(obj: Any) -> list[Any]:

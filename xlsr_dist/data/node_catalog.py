@@ -129,7 +129,7 @@ def node_shared(world: World, build: Callable[[], Catalog]) -> Catalog:
             del catalog  # the mapped copy below replaces this rank's private one
         except Exception as exc:  # every rank must reach the gather, or the node's others wait for the timeout
             failure, error = exc, f"{type(exc).__name__}: {exc}"
-    node = world_module.node_id()
+    node = world_module.node_id(world)
     built = world_module.all_gather_object((node, world.local_rank, path, error))
     failed = [(rank, message) for rank, (_, _, _, message) in enumerate(built) if message]
     if failed:
