@@ -14,10 +14,12 @@ import torch
 
 from tests._dist import run_module
 from tests._runs import DATA_CACHE, metrics_by_step, mlflow_history, mlflow_runs, tiny_flags
+from xlsr_dist import run_dir
 from xlsr_dist.config import ConfigError, parse_args
 from xlsr_dist.data import demo
-from xlsr_dist.evaluation.run import locate_model
 from xlsr_dist.export import ExportError, resolve_checkpoint
+from xlsr_dist.model import load_hf_model
+from xlsr_dist.run_dir import locate_model
 from xlsr_dist.training import best_checkpoint, checkpoint
 
 # ---- fast: the choice, the flags, rotation ---------------------------------------------------------------------
@@ -116,7 +118,7 @@ def test_export_names_resolve_to_their_directories(tmp_path: Path) -> None:
     assert resolve_checkpoint(tmp_path, "best") == str(tmp_path / "checkpoints" / "step-0000002")
     (tmp_path / "best").mkdir()
     (tmp_path / "best" / "config.json").write_text("{}")
-    (tmp_path / "best" / checkpoint.MODEL_INFO).write_text(json.dumps(best.to_dict()))
+    (tmp_path / "best" / run_dir.MODEL_INFO).write_text(json.dumps(best.to_dict()))
     assert resolve_checkpoint(tmp_path, "best") == str(tmp_path / "best")
     (tmp_path / "train_config.json").write_text(json.dumps({"total_steps": 4}))
     assert (locate_model(tmp_path / "best").run_dir, locate_model(tmp_path / "best").step) == (tmp_path.resolve(), 2)
@@ -189,14 +191,14 @@ def test_best_dir_holds_the_best_checkpoints_weights_and_step(run: dict) -> None
     out = run["out"]
     best_step = run["first_leg"]["step"]
     ckpt = out / checkpoint.CHECKPOINTS / checkpoint.tag_for(best_step)
-    reference, _ = checkpoint.load_hf_model(ckpt)
+    reference, _ = load_hf_model(ckpt)
     best = _weights(out / best_checkpoint.BEST_DIR)
     _assert_same_weights(best, reference.state_dict())
-    assert checkpoint.model_step(out / best_checkpoint.BEST_DIR) == best_step
+    assert run_dir.model_step(out / best_checkpoint.BEST_DIR) == best_step
     # --load_best_model_at_end: final/ is the best model too, and says so; the newest checkpoint differs from it
     _assert_same_weights(_weights(out / checkpoint.FINAL), best)
-    assert checkpoint.model_step(out / checkpoint.FINAL) == best_step
-    newest, _ = checkpoint.load_hf_model(out / checkpoint.CHECKPOINTS / checkpoint.tag_for(SECOND_LEG))
+    assert run_dir.model_step(out / checkpoint.FINAL) == best_step
+    newest, _ = load_hf_model(out / checkpoint.CHECKPOINTS / checkpoint.tag_for(SECOND_LEG))
     assert any(not torch.equal(best[k], v) for k, v in newest.state_dict().items())
 
 

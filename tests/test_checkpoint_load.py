@@ -12,6 +12,7 @@ import torch
 
 from tests._crafted import crafted_run
 from tests._dist import run_module
+from xlsr_dist.model import load_hf_model
 from xlsr_dist.training import checkpoint
 
 
@@ -26,7 +27,7 @@ def test_the_crafted_file_does_run_code_when_loaded_the_unsafe_way(tmp_path: Pat
 def test_transcribe_and_export_loading_refuses_it_and_no_code_runs(tmp_path: Path) -> None:
     ckpt, marker = crafted_run(tmp_path, "mp_rank_00_model_states.pt")
     with pytest.raises(checkpoint.CheckpointError, match="refused: it holds objects other than tensors") as err:
-        checkpoint.load_hf_model(ckpt)
+        load_hf_model(ckpt)
     assert "mp_rank_00_model_states.pt" in str(err.value) and "(it would call exec)" in str(err.value)
     assert not marker.exists()
     # The same through the command line: one message, status 2, no traceback.

@@ -17,10 +17,11 @@ from tests._runs import DATA_CACHE, mlflow_runs, tiny_flags
 from xlsr_dist import text
 from xlsr_dist.config import ConfigError, ModelConfig
 from xlsr_dist.data import demo, shards
+from xlsr_dist.evaluate import main, parse_args
 from xlsr_dist.evaluation import error_report, hypotheses
 from xlsr_dist.evaluation.counts import error_counts
-from xlsr_dist.evaluation.run import locate_model, main, parse_args, run_precision
 from xlsr_dist.evaluation.scoring import SetTotals, UtteranceScore, unrepresentable_characters
+from xlsr_dist.run_dir import locate_model, run_precision
 
 DEMO_EVAL_UTTERANCES = 16
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from collections.abc import Sequence
 from importlib import metadata
@@ -258,16 +257,11 @@ def model_card(
     return redact_text("\n".join(lines) + "\n")
 
 
-def _step_of(path: Path) -> int | None:
-    m = re.fullmatch(r"step-(\d+)", path.name)
-    return int(m.group(1)) if m else None
-
-
 def resolve_checkpoint(output_dir: Path, checkpoint: str) -> str:
     """--checkpoint as a path ('' for final/): 'final' -> '', 'latest' -> the newest complete checkpoint, 'best' ->
     best/ (written at the end of training), else the checkpoint best.json names (a run not finished yet)."""
-    # Here, not at the top: checkpoint imports torch, which writing a card or --help does not need.
-    from xlsr_dist.training.checkpoint import newest_complete
+    # Here, not at the top: run_dir imports torch, which writing a card or --help does not need.
+    from xlsr_dist.run_dir import newest_complete
 
     if checkpoint in ("", "final"):
         return ""
@@ -291,7 +285,9 @@ def resolve_checkpoint(output_dir: Path, checkpoint: str) -> str:
 
 def load_model(output_dir: Path, checkpoint: str) -> tuple[Any, Any, int | None]:
     """(model, processor, step the weights come from or None for final/)."""
-    from xlsr_dist.training.checkpoint import FINAL, load_hf_model, model_step, newest_complete
+    # Here, not at the top: transformers takes seconds, which writing a card or --help does not need.
+    from xlsr_dist.model import load_hf_model
+    from xlsr_dist.run_dir import FINAL, model_step, newest_complete, tag_step
 
     checkpoint = resolve_checkpoint(output_dir, checkpoint)
     source = Path(checkpoint) if checkpoint else output_dir
@@ -301,14 +297,14 @@ def load_model(output_dir: Path, checkpoint: str) -> tuple[Any, Any, int | None]
         )
     model, processor = load_hf_model(source)
     if checkpoint:
-        step = _step_of(source)
+        step = tag_step(source)
         if step is None:  # best/ (or final/ with --load_best_model_at_end) names the step its weights come from
             step = model_step(source)
     elif (output_dir / FINAL / "config.json").is_file():
         step = model_step(output_dir / FINAL)
     else:
         newest = newest_complete(output_dir)
-        step = _step_of(newest) if newest is not None else None
+        step = tag_step(newest) if newest is not None else None
     return model, processor, step
 
 
@@ -372,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no_mlflow", action="store_true", help="do not log the export to MLflow")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from xlsr_dist.training.checkpoint import CheckpointError
+    from xlsr_dist.state_files import CheckpointError
 
     try:
         dest = export(args.output_dir, args.export_dir, args.checkpoint, args.model_name)

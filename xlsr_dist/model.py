@@ -1,4 +1,5 @@
-"""The wav2vec2 CTC model: a pretrained checkpoint, the XLSR-53 architecture with random weights, or a tiny one.
+"""The wav2vec2 CTC model: built for training (a pretrained checkpoint, the XLSR-53 architecture with random weights,
+or a tiny one) and loaded for use (load_hf_model: the one loader of every command that uses a trained model).
 
 Fine-tuning settings (dropouts, SpecAugment, CTC loss) are applied the way HF's run_speech_recognition_ctc.py does:
 as config overrides, with the CTC head sized to the vocabulary. No torch.distributed here: every rank builds the
@@ -23,8 +24,10 @@ from transformers import (
     Wav2Vec2Processor,
 )
 
+from xlsr_dist import run_dir
 from xlsr_dist.audio import SAMPLE_RATE
 from xlsr_dist.config import ModelConfig
+from xlsr_dist.state_files import CheckpointError
 from xlsr_dist.text import PAD, UNK, WORD_DELIMITER
 
 log = logging.getLogger(__name__)
@@ -357,3 +360,23 @@ def build_processor(vocab_path: str | Path) -> Wav2Vec2Processor:
         return_attention_mask=True,
     )
     return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+
+def load_hf_model(path: str | Path) -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
+    """(Wav2Vec2ForCTC in fp32, Wav2Vec2Processor) from a save_pretrained dir, a run's --output_dir (final/, else
+    its newest complete checkpoint) or one checkpoint directory; raises CheckpointError for anything else."""
+    p = Path(path)
+    if (p / "config.json").is_file() and not (p / run_dir.MARKER).is_file():
+        # fp32 whatever the files hold: transformers 5 would otherwise load a 16-bit model as 16-bit (dtype "auto"),
+        # which fp32 audio input cannot run through ("Input type (float) and bias type (c10::Half)").
+        model = Wav2Vec2ForCTC.from_pretrained(p, dtype=torch.float32)
+        return model, Wav2Vec2Processor.from_pretrained(p)
+    if (p / run_dir.FINAL / "config.json").is_file():
+        return load_hf_model(p / run_dir.FINAL)
+    ckpt = run_dir.newest_complete(p) if (p / run_dir.CHECKPOINTS).is_dir() else p
+    if ckpt is None or not (ckpt / run_dir.MARKER).is_file():
+        raise CheckpointError(f"{path}: neither a saved model, a run output dir, nor a complete checkpoint")
+    base = ckpt.parent.parent / run_dir.MODEL_CONFIG
+    model = Wav2Vec2ForCTC(Wav2Vec2Config.from_pretrained(base))
+    model.load_state_dict(run_dir.fp32_weights(ckpt))
+    return model.eval(), Wav2Vec2Processor.from_pretrained(base)

@@ -31,7 +31,8 @@ from typing import Any, NoReturn
 from xlsr_dist.data.convert import Settings
 from xlsr_dist.data.prepare import DEFAULT_SHARD_SIZE_MB, prepare_split
 from xlsr_dist.data.recipes import FILE_RECIPES, LAYOUTS, detect_layout, hf
-from xlsr_dist.data.recipes.items import PrepareError, SplitInput
+from xlsr_dist.data.recipes.item_store import SplitInput
+from xlsr_dist.data.recipes.items import PrepareError
 from xlsr_dist.data.shards import REPORT, filesystem, is_local, publish_split
 from xlsr_dist.text import MODES, TextNormalization, settings_problems
 

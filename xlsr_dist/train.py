@@ -36,6 +36,7 @@ if __name__ == "__main__":
 
 from xlsr_dist import precision  # noqa: E402
 from xlsr_dist.config import Config, ConfigError, parse_args, plan_batches  # noqa: E402
+from xlsr_dist.console import setup_console  # noqa: E402
 from xlsr_dist.data import language  # noqa: E402
 from xlsr_dist.data.problems import DataProblem  # noqa: E402
 from xlsr_dist.training import checkpoint, elastic, engine, preflight  # noqa: E402
@@ -76,20 +77,6 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return bool(self.signal_name)
-
-
-def setup_console(world: World) -> None:
-    level = logging.INFO if world.is_main else logging.WARNING
-    fmt = (
-        "%(asctime)s %(levelname)s %(message)s"
-        if world.is_main
-        else f"%(asctime)s rank {world.rank} %(levelname)s %(message)s"
-    )
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
-    log.setLevel(level)
-    # DeepSpeed and transformers are chatty at INFO on every rank; their warnings still show.
-    for name in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> None:

@@ -147,8 +147,8 @@ def cuda_index(world: World, visible_gpus: int) -> int | None:
 
 # How long a rank that found a problem but leaves the telling to another waits before it exits. The DeepSpeed
 # launcher, torchrun and `srun --kill-on-bad-exit` kill every rank once the first exits non-zero: a silent rank that
-# finished its checks a moment sooner would get the reporting rank killed before it printed (seen in CI: status 2,
-# no message). The reporting rank exits straight after printing, so under those launchers this wait is cut short.
+# finished its checks a moment sooner would get the reporting rank killed before it printed: exit status 2 and no
+# message at all. The reporting rank exits straight after printing, so under those launchers this wait is cut short.
 SILENT_RANK_GRACE_S = 5.0
 
 

@@ -7,9 +7,10 @@ integer type the vocabulary fits plus offsets. The filter runs over whole column
 lengths are array operations, and transcripts in the form prepare writes them (plain a-z words) are encoded by a
 byte lookup; only other transcripts go through ``text.normalize`` one by one.
 
-The result is the one the per-utterance loop of earlier versions gave -- same utterances, order, labels, skip
-report and fingerprint -- so plans and resumes of existing runs are unchanged. On a node with several ranks one of
-them builds it and the others map its copy (``data/node_catalog.py``).
+The result is what filtering the rows one by one gives -- same utterances, order, labels, skip report and
+fingerprint (tests/test_catalog.py holds such a loop as the reference) -- because a checkpoint's data state names
+the plan by that fingerprint: a different digest of the same corpus would refuse every saved run's resume. On a node
+with several ranks one of them builds it and the others map its copy (``data/node_catalog.py``).
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ class Catalog:
         return self.label_flat[self.label_offsets[i] : self.label_offsets[i + 1]].tolist()
 
     def fingerprint(self) -> str:
-        # The digest of earlier versions (sha256 of "\0".join(ids), then the durations): checkpoints resume.
+        # sha256 of "\0".join(ids), then the durations as little-endian float64: saved checkpoints' data states
+        # carry this digest, so its definition cannot change without refusing their resume.
         h = hashlib.sha256()
         h.update(self.ids.joined(b"\0"))
         h.update(np.ascontiguousarray(self.durations, dtype="<f8").tobytes())

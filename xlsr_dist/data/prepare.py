@@ -25,7 +25,8 @@ from tqdm import tqdm
 from xlsr_dist.atomic import write_json
 from xlsr_dist.data import language
 from xlsr_dist.data.convert import Settings, convert_items
-from xlsr_dist.data.recipes.items import Item, Skip, SplitInput
+from xlsr_dist.data.recipes.item_store import SplitInput
+from xlsr_dist.data.recipes.items import Item, Skip
 from xlsr_dist.data.shard_plan import (
     add_to_plan,
     part_name,

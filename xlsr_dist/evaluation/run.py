@@ -1,65 +1,56 @@
-"""`python -m xlsr_dist.evaluate --model MODEL --data SHARDS [SHARDS ...]`: WER, CER and loss of a trained model on
-test sets, with every utterance's hypothesis and an error report.
+"""What `python -m xlsr_dist.evaluate` runs once its flags are parsed (xlsr_dist/evaluate.py): WER, CER and loss of
+a trained model on test sets, with every utterance's hypothesis and an error report.
 
-MODEL is an exported model directory, a training run's --output_dir (its final/, else its newest complete
-checkpoint), a model directory inside a run (final/, best/) or one checkpoint directory. Launched like training:
-
-    python -m xlsr_dist.evaluate ...                           one rank
-    torchrun --nproc_per_node N -m xlsr_dist.evaluate ...      N ranks
-    deepspeed --num_gpus N --module xlsr_dist.evaluate ...     N ranks
-
-Each rank scores its share of every set (partition.eval_rank_batches: every utterance once, the same batch count on
-every rank) with the fp32 model on its device; no DeepSpeed engine, only a process group for the sums. Totals are
-counts summed across ranks, so N ranks give the numbers of one.
+The model comes through model.load_hf_model (an exported model directory, a training run's --output_dir, final/,
+best/ or one checkpoint directory) and run_dir.locate_model says which run and step it belongs to. Each rank scores
+its share of every set (partition.eval_rank_batches: every utterance once, the same batch count on every rank) with
+the fp32 model on its device; no DeepSpeed engine, only a process group for the sums. Totals are counts summed across
+ranks, so N ranks give the numbers of one.
 
 Every utterance with a transcript is scored, whatever its duration (training's duration limits do not apply); the
 loss is averaged over those whose labels fit the audio's frames. Per set, in --output_dir/<set>/ (default
 <run dir, else model dir>/eval/<set>/): hypotheses.jsonl, report.json and report.md; the metrics go to MLflow
-(eval_tracking) and to a table on the console. --output_dir must be on a filesystem every rank sees.
+(evaluation/tracking.py) and to a table on the console. --output_dir must be on a filesystem every rank sees.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
-import re
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pyarrow as pa
 import torch
 
 from xlsr_dist import text, tracking
 from xlsr_dist.config import ConfigError
+from xlsr_dist.console import setup_console
 from xlsr_dist.data import language, partition, shards, stream
 from xlsr_dist.data.catalog import Catalog, filter_metadata
+from xlsr_dist.data.locations import shard_paths
 from xlsr_dist.evaluation import error_report, hypotheses
 from xlsr_dist.evaluation import tracking as eval_tracking
 from xlsr_dist.evaluation.scoring import SetTotals, score_utterances, unrepresentable_characters
-from xlsr_dist.export import TRAIN_CONFIG
 from xlsr_dist.markdown import markdown_table
-from xlsr_dist.training import checkpoint, preflight
-from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, device_for, init, report_problem, shutdown
+from xlsr_dist.model import load_hf_model
+from xlsr_dist.run_dir import ModelSource, locate_model, run_precision
+from xlsr_dist.state_files import CheckpointError
+from xlsr_dist.world import World, all_reduce_max, all_reduce_sum, init, shutdown
 
 log = logging.getLogger("xlsr_dist.evaluate")
 
 PROG = "xlsr_dist.evaluate"
 EVAL_DIR = "eval"
-DESCRIPTION = (
-    "Score a trained model on test sets (WER, CER, loss, per-utterance hypotheses, error report) on one rank, or on N "
-    "with torchrun / the deepspeed launcher."
-)
-_NAME_OK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
 class EvalArgs:
+    """The evaluate command's flags, checked (xlsr_dist/evaluate.py parses them)."""
+
     model: str
     data: list[str]
     names: list[str]
@@ -72,157 +63,8 @@ class EvalArgs:
     dist_timeout_s: int
 
 
-class _Parser(argparse.ArgumentParser):
-    """Every rank parses the same flags; only rank 0 speaks (one usage error, one --help, not one per rank)."""
-
-    def __init__(self, quiet: bool, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.quiet = quiet
-
-    def error(self, message: str) -> NoReturn:
-        if self.quiet:
-            sys.exit(2)
-        super().error(message)
-
-    def print_help(self, file: Any = None) -> None:
-        if not self.quiet:
-            super().print_help(file)
-
-
-def _argparser(quiet: bool) -> argparse.ArgumentParser:
-    p = _Parser(quiet, prog=f"python -m {PROG}", description=DESCRIPTION)
-    p.add_argument("--model", required=True, help="exported model dir, run --output_dir, final/ or best/, checkpoint")
-    p.add_argument("--data", required=True, nargs="+", metavar="SHARDS", help="one shard directory or URL per set")
-    p.add_argument("--names", nargs="+", default=[], help="one name per --data set (default: each one's basename)")
-    p.add_argument("--output_dir", default="", help="per-set outputs go to OUTPUT_DIR/<set>/ (default: <run>/eval)")
-    p.add_argument("--batch_size", type=int, default=8, help="utterances per forward pass on each rank (default 8)")
-    p.add_argument("--num_workers", type=int, default=1, help="data loader processes per rank (default 1)")
-    p.add_argument("--tracking_uri", default="", help="default: the training run's, else $MLFLOW_TRACKING_URI")
-    p.add_argument("--experiment_name", default="", help="experiment of a new evaluation run (default: xlsr_dist)")
-    p.add_argument("--no_mlflow", action="store_true", help="do not log to MLflow")
-    # Ranks meet only at the end of each set; their shares take about, not exactly, the same time.
-    p.add_argument(
-        "--dist_timeout_s", type=int, default=1800, help="how long a rank waits for the others (default 1800)"
-    )
-    # DeepSpeed's launcher appends --local_rank=N; the rank itself is read from the environment (world.py).
-    p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
-    return p
-
-
-def set_name(location: str) -> str:
-    """The set's default name: its directory's basename (of the file's directory for a single shard file)."""
-    trimmed = location.rstrip("/")
-    base = trimmed.rsplit("/", 1)[-1]
-    if base.endswith(".parquet"):
-        base = trimmed.rsplit("/", 2)[-2] if trimmed.count("/") else "data"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._") or "data"
-
-
-def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> EvalArgs:
-    """Flags -> EvalArgs; raises ConfigError naming every bad flag."""
-    a = _argparser(quiet).parse_args(argv)
-    problems = []
-    if a.batch_size < 1:
-        problems.append(f"--batch_size must be at least 1 (got {a.batch_size})")
-    if a.num_workers < 0:
-        problems.append(f"--num_workers must be 0 or more (got {a.num_workers})")
-    if a.dist_timeout_s < 1:
-        problems.append(f"--dist_timeout_s must be at least 1 (got {a.dist_timeout_s})")
-    names = list(a.names)
-    if names and len(names) != len(a.data):
-        problems.append(f"--names: {len(names)} name(s) for {len(a.data)} --data set(s); give one per set")
-    for n in names:
-        if not _NAME_OK.fullmatch(n):
-            problems.append(f"--names {n!r}: use letters, digits, '.', '_' and '-' (it names a directory and metrics)")
-    if not names or len(names) != len(a.data):
-        names = [set_name(d) for d in a.data]
-    seen: dict[str, str] = {}
-    for name, location in zip(names, a.data):
-        if name in seen:
-            problems.append(f"--data {seen[name]} and {location} are both named {name!r}; tell them apart with --names")
-        seen.setdefault(name, location)
-    if problems:
-        raise ConfigError(problems)
-    return EvalArgs(
-        model=a.model,
-        data=list(a.data),
-        names=names,
-        output_dir=a.output_dir,
-        batch_size=a.batch_size,
-        num_workers=a.num_workers,
-        tracking_uri=a.tracking_uri,
-        experiment_name=a.experiment_name,
-        no_mlflow=a.no_mlflow,
-        dist_timeout_s=a.dist_timeout_s,
-    )
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The model and where it came from
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """The model path, the training run's --output_dir when it came from one, and its training step if known."""
-
-    path: Path
-    run_dir: Path | None
-    step: int | None
-
-    @property
-    def home(self) -> Path:
-        return self.run_dir or self.path
-
-    def describe(self) -> str:
-        return str(self.path) + (f" (step {self.step})" if self.step is not None else "")
-
-
-def _checkpoint_step(ckpt: Path | None) -> int | None:
-    if ckpt is None:
-        return None
-    try:
-        return int(checkpoint.read_client_state(ckpt)["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _final_step(run_dir: Path) -> int | None:
-    """The step a finished run's final/ model holds: the one it records (--load_best_model_at_end), else the last."""
-    recorded = checkpoint.model_step(run_dir / checkpoint.FINAL)
-    if recorded is not None:
-        return recorded
-    try:
-        return int(json.loads((run_dir / TRAIN_CONFIG).read_text())["total_steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def run_precision(source: ModelSource) -> str:
-    """The precision mode the model's training run used (its train_config.json); 'fp32' for a model without one."""
-    if source.run_dir is None:
-        return "fp32"
-    try:
-        return str(json.loads((source.run_dir / TRAIN_CONFIG).read_text()).get("precision", "fp32"))
-    except (OSError, ValueError, AttributeError):
-        return "fp32"
-
-
-def locate_model(path: str | Path) -> ModelSource:
-    """Which run (if any) the model at ``path`` belongs to, and at which step; the same choice load_hf_model makes."""
-    p = Path(path).resolve()
-    if (p / checkpoint.MARKER).is_file():
-        run = p.parent.parent if p.parent.name == checkpoint.CHECKPOINTS else None
-        return ModelSource(p, run, _checkpoint_step(p))
-    if (p / checkpoint.FINAL / "config.json").is_file():
-        return ModelSource(p, p, _final_step(p))
-    if (p / checkpoint.CHECKPOINTS).is_dir():
-        return ModelSource(p, p, _checkpoint_step(checkpoint.newest_complete(p)))
-    parent = p.parent
-    if any((parent / marker).exists() for marker in (tracking.RUN_INFO, TRAIN_CONFIG, checkpoint.CHECKPOINTS)):
-        # best/ records the step its weights come from (checkpoint.MODEL_INFO).
-        step = _final_step(parent) if p.name == checkpoint.FINAL else checkpoint.model_step(p)
-        return ModelSource(p, parent, step)
-    return ModelSource(p, None, None)
 
 
 def load_model(spec: str) -> tuple[Any, dict[str, int]]:
@@ -234,8 +76,8 @@ def load_model(spec: str) -> tuple[Any, dict[str, int]]:
         "best/) or one complete checkpoint directory"
     )
     try:
-        model, processor = checkpoint.load_hf_model(spec)
-    except checkpoint.CheckpointError:
+        model, processor = load_hf_model(spec)
+    except CheckpointError:
         raise ConfigError([f"--model {spec}: not a model ({expected})"]) from None
     except Exception as exc:  # noqa: BLE001 - whatever transformers/torch raise, the directory is not a model
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
@@ -275,7 +117,7 @@ def _any_length(num_samples: int) -> int:
 
 def read_set(location: str) -> tuple[list[str], pa.Table]:
     """(shard paths, metadata) of a set; raises ConfigError naming --data when there is no such set or it is empty."""
-    paths = preflight.shard_paths("--data", location)
+    paths = shard_paths("--data", location)
     try:
         meta = shards.read_metadata(paths)
     except (shards.ShardError, OSError, ValueError) as exc:
@@ -319,7 +161,17 @@ def build_set(
     )
 
 
-def check_inputs(args: EvalArgs) -> tuple[ModelSource, Any, dict[str, int], list[EvalSet]]:
+@dataclass(frozen=True)
+class Inputs:
+    """What the flags point at, loaded and checked: the model, where it came from, its vocabulary, the test sets."""
+
+    source: ModelSource
+    model: Any
+    vocab: dict[str, int]
+    sets: list[EvalSet]
+
+
+def check_inputs(args: EvalArgs) -> Inputs:
     """Everything that can be wrong with the flags' targets, found before any process group exists; raises one
     ConfigError listing every problem."""
     problems: list[str] = []
@@ -340,7 +192,7 @@ def check_inputs(args: EvalArgs) -> tuple[ModelSource, Any, dict[str, int], list
             problems += exc.problems
     if problems:
         raise ConfigError(problems)
-    return source, model, vocab or {}, sets
+    return Inputs(source=source, model=model, vocab=vocab or {}, sets=sets)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -426,14 +278,6 @@ def _warn_unrepresentable(test_set: EvalSet) -> None:
         )
 
 
-def setup_console(world: World) -> None:
-    level = logging.INFO if world.is_main else logging.WARNING
-    prefix = "" if world.is_main else f"rank {world.rank} "
-    logging.basicConfig(level=level, format=f"%(asctime)s {prefix}%(levelname)s %(message)s", force=True)
-    for name in ("DeepSpeed", "deepspeed", "transformers", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def report_results(
     args: EvalArgs,
     source: ModelSource,
@@ -466,20 +310,14 @@ def report_results(
         print(f"MLflow: {eval_tracking.PREFIX}/<set>/* logged to {which} {run_id} at {tracking.redact_text(uri)}")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    world = World.from_env()
-    try:
-        args = parse_args(argv, quiet=not world.is_main)
-        source, model, vocab, sets = check_inputs(args)
-        device = device_for(world)
-    except ConfigError as exc:
-        # Before any process group exists: every rank leaves; the ranks that can see the problem say it once.
-        report_problem(world, PROG, str(exc), exc.scope)
-        sys.exit(2)
+def evaluate(args: EvalArgs, inputs: Inputs, world: World, device: torch.device) -> int:
+    """Collective: every set scored on every rank, results written and logged by rank 0; returns the exit status
+    (1 when a rank's part file is missing, else 0)."""
     setup_console(world)
+    model, source = inputs.model, inputs.source
     model.to(device)
     if world.is_main:
-        for test_set in sets:
+        for test_set in inputs.sets:
             _warn_unrepresentable(test_set)
     precision_mode = run_precision(source)
     if precision_mode == "amp" and world.is_main:
@@ -489,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         metrics_by_set: dict[str, dict[str, float]] = {}
         files_by_set: dict[str, list[Path]] = {}
-        for test_set in sets:
+        for test_set in inputs.sets:
             if world.is_main:
                 log.info(
                     "set %s: %d utterance(s), %.2f h, on %d rank(s)",
@@ -498,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     test_set.catalog.hours(),
                     world.world_size,
                 )
-            totals, slowest = score_set(model, test_set, vocab, world, device, args, precision_mode)
+            totals, slowest = score_set(model, test_set, inputs.vocab, world, device, args, precision_mode)
             metrics = totals.metrics(slowest)
             metrics_by_set[test_set.name] = metrics
             if world.is_main:
@@ -510,4 +348,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 1
     finally:
         shutdown()
-    sys.exit(code)
+    return code

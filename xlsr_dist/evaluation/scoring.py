@@ -5,7 +5,7 @@ character the vocabulary lacks would decode as "[UNK]" and be scored against not
 character can never be produced by the model and simply counts as an error (``unrepresentable_characters`` names
 them so the caller can say so once).
 
-A rank scores only its own batches; ``SetTotals`` holds what ranks sum (counts, not rates: see evaluate.py).
+A rank scores only its own batches; ``SetTotals`` holds what ranks sum (counts, not rates: see counts.py).
 """
 
 from __future__ import annotations

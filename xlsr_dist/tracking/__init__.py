@@ -3,8 +3,9 @@ secret.
 
 One concern per module:
 
-- ``mlflow_tracker``: the trackers training uses (``build_tracker``): MLflow in a background thread on rank 0, the
-  local record only with ``--report_to none``, nothing on the other ranks.
+- ``tracker``: the trackers training uses (``build_tracker``): MLflow on rank 0, the local record only with
+  ``--report_to none``, nothing on the other ranks.
+- ``mlflow_tracker``: rank 0's MLflow run, sent from a background thread that buffers and retries.
 - ``records``: the run's local files: metrics.jsonl, run_info.json, train_config.json, mlflow_unsent.jsonl.
 - ``replay``: ``python -m xlsr_dist.tracking replay --output_dir DIR`` sends what a run could not.
 - ``uri``: the one order in which every command finds its tracking URI and experiment.
@@ -31,13 +32,8 @@ from xlsr_dist.tracking.client import (
 from xlsr_dist.tracking.mlflow_tracker import (
     DEFAULT_FLUSH_TIMEOUT_S,
     FLUSH_TIMEOUT_ENV,
-    METRIC_NAMES,
     PREEMPTED_FLUSH_TIMEOUT_S,
-    LocalTracker,
     MlflowTracker,
-    NullTracker,
-    Tracker,
-    build_tracker,
 )
 from xlsr_dist.tracking.records import (
     METRICS_FILE,
@@ -52,6 +48,7 @@ from xlsr_dist.tracking.records import (
 )
 from xlsr_dist.tracking.redact import REDACTED, is_secret_name, redact_text, redact_values
 from xlsr_dist.tracking.replay import replay
+from xlsr_dist.tracking.tracker import METRIC_NAMES, LocalTracker, NullTracker, Tracker, build_tracker
 from xlsr_dist.tracking.uri import (
     DEFAULT_EXPERIMENT,
     is_remote,

@@ -9,8 +9,8 @@ SIGKILL). Re-sending a row is harmless: MLflow's stores drop a metric identical 
 timestamp, and every row keeps the timestamp it was logged with. ``$XLSR_DIST_MLFLOW_FLUSH_TIMEOUT_S`` sets
 close()'s wait (default 60 s; at most 10 s when the run ends as KILLED, i.e. preempted).
 
-Other ranks get a ``NullTracker``; rank 0 with ``--report_to none`` gets a ``LocalTracker``, which still keeps the
-local ``metrics.jsonl``.
+The other trackers (a NullTracker on ranks other than 0, a LocalTracker with ``--report_to none``) and the choice
+between them are in tracker.py.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
-from xlsr_dist.config import TrackingConfig
 from xlsr_dist.tracking.artifacts import STAGING_DIR, stage_artifact, upload_artifact
 from xlsr_dist.tracking.client import (
     error_code,
@@ -44,7 +43,6 @@ from xlsr_dist.tracking.records import (
     write_unsent,
 )
 from xlsr_dist.tracking.redact import redact_text
-from xlsr_dist.tracking.uri import resolve_experiment, resolve_tracking_uri
 from xlsr_dist.tracking.values import (
     MAX_METRICS_PER_BATCH,
     MAX_PARAM_VALUE,
@@ -54,79 +52,12 @@ from xlsr_dist.tracking.values import (
     params_to_relog,
     sanitize,
 )
-from xlsr_dist.world import World
 
 log = logging.getLogger(__name__)
 
-# The metrics training logs, under these MLflow names.
-METRIC_NAMES = (
-    "loss",
-    "learning_rate",
-    "grad_norm",
-    "loss_scale",
-    "skipped_steps",
-    "epoch",
-    "eval_loss",
-    "eval_wer",
-    "eval_cer",
-    "throughput",
-)
 FLUSH_TIMEOUT_ENV = "XLSR_DIST_MLFLOW_FLUSH_TIMEOUT_S"
 DEFAULT_FLUSH_TIMEOUT_S = 60.0
 PREEMPTED_FLUSH_TIMEOUT_S = 10.0
-
-
-class Tracker(Protocol):
-    run_id: str | None
-
-    def start(self, params: dict[str, Any], tags: dict[str, str], resume_run_id: str | None = None) -> str | None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-
-    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None: ...
-
-    def close(self, status: str = "FINISHED") -> None: ...
-
-
-class NullTracker:
-    """Ranks other than 0: does nothing."""
-
-    run_id: str | None = None
-
-    def start(self, params: dict[str, Any], tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
-        self.run_id = resume_run_id
-        return resume_run_id
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
-        pass
-
-    def close(self, status: str = "FINISHED") -> None:
-        pass
-
-
-class LocalTracker(NullTracker):
-    """Rank 0 with --report_to none: keeps ``metrics.jsonl`` (export reads it), talks to nobody."""
-
-    def __init__(self, output_dir: str | Path) -> None:
-        self.output_dir = Path(output_dir)
-        self._file: IO[str] | None = None
-        self._warned: set[str] = set()
-
-    def start(self, params: dict[str, Any], tags: dict[str, str], resume_run_id: str | None = None) -> str | None:
-        self._file = open_record(self.output_dir, resume=resume_run_id is not None)
-        self.run_id = resume_run_id
-        return resume_run_id
-
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        append_row(self._file, clean_metrics(metrics, self._warned), step, int(time.time() * 1000))
-
-    def close(self, status: str = "FINISHED") -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 class MlflowTracker:
@@ -494,13 +425,3 @@ class MlflowTracker:
                 log.warning("artifact %s vanished before it could be uploaded", path)
             with self._lock:
                 self._artifacts.pop(0)
-
-
-def build_tracker(world: World, cfg: TrackingConfig, output_dir: str) -> Tracker:
-    """MLflow on rank 0 when --report_to mlflow; a local metrics.jsonl only with --report_to none; nothing on the
-    other ranks."""
-    if not world.is_main:
-        return NullTracker()
-    if cfg.report_to != "mlflow":
-        return LocalTracker(output_dir)
-    return MlflowTracker(resolve_tracking_uri(cfg), resolve_experiment(cfg), output_dir, run_name=cfg.run_name)

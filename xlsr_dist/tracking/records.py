@@ -6,6 +6,8 @@
 - ``run_info.json``: the MLflow run id, tracking URI (password redacted) and experiment, once the run exists.
 - ``train_config.json``: the run's settings as logged to MLflow, with their types: secret-named ones left out and
   credentials in values redacted, as in the params.
+
+The names of run_info.json and train_config.json are in run_dir.py, with the rest of --output_dir's layout.
 - ``mlflow_unsent.jsonl``: what a tracker could not send before it closed (a ``run`` header row, then ``start``,
   ``metric``, ``artifact`` and ``end`` rows), for ``python -m xlsr_dist.tracking replay``.
 """
@@ -19,10 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from xlsr_dist import atomic
+from xlsr_dist.run_dir import RUN_INFO, TRAIN_CONFIG
 from xlsr_dist.tracking.redact import redact_values
 
-RUN_INFO = "run_info.json"
-TRAIN_CONFIG = "train_config.json"
 METRICS_FILE = "metrics.jsonl"
 UNSENT_FILE = "mlflow_unsent.jsonl"
 

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import copy
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from xlsr_dist.atomic import replacing_dir
+from xlsr_dist.run_dir import zero_partitions
 from xlsr_dist.state_files import safe_load
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 UNIVERSAL = "universal"
 CONVERSION_LOG = "conversion.log"
 MODEL_STATES = "mp_rank_00_model_states.pt"
-_ZERO_FILE = re.compile(r"^(bf16_|fp16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 
 # Settings DeepSpeed restores from the checkpoint, silently overriding the run's own (the optimizer's param_groups,
 # the clip value), or that change what a step means (the global batch): a resume must not change them.
@@ -106,22 +105,6 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(b)))
     return bool(a == b)
-
-
-def zero_partitions(ckpt: Path) -> dict[int, Path]:
-    """The checkpoint's optimizer partition files by data-parallel rank (empty for a checkpoint without ZeRO)."""
-    found: dict[int, Path] = {}
-    for path in ckpt.iterdir():
-        match = _ZERO_FILE.match(path.name)
-        if match is None:
-            continue
-        if int(match.group(3)) != 0:
-            raise ElasticResumeError(
-                f"{ckpt}: {path.name} is a tensor/pipeline-parallel partition; xlsr_dist only resumes data-parallel "
-                "checkpoints"
-            )
-        found[int(match.group(2))] = path
-    return found
 
 
 def _saved_state(ckpt: Path) -> dict[str, Any]:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from xlsr_dist.data.recipes import commonvoice, folder, librispeech, nemo
 from xlsr_dist.data.recipes.hf import is_saved_dataset
-from xlsr_dist.data.recipes.items import PrepareError, SplitInput
+from xlsr_dist.data.recipes.item_store import SplitInput
+from xlsr_dist.data.recipes.items import PrepareError
 
 LAYOUTS = ("auto", "folder", "commonvoice", "librispeech", "nemo", "hf")
 

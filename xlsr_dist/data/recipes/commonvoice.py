@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from xlsr_dist.data.recipes.item_store import ItemStore
-from xlsr_dist.data.recipes.items import Item, PrepareError, Skip, SplitInput
+from xlsr_dist.data.recipes.item_store import ItemStore, SplitInput
+from xlsr_dist.data.recipes.items import Item, PrepareError, Skip
 from xlsr_dist.data.recipes.tables import read_transcript_table, resolve_path
 
 DEFAULT_SPLITS = ("train", "dev", "test")

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from xlsr_dist.data.recipes.item_store import ItemStore
-from xlsr_dist.data.recipes.items import Item, PrepareError, Skip, SplitInput
+from xlsr_dist.data.recipes.item_store import ItemStore, SplitInput
+from xlsr_dist.data.recipes.items import Item, PrepareError, Skip
 from xlsr_dist.data.recipes.tables import find_per_split, read_transcript_table, resolve_path, single_split_name
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from xlsr_dist.audio import MISSING, AudioError, decode_bytes, load_audio
-from xlsr_dist.data.recipes.item_store import ItemStore
-from xlsr_dist.data.recipes.items import Item, PrepareError, SplitInput
+from xlsr_dist.data.recipes.item_store import ItemStore, SplitInput
+from xlsr_dist.data.recipes.items import Item, PrepareError
 from xlsr_dist.data.recipes.tables import TEXT_COLUMNS, resolve_path
 
 # Rows of the text and id columns read at a time.

@@ -1,5 +1,6 @@
-"""A split's items in a temporary on-disk table instead of Python objects: what prepare holds for the whole split
-(ids to sort, transcripts and paths to convert) costs no memory per item, whatever the size of the corpus.
+"""A split's input as a recipe hands it to prepare (SplitInput), its items in a temporary on-disk table instead of
+Python objects: what prepare holds for the whole split (ids to sort, transcripts and paths to convert) costs no
+memory per item, whatever the size of the corpus.
 
 Recipes add items as they read them (``add_all``); prepare reads them back sorted by id, the first of each id
 (``ordered``), and the repeats (``duplicates``). The table is SQLite's private temporary database (in ``TMPDIR``),
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
 
-from xlsr_dist.data.recipes.items import Item
+from xlsr_dist.data.recipes.items import Item, RowAudio, Skip
 
 _BATCH = 4096
 
@@ -89,3 +91,11 @@ class ItemStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass
+class SplitInput:
+    name: str
+    items: ItemStore  # on disk, not a list: a corpus of millions of utterances costs no memory per item
+    skipped: list[Skip] = field(default_factory=list)  # entries rejected while reading the layout
+    row_audio: RowAudio | None = None  # for items whose audio is a row number

@@ -1,14 +1,12 @@
-"""What every recipe hands to prepare: the items of each split, the entries it rejected, and PrepareError."""
+"""What a recipe reads from a corpus: items, the entries it rejected (Skip), audio kept in rows, and PrepareError.
+A split's whole input (SplitInput) is in item_store.py, beside the table that holds its items."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-
-if TYPE_CHECKING:  # item_store imports Item from here
-    from xlsr_dist.data.recipes.item_store import ItemStore
 
 
 class PrepareError(Exception):
@@ -43,11 +41,3 @@ class RowAudio(Protocol):
     def load(self, row: int, max_seconds: float) -> np.ndarray:
         """Row ``row``'s audio as float32 mono 16 kHz; raises xlsr_dist.audio.AudioError."""
         ...
-
-
-@dataclass
-class SplitInput:
-    name: str
-    items: ItemStore  # on disk, not a list: a corpus of millions of utterances costs no memory per item
-    skipped: list[Skip] = field(default_factory=list)  # entries rejected while reading the layout
-    row_audio: RowAudio | None = None  # for items whose audio is a row number

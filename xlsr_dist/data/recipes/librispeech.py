@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from xlsr_dist.data.recipes.item_store import ItemStore
-from xlsr_dist.data.recipes.items import Item, PrepareError, SplitInput
+from xlsr_dist.data.recipes.item_store import ItemStore, SplitInput
+from xlsr_dist.data.recipes.items import Item, PrepareError
 
 # Tried in this order beside the transcript; .flac is assumed (and reported missing) when none exists.
 AUDIO_SUFFIXES = (".flac", ".wav", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif")

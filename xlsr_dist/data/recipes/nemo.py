@@ -11,8 +11,8 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from xlsr_dist.data.recipes.item_store import ItemStore
-from xlsr_dist.data.recipes.items import Item, PrepareError, Skip, SplitInput
+from xlsr_dist.data.recipes.item_store import ItemStore, SplitInput
+from xlsr_dist.data.recipes.items import Item, PrepareError, Skip
 from xlsr_dist.data.recipes.tables import find_per_split, resolve_path, single_split_name
 from xlsr_dist.data.skip_reasons import MALFORMED_ENTRY
 

@@ -152,8 +152,8 @@ class ShardWriter:
         indexed = self._sink.keep_unmatched and not self._unmatched_blobs and len(self._offsets) == self.rows
         self._exit.close()
         # The row groups' metadata and the footer built from it (~15 MB for a 256 MB shard of 16-row groups) are
-        # freed now; untrimmed, each shard's landed elsewhere in a fragmented heap and prepare's RSS grew with the
-        # number of shards (+42 % from 10k to 1M utterances, BENCHMARKS.md).
+        # freed at this point: given back to the OS here, or each shard's lands elsewhere in a fragmented heap and
+        # prepare's RSS grows with the number of shards (+42 % from 10k to 1M utterances untrimmed, BENCHMARKS.md).
         give_back_freed_memory()
         # After the shard: until the new index lands, the old one (if any) names another footer and is ignored.
         if indexed:
