@@ -31,6 +31,9 @@ class Recording:
     words: list[Span]
 
 
+PAUSE_S = (0.2, 0.5)
+
+
 def _key(seed: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, 9_000, index])
 
@@ -68,10 +71,13 @@ def make_recording(seconds: float, seed: int = 42) -> Recording:
         spans, length = _word_spans(text, speaker, np.random.default_rng(_key(seed, index)))
         if length != wave.shape[0]:
             raise AssertionError(f"replayed length {length} != synthesised {wave.shape[0]}: demo.synthesize changed")
-        pieces.append(wave)
+        # A pause between utterances, as between sentences: the demo's utterances end in less silence (20-60 ms)
+        # than lies between their words (90-150 ms), so back to back they would run into one another's words.
+        pause = np.zeros(int(pick.uniform(*PAUSE_S) * SAMPLE_RATE), dtype=np.float32)
+        pieces += [wave, pause]
         utterances.append(Span(text, at, at + length))
         words.extend(Span(s.text, at + s.start, at + s.end) for s in spans)
-        at += length
+        at += length + pause.shape[0]
         index += 1
     # PCM_16 as written to disk, so per-utterance slices see exactly the samples the long file holds.
     full = np.concatenate(pieces)
