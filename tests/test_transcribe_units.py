@@ -22,6 +22,7 @@ from xlsr_dist.config import ModelConfig
 from xlsr_dist.data import demo
 from xlsr_dist.decoding import subtitles
 from xlsr_dist.decoding.chunking import ChunkPlan, FrameGeometry, next_window, stitch, windows
+from xlsr_dist.decoding.greedy import ctc_greedy_decode
 from xlsr_dist.decoding.words import GreedyDecoder, TimedWord, Word, text_of
 from xlsr_dist.model import build_model, build_processor, output_frames, tiny_config, xlsr53_config
 from xlsr_dist.transcribe import Transcriber
@@ -52,7 +53,7 @@ def test_greedy_text_is_ctc_greedy_decode_for_any_ids() -> None:
     for _ in range(300):
         ids = rng.choice(len(VOCAB), size=int(rng.integers(0, 60)), p=weights / weights.sum())
         words = decoder.words_from_ids(ids)
-        assert text_of(words) == text.ctc_greedy_decode(ids.tolist(), INVERSE, BLANK)
+        assert text_of(words) == ctc_greedy_decode(ids.tolist(), INVERSE, BLANK)
         assert all(0 <= w.start_frame < w.end_frame <= len(ids) and w.text for w in words)
         assert all(p.end_frame <= n.start_frame for p, n in zip(words, words[1:]))
     log_probs = np.log(np.full((5, len(VOCAB)), 1e-3, dtype=np.float32))

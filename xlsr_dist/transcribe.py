@@ -100,16 +100,20 @@ class Transcriber:
         """One (frames, vocab) float32 log-softmax per waveform, ``waves`` in one forward pass when batching."""
         import torch
 
+        from xlsr_dist.forward import forward
+
         if len(waves) > 1 and not self.takes_mask:
             return [lp for w in waves for lp in self.log_probs([w])]
-        inputs = self.processor(list(waves), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=len(waves) > 1)
-        mask = inputs.get("attention_mask") if len(waves) > 1 else None
+        # The feature extractor normalises each input over its own length (attention mask), padding excluded.
+        inputs = self.processor(
+            list(waves), sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True, return_attention_mask=True
+        )
         with torch.inference_mode():
-            logits = self.model(
-                inputs.input_values.to(self.device), attention_mask=None if mask is None else mask.to(self.device)
-            ).logits
-            out = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        return [out[i, : self.geometry.frames(w.shape[0])].copy() for i, w in enumerate(waves)]
+            out = forward(
+                self.model, {"input_values": inputs.input_values, "attention_mask": inputs.attention_mask}, self.device
+            )
+            log_probs = torch.log_softmax(out.logits.float(), dim=-1).cpu().numpy()
+        return [log_probs[i, :n].copy() for i, n in enumerate(out.frames.cpu().tolist())]
 
     def words(self, log_probs: np.ndarray) -> list[Word]:
         return decode_file(self.decoder, log_probs)

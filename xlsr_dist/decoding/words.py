@@ -57,7 +57,7 @@ def token_runs(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 class GreedyDecoder:
     """Best path: per-frame argmax, repeats collapsed, blanks dropped, the delimiter splits words. Its text is
-    `xlsr_dist.text.ctc_greedy_decode`'s for the same ids (tests/test_transcribe_units.py)."""
+    `decoding.greedy.ctc_greedy_decode`'s for the same ids (tests/test_transcribe_units.py)."""
 
     def __init__(
         self,
