@@ -10,11 +10,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from transformers import Wav2Vec2Config
 
 from xlsr_dist import text
 from xlsr_dist.audio import SAMPLE_RATE, stream_audio
@@ -65,7 +67,7 @@ def test_greedy_text_is_ctc_greedy_decode_for_any_ids() -> None:
 
 
 @pytest.mark.parametrize("config", [tiny_config(), xlsr53_config()], ids=["tiny", "xlsr53"])
-def test_frame_geometry_counts_the_model_s_frames(config) -> None:
+def test_frame_geometry_counts_the_model_s_frames(config: Wav2Vec2Config) -> None:
     g = FrameGeometry.from_config(config)
     for n in [0, 1, 63, 64, 159, 160, 367, 368, 399, 400, 401, 16000, 16001, 123457, 320000]:
         assert g.frames(n) == output_frames(config, n), n
@@ -81,7 +83,7 @@ def _toy_frames(wave: np.ndarray, g: FrameGeometry) -> np.ndarray:
 
 
 @pytest.mark.parametrize("config", [tiny_config(), xlsr53_config()], ids=["tiny", "xlsr53"])
-def test_windows_tile_the_file_s_frames_and_stitch_back_to_its_whole_output(config) -> None:
+def test_windows_tile_the_file_s_frames_and_stitch_back_to_its_whole_output(config: Wav2Vec2Config) -> None:
     g = FrameGeometry.from_config(config)
     rng = np.random.default_rng(1)
     plan = ChunkPlan.of(g, 2 * SAMPLE_RATE, SAMPLE_RATE // 3)
@@ -159,7 +161,7 @@ def test_cues_split_at_word_count_duration_and_pauses_and_format_as_srt_and_vtt(
 # ---------------------------------------------------------------------------------- batching on a tiny model
 
 
-def _tiny(root: Path, **overrides) -> Path:
+def _tiny(root: Path, **overrides: Any) -> Path:
     """A fixed-seed tiny model saved as transcribe loads it; ``overrides`` change its config."""
     text.save_vocab(VOCAB, root / "vocab.json")
     torch.manual_seed(0)
@@ -183,14 +185,6 @@ def _demo_files(root: Path, count: int) -> list[Path]:
         files.append(root / f"u{i}.flac")
         files[-1].write_bytes(row["audio"])
     return files
-
-
-def _ids(transcriber: Transcriber, files: list[Path]) -> list[np.ndarray]:
-    out = []
-    for f in files:
-        lp = transcriber.file_log_probs(f)
-        out.append(lp.argmax(axis=-1))
-    return out
 
 
 def test_batched_files_give_the_greedy_ids_they_give_alone_in_the_input_order(tmp_path: Path) -> None:
@@ -254,7 +248,7 @@ def test_a_long_file_resampled_and_stereo_streams_in_windows_as_one_file_would_r
 # ------------------------------------------------------------------------------------------------ command line
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "xlsr_dist.transcribe", *args],
         capture_output=True,
