@@ -18,8 +18,9 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2Config
 
+from tests._corpus import audio_bytes, good_items, sine
 from xlsr_dist import text
-from xlsr_dist.audio import SAMPLE_RATE, stream_audio
+from xlsr_dist.audio import SAMPLE_RATE, AudioError, audio_seconds, load_audio, stream_audio
 from xlsr_dist.config import ModelConfig
 from xlsr_dist.data import demo
 from xlsr_dist.decoding import subtitles
@@ -131,6 +132,49 @@ def test_a_window_that_keeps_nothing_is_refused() -> None:
     g = FrameGeometry.from_config(tiny_config())
     with pytest.raises(ValueError, match="keeps no frame"):
         ChunkPlan.of(g, SAMPLE_RATE, SAMPLE_RATE // 2)
+
+
+# ------------------------------------------------------------------------------------------- streamed reading
+
+
+@pytest.mark.parametrize("good", good_items(), ids=lambda g: g.name)
+def test_streamed_audio_is_load_audio_s_in_blocks(tmp_path: Path, good: Any) -> None:
+    path = tmp_path / good.name
+    sf.write(path, good.wave, good.sr, format=good.fmt)
+    blocks = list(stream_audio(path, block_seconds=0.1))
+    streamed, whole = np.concatenate(blocks), load_audio(path)
+    assert (
+        streamed.dtype == np.float32
+        and streamed.ndim == 1
+        and audio_seconds(path) == pytest.approx(good.wave.shape[0] / good.sr)
+    )
+    assert abs(streamed.shape[0] - whole.shape[0]) <= 1 and len(blocks) > 1
+    n = min(streamed.shape[0], whole.shape[0])
+    if good.sr == SAMPLE_RATE:
+        np.testing.assert_array_equal(streamed, whole)
+    else:  # soxr's streaming and one-shot resampling agree up to float rounding, seams included
+        assert np.abs(streamed[:n] - whole[:n]).max() < 1e-3
+
+
+def test_streamed_bad_audio_is_refused_with_load_audio_s_reason(tmp_path: Path) -> None:
+    wav = audio_bytes(sine(1.0, SAMPLE_RATE), SAMPLE_RATE)
+    flac = audio_bytes(sine(1.0, SAMPLE_RATE), SAMPLE_RATE, fmt="FLAC")
+    nan = sine(1.0, SAMPLE_RATE)
+    nan[9000] = np.inf
+    cases = {
+        "truncated.wav": wav[: len(wav) // 2],
+        "truncated.flac": flac[: len(flac) // 2],
+        "garbage.wav": b"RIFF but not really" * 10,
+        "empty.wav": b"",
+        "inf.wav": audio_bytes(nan, SAMPLE_RATE, subtype="FLOAT"),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(AudioError) as whole:
+            load_audio(tmp_path / name)
+        with pytest.raises(AudioError) as streamed:
+            list(stream_audio(tmp_path / name, block_seconds=0.1))
+        assert streamed.value.reason == whole.value.reason, name
 
 
 # ---------------------------------------------------------------------------------------------------- subtitles
