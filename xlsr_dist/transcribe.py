@@ -160,7 +160,9 @@ class Transcriber:
             return Result(str(f), error=exc)
 
     def _short_files(self, files: Sequence[str | Path]) -> dict[int, float]:
-        limit = (self.plan.span if self.plan else float("inf")) / SAMPLE_RATE
+        # Two samples short of a window: resampling may round the 16 kHz length up by one, and a file the one-file
+        # path would cut in two must not run whole here.
+        limit = ((self.plan.span - 2) if self.plan else float("inf")) / SAMPLE_RATE
         short: dict[int, float] = {}
         for i, f in enumerate(files):
             try:
