@@ -82,6 +82,7 @@ def test_ten_minutes_peak_within_20_percent_of_one_minute(long_run: dict[str, An
     short_peak, long_peak = long_run["peaks"]
     # 9 more minutes of float32 audio: what reading the file whole would add at least.
     extra_audio_mb = (LONG_S - SHORT_S) * SAMPLE_RATE * 4 / 2**20
+    print(f"peak RSS (VmHWM) of transcribe: {SHORT_S:g} s {short_peak:.0f} MB, {LONG_S:g} s {long_peak:.0f} MB")
     assert long_peak <= 1.2 * short_peak, (short_peak, long_peak)
     assert long_peak - short_peak < extra_audio_mb, (short_peak, long_peak, extra_audio_mb)
 
