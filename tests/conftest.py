@@ -14,8 +14,9 @@ from tests._s3_server import s3_server
 from tests._slurm import slurm_cluster
 from tests._sshd import local_ssh
 from tests._system import strict_report
+from tests._trained_demo import trained_demo_model
 
-__all__ = ["local_ssh", "mlflow_server", "mlflow_server_factory", "s3_server", "slurm_cluster"]
+__all__ = ["local_ssh", "mlflow_server", "mlflow_server_factory", "s3_server", "slurm_cluster", "trained_demo_model"]
 
 
 @pytest.hookimpl(wrapper=True)
