@@ -27,11 +27,12 @@ import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -39,7 +40,7 @@ from xlsr_dist import text, tracking
 from xlsr_dist.config import ConfigError
 from xlsr_dist.data import language, partition, shards, stream
 from xlsr_dist.data.catalog import Catalog, filter_metadata
-from xlsr_dist.evaluation import error_report, hypotheses
+from xlsr_dist.evaluation import error_report, hypotheses, lm_eval
 from xlsr_dist.evaluation import tracking as eval_tracking
 from xlsr_dist.evaluation.scoring import SetTotals, score_utterances, unrepresentable_characters
 from xlsr_dist.export import TRAIN_CONFIG
@@ -70,6 +71,7 @@ class EvalArgs:
     experiment_name: str
     no_mlflow: bool
     dist_timeout_s: int
+    lm: lm_eval.LMArgs = lm_eval.LMArgs()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,6 +106,7 @@ def _argparser(quiet: bool) -> argparse.ArgumentParser:
     p.add_argument(
         "--dist_timeout_s", type=int, default=1800, help="how long a rank waits for the others (default 1800)"
     )
+    lm_eval.add_flags(p)
     # DeepSpeed's launcher appends --local_rank=N; the rank itself is read from the environment (world.py).
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
@@ -141,6 +144,8 @@ def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> EvalAr
         if name in seen:
             problems.append(f"--data {seen[name]} and {location} are both named {name!r}; tell them apart with --names")
         seen.setdefault(name, location)
+    lm_args, lm_problems = lm_eval.from_namespace(a)
+    problems += lm_problems
     if problems:
         raise ConfigError(problems)
     return EvalArgs(
@@ -154,6 +159,7 @@ def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> EvalAr
         experiment_name=a.experiment_name,
         no_mlflow=a.no_mlflow,
         dist_timeout_s=a.dist_timeout_s,
+        lm=lm_args,
     )
 
 
@@ -319,9 +325,9 @@ def build_set(
     )
 
 
-def check_inputs(args: EvalArgs) -> tuple[ModelSource, Any, dict[str, int], list[EvalSet]]:
+def check_inputs(args: EvalArgs) -> tuple[ModelSource, Any, dict[str, int], list[EvalSet], EvalSet | None]:
     """Everything that can be wrong with the flags' targets, found before any process group exists; raises one
-    ConfigError listing every problem."""
+    ConfigError listing every problem. The last item: the --tune_lm dev set."""
     problems: list[str] = []
     model, vocab = None, None
     try:
@@ -338,9 +344,18 @@ def check_inputs(args: EvalArgs) -> tuple[ModelSource, Any, dict[str, int], list
                 sets.append(build_set(name, location, paths, meta, vocab, output_root))
         except ConfigError as exc:
             problems += exc.problems
+    dev = None
+    if vocab is not None:
+        problems += lm_eval.check(args.lm, vocab)
+        try:
+            if args.lm.tune_lm:
+                paths, meta = read_set(args.lm.tune_lm)
+                dev = build_set("tune_lm", args.lm.tune_lm, paths, meta, vocab, output_root)
+        except ConfigError as exc:
+            problems += [p.replace("--data", "--tune_lm", 1) for p in exc.problems]
     if problems:
         raise ConfigError(problems)
-    return source, model, vocab or {}, sets
+    return source, model, vocab or {}, sets, dev
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -355,6 +370,7 @@ def score_set(
     device: torch.device,
     args: EvalArgs,
     precision_mode: str = "fp32",
+    lm_decode: Callable[[np.ndarray], str] | None = None,
 ) -> tuple[SetTotals, float]:
     """Collective. This rank's share scored and written as its part file; returns (totals summed over ranks,
     wall seconds of the slowest rank). ``precision_mode``: the training run's (amp: forward under fp16 autocast)."""
@@ -372,6 +388,7 @@ def score_set(
             bool(model.config.ctc_zero_infinity),
             device,
             precision_mode,
+            lm_decode,
         )
     )
     elapsed = time.perf_counter() - started
@@ -470,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     world = World.from_env()
     try:
         args = parse_args(argv, quiet=not world.is_main)
-        source, model, vocab, sets = check_inputs(args)
+        source, model, vocab, sets, dev = check_inputs(args)
         device = device_for(world)
     except ConfigError as exc:
         # Before any process group exists: every rank leaves; the ranks that can see the problem say it once.
@@ -487,6 +504,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     init(world, device, args.dist_timeout_s)
     code = 0
     try:
+        lm_decode = lm_eval.decoder_for(
+            args.lm,
+            model,
+            vocab,
+            (dev.catalog, dev.references) if dev else None,
+            world,
+            device,
+            args.batch_size,
+            precision_mode,
+        )
         metrics_by_set: dict[str, dict[str, float]] = {}
         files_by_set: dict[str, list[Path]] = {}
         for test_set in sets:
@@ -498,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                     test_set.catalog.hours(),
                     world.world_size,
                 )
-            totals, slowest = score_set(model, test_set, vocab, world, device, args, precision_mode)
+            totals, slowest = score_set(model, test_set, vocab, world, device, args, precision_mode, lm_decode)
             metrics = totals.metrics(slowest)
             metrics_by_set[test_set.name] = metrics
             if world.is_main:
