@@ -29,10 +29,15 @@ trap 'rm -rf "$work"' EXIT
 "$PY" -m pip download -q --no-deps --no-build-isolation --no-binary kenlm "kenlm==$VERSION" -d "$work"
 tar -xzf "$work/kenlm-$VERSION.tar.gz" -C "$work"
 # KENLM_MAX_ORDER 6: orders up to 6 (the default build's); higher orders cost memory in every query.
-cmake -S "$work/kenlm-$VERSION" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DKENLM_MAX_ORDER=6 >/dev/null
-cmake --build "$work/build" --target lmplz build_binary -j "$(nproc)" >/dev/null
+# The compiler's deprecation warnings (std::binary_function) go to a log shown only when the build fails.
+if ! { cmake -S "$work/kenlm-$VERSION" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DKENLM_MAX_ORDER=6 &&
+  cmake --build "$work/build" --target lmplz build_binary -j "$(nproc)"; } >"$work/build.log" 2>&1; then
+  tail -40 "$work/build.log" >&2
+  echo "tools/build_kenlm.sh: building KenLM $VERSION failed (above: the end of its log)" >&2
+  exit 1
+fi
 mkdir -p "$DEST.partial/bin"
 cp "$work/build/bin/lmplz" "$work/build/bin/build_binary" "$DEST.partial/bin/"
 rm -rf "$DEST"
 mv "$DEST.partial" "$DEST"
-echo "KenLM $VERSION: $DEST/bin/lmplz, $DEST/bin/build_binary"
+echo "KenLM $VERSION built: $DEST/bin/lmplz, $DEST/bin/build_binary"
