@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # The CPU build of torch lies on this machine's disk; GPU users install their own CUDA build before `make`.
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# LM beam search (docs/decoding.md): pyctcdecode without its numpy<2 pin; KenLM's lmplz is built once per machine
+# from the kenlm sdist into ~/.cache/xlsr_dist/kenlm-0.3.0/ (tools/build_kenlm.sh; apt packages when root).
+PYCTCDECODE_SPEC ?= pyctcdecode==0.5.0
 
 .PHONY: setup system-deps demo test test-fast lint clean-outputs gpu-wheels gpu-check
 
@@ -13,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "$(PYCTCDECODE_SPEC)"
+	tools/build_kenlm.sh $(PY)
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from xlsr_dist.config import ConfigError
-from xlsr_dist.evaluation import run
+from xlsr_dist.evaluation import lm_eval, run
 from xlsr_dist.evaluation.run import PROG, EvalArgs
 from xlsr_dist.world import World, device_for, report_problem
 
@@ -66,6 +66,7 @@ def _argparser(quiet: bool) -> argparse.ArgumentParser:
     )
     # DeepSpeed's launcher appends --local_rank=N; the rank itself is read from the environment (world.py).
     p.add_argument("--local_rank", type=int, default=-1, help=argparse.SUPPRESS)
+    lm_eval.add_flags(p)
     return p
 
 
@@ -101,6 +102,8 @@ def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> EvalAr
         if name in seen:
             problems.append(f"--data {seen[name]} and {location} are both named {name!r}; tell them apart with --names")
         seen.setdefault(name, location)
+    lm_args, lm_problems = lm_eval.from_namespace(a)
+    problems += lm_problems
     if problems:
         raise ConfigError(problems)
     return EvalArgs(
@@ -114,6 +117,7 @@ def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> EvalAr
         experiment_name=a.experiment_name,
         no_mlflow=a.no_mlflow,
         dist_timeout_s=a.dist_timeout_s,
+        lm=lm_args,
     )
 
 

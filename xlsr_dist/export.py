@@ -308,8 +308,11 @@ def load_model(output_dir: Path, checkpoint: str) -> tuple[Any, Any, int | None]
     return model, processor, step
 
 
-def export(output_dir: str | Path, export_dir: str | Path, checkpoint: str = "", name: str = "") -> Path:
-    """Write the HF model directory with its card; returns export_dir."""
+def export(
+    output_dir: str | Path, export_dir: str | Path, checkpoint: str = "", name: str = "", lm_dir: str = ""
+) -> Path:
+    """Write the HF model directory with its card (and the LM at ``lm_dir``, decoding/lm_export.py); returns
+    export_dir. Raises LMError before writing anything when the LM is missing or does not fit the model."""
     out = Path(output_dir)
     dest = Path(export_dir)
     cfg_path = out / TRAIN_CONFIG
@@ -317,13 +320,25 @@ def export(output_dir: str | Path, export_dir: str | Path, checkpoint: str = "",
     if not cfg:
         log.warning("%s missing: the card's hyperparameters will be incomplete", cfg_path)
     model, processor, step = load_model(out, checkpoint)
+    lm = None
+    if lm_dir:
+        from xlsr_dist.decoding import lm_export
+        from xlsr_dist.text import inverse
+
+        vocab = processor.tokenizer.get_vocab()
+        labels = inverse({t: i for t, i in vocab.items() if i < int(model.config.vocab_size)})
+        lm = lm_export.checked(lm_dir, labels)
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest)
     processor.save_pretrained(dest)
     metrics = read_metrics_jsonl(out / METRICS_FILE)
     if not metrics:
         log.warning("%s missing or empty: the card's results table will be empty", out / METRICS_FILE)
-    (dest / CARD).write_text(model_card(name or dest.resolve().name, cfg, metrics, step))
+    card = model_card(name or dest.resolve().name, cfg, metrics, step)
+    if lm is not None:
+        lm_export.write_into(lm, dest, labels)
+        card = card.rstrip("\n") + "\n" + "\n".join(lm_export.card_lines(lm)) + "\n"
+    (dest / CARD).write_text(card)
     return dest
 
 
@@ -366,13 +381,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--tracking_uri", default="", help="default: the one in <output_dir>/run_info.json, else $MLFLOW_TRACKING_URI"
     )
     parser.add_argument("--no_mlflow", action="store_true", help="do not log the export to MLflow")
+    parser.add_argument("--lm", default="", help="an LM directory (python -m xlsr_dist.lm build) to ship with it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from xlsr_dist.decoding.lm_build import LMError
     from xlsr_dist.state_files import CheckpointError
 
     try:
-        dest = export(args.output_dir, args.export_dir, args.checkpoint, args.model_name)
-    except (ExportError, CheckpointError) as exc:
+        dest = export(args.output_dir, args.export_dir, args.checkpoint, args.model_name, args.lm)
+    except (ExportError, CheckpointError, LMError) as exc:
         print(f"xlsr_dist.export: {exc}", file=sys.stderr)
         sys.exit(2)
     print(f"exported to {dest} (model, processor, {CARD})")

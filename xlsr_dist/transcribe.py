@@ -37,21 +37,26 @@ def load(model_path: str | Path, device: str = "") -> tuple[Any, Any, Any]:
     """(model in eval mode on ``device``, processor, torch.device)."""
     import torch
 
-    from xlsr_dist.training.checkpoint import load_hf_model
+    from xlsr_dist.model import load_hf_model
 
     model, processor = load_hf_model(model_path)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return model.to(dev).eval(), processor, dev
 
 
+def inverse_vocab(processor: Any, vocab_size: int) -> list[str]:
+    """CTC output id -> token, from the processor's tokenizer."""
+    inverse = [""] * vocab_size
+    for token, i in processor.tokenizer.get_vocab().items():
+        if 0 <= i < vocab_size:
+            inverse[i] = token
+    return inverse
+
+
 def greedy_decoder(processor: Any, vocab_size: int) -> GreedyDecoder:
     """The greedy decoder over the processor's vocabulary (blank = its pad token, as in training)."""
     tokenizer = processor.tokenizer
-    inverse = [""] * vocab_size
-    for token, i in tokenizer.get_vocab().items():
-        if 0 <= i < vocab_size:
-            inverse[i] = token
-    return GreedyDecoder(inverse, tokenizer.pad_token_id, tokenizer.word_delimiter_token)
+    return GreedyDecoder(inverse_vocab(processor, vocab_size), tokenizer.pad_token_id, tokenizer.word_delimiter_token)
 
 
 def decode_file(decoder: Decoder, log_probs: np.ndarray) -> list[Word]:
@@ -243,6 +248,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=1, help="files per forward pass, shortest first")
     p.add_argument("--max_cue_words", type=int, default=subtitles.MAX_WORDS, help="srt/vtt: words per cue")
     p.add_argument("--max_cue_s", type=float, default=subtitles.MAX_SECONDS, help="srt/vtt: seconds per cue")
+    p.add_argument(
+        "--lm",
+        default="",
+        help="LM beam search with this LM (python -m xlsr_dist.lm build's directory) instead of greedy",
+    )
+    p.add_argument("--beam_width", type=int, default=100, help="with --lm: beams kept per frame")
     p.add_argument("files", nargs="+", metavar="FILE")
     return p
 
@@ -253,6 +264,7 @@ def _problem(args: argparse.Namespace) -> str:
     checks = [
         (args.chunk_s < 0, f"--chunk_s {args.chunk_s:g}: must be >= 0 (0: whole files)"),
         (args.stride_s < 0, f"--stride_s {args.stride_s:g}: must be >= 0"),
+        (args.beam_width < 1, f"--beam_width {args.beam_width}: must be at least 1"),
         (
             args.chunk_s > 0 and args.chunk_s <= 2 * args.stride_s,
             f"--stride_s {args.stride_s:g}: a window of --chunk_s {args.chunk_s:g} keeps nothing between two "
@@ -312,12 +324,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     if problem:
         print(f"{PROG}: {problem}", file=sys.stderr)
         sys.exit(2)
-    from xlsr_dist.training.checkpoint import CheckpointError
+    from xlsr_dist.decoding.lm_build import LMError
+    from xlsr_dist.state_files import CheckpointError
 
     try:
         model, processor, dev = load(args.model, args.device)
-        transcriber = Transcriber(model, processor, dev, None, args.chunk_s, args.stride_s, args.batch_size)
     except (CheckpointError, OSError, ValueError) as exc:
+        print(f"{PROG}: --model {args.model}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    decoder: Decoder | None = None
+    if args.lm:
+        from xlsr_dist.decoding.beam import load_beam_decoder
+
+        try:
+            decoder = load_beam_decoder(args.lm, inverse_vocab(processor, model.config.vocab_size), args.beam_width)
+        except LMError as exc:
+            print(f"{PROG}: --lm {args.lm}: {exc}", file=sys.stderr)
+            sys.exit(2)
+    try:
+        transcriber = Transcriber(model, processor, dev, decoder, args.chunk_s, args.stride_s, args.batch_size)
+    except (OSError, ValueError) as exc:
         print(f"{PROG}: --model {args.model}: {exc}", file=sys.stderr)
         sys.exit(2)
     if args.batch_size > 1 and not transcriber.takes_mask:

@@ -99,6 +99,8 @@ METRIC_COLUMNS = (
     ("audio hours", "audio_hours"),
     ("WER", "wer"),
     ("CER", "cer"),
+    ("WER LM", "wer_lm"),
+    ("CER LM", "cer_lm"),
     ("loss", "loss"),
     ("RTF", "rtf"),
 )

@@ -19,10 +19,12 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 
@@ -32,7 +34,7 @@ from xlsr_dist.console import setup_console
 from xlsr_dist.data import language, partition, shards, stream
 from xlsr_dist.data.catalog import Catalog, filter_metadata
 from xlsr_dist.data.locations import shard_paths
-from xlsr_dist.evaluation import error_report, hypotheses
+from xlsr_dist.evaluation import error_report, hypotheses, lm_eval
 from xlsr_dist.evaluation import tracking as eval_tracking
 from xlsr_dist.evaluation.scoring import SetTotals, score_utterances, unrepresentable_characters
 from xlsr_dist.markdown import markdown_table
@@ -61,6 +63,7 @@ class EvalArgs:
     experiment_name: str
     no_mlflow: bool
     dist_timeout_s: int
+    lm: lm_eval.LMArgs = lm_eval.LMArgs()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -169,11 +172,12 @@ class Inputs:
     model: Any
     vocab: dict[str, int]
     sets: list[EvalSet]
+    dev: EvalSet | None  # the --tune_lm set
 
 
 def check_inputs(args: EvalArgs) -> Inputs:
     """Everything that can be wrong with the flags' targets, found before any process group exists; raises one
-    ConfigError listing every problem."""
+    ConfigError listing every problem. The last item: the --tune_lm dev set."""
     problems: list[str] = []
     model, vocab = None, None
     try:
@@ -190,9 +194,18 @@ def check_inputs(args: EvalArgs) -> Inputs:
                 sets.append(build_set(name, location, paths, meta, vocab, output_root))
         except ConfigError as exc:
             problems += exc.problems
+    dev = None
+    if vocab is not None:
+        problems += lm_eval.check(args.lm, vocab)
+        try:
+            if args.lm.tune_lm:
+                paths, meta = read_set(args.lm.tune_lm)
+                dev = build_set("tune_lm", args.lm.tune_lm, paths, meta, vocab, output_root)
+        except ConfigError as exc:
+            problems += [p.replace("--data", "--tune_lm", 1) for p in exc.problems]
     if problems:
         raise ConfigError(problems)
-    return Inputs(source=source, model=model, vocab=vocab or {}, sets=sets)
+    return Inputs(source=source, model=model, vocab=vocab or {}, sets=sets, dev=dev)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -207,6 +220,7 @@ def score_set(
     device: torch.device,
     args: EvalArgs,
     precision_mode: str = "fp32",
+    lm_decode: Callable[[np.ndarray], str] | None = None,
 ) -> tuple[SetTotals, float]:
     """Collective. This rank's share scored and written as its part file; returns (totals summed over ranks,
     wall seconds of the slowest rank). ``precision_mode``: the training run's (amp: forward under fp16 autocast)."""
@@ -224,6 +238,7 @@ def score_set(
             bool(model.config.ctc_zero_infinity),
             device,
             precision_mode,
+            lm_decode,
         )
     )
     elapsed = time.perf_counter() - started
@@ -325,6 +340,16 @@ def evaluate(args: EvalArgs, inputs: Inputs, world: World, device: torch.device)
     init(world, device, args.dist_timeout_s)
     code = 0
     try:
+        lm_decode = lm_eval.decoder_for(
+            args.lm,
+            model,
+            inputs.vocab,
+            (inputs.dev.catalog, inputs.dev.references) if inputs.dev else None,
+            world,
+            device,
+            args.batch_size,
+            precision_mode,
+        )
         metrics_by_set: dict[str, dict[str, float]] = {}
         files_by_set: dict[str, list[Path]] = {}
         for test_set in inputs.sets:
@@ -336,7 +361,7 @@ def evaluate(args: EvalArgs, inputs: Inputs, world: World, device: torch.device)
                     test_set.catalog.hours(),
                     world.world_size,
                 )
-            totals, slowest = score_set(model, test_set, inputs.vocab, world, device, args, precision_mode)
+            totals, slowest = score_set(model, test_set, inputs.vocab, world, device, args, precision_mode, lm_decode)
             metrics = totals.metrics(slowest)
             metrics_by_set[test_set.name] = metrics
             if world.is_main:

@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from xlsr_dist import text
@@ -40,13 +41,18 @@ class UtteranceScore:
     chars: int
     loss: float | None
     """CTC loss per label (as training's eval_loss); None where the labels need more frames than the audio gives."""
+    hypothesis_lm: str | None = None
+    """With --lm: the LM beam search's hypothesis and its errors (None without an LM)."""
+    word_errors_lm: int | None = None
+    char_errors_lm: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        return d if self.hypothesis_lm is not None else {k: v for k, v in d.items() if not k.endswith("_lm")}
 
     @staticmethod
     def from_dict(d: Mapping[str, Any]) -> UtteranceScore:
-        return UtteranceScore(**{f.name: d[f.name] for f in dataclasses.fields(UtteranceScore)})
+        return UtteranceScore(**{f.name: d[f.name] for f in dataclasses.fields(UtteranceScore) if f.name in d})
 
 
 @dataclass
@@ -61,6 +67,9 @@ class SetTotals:
     chars: int = 0
     loss_sum: float = 0.0
     loss_utterances: int = 0
+    word_errors_lm: int = 0
+    char_errors_lm: int = 0
+    lm_utterances: int = 0
 
     @staticmethod
     def of(scores: Iterable[UtteranceScore]) -> SetTotals:
@@ -75,6 +84,10 @@ class SetTotals:
             if s.loss is not None:
                 t.loss_sum += s.loss
                 t.loss_utterances += 1
+            if s.word_errors_lm is not None and s.char_errors_lm is not None:
+                t.word_errors_lm += s.word_errors_lm
+                t.char_errors_lm += s.char_errors_lm
+                t.lm_utterances += 1
         return t
 
     def vector(self) -> list[float]:
@@ -102,6 +115,9 @@ class SetTotals:
         }
         if self.loss_utterances:
             out["loss"] = self.loss_sum / self.loss_utterances
+        if self.lm_utterances:
+            out["wer_lm"] = self.word_errors_lm / max(self.words, 1)
+            out["cer_lm"] = self.char_errors_lm / max(self.chars, 1)
         return out
 
 
@@ -124,8 +140,10 @@ def score_utterances(
     zero_infinity: bool,
     device: torch.device,
     precision_mode: str = "fp32",
+    lm_decode: Callable[[np.ndarray], str] | None = None,
 ) -> Iterator[UtteranceScore]:
-    """Greedy CTC hypothesis, errors and loss of every valid item of ``batches`` (collate.Batch), in batch order.
+    """Greedy CTC hypothesis, errors and loss of every valid item of ``batches`` (collate.Batch), in batch order;
+    with ``lm_decode`` ((frames, vocab) float32 log-probabilities -> text) also the LM beam search's.
 
     ``references`` maps utterance id -> normalised transcript. No collective: a rank scores its own batches.
     ``precision_mode`` "amp" (the model's run trained with Native AMP): the forward runs under fp16 autocast, as there.
@@ -146,6 +164,15 @@ def score_utterances(
             counts = error_counts([reference], [hypothesis])
             labels = [x for x in batch["labels"][i].tolist() if x >= 0]
             alignable = bool(labels) and text.ctc_min_frames(labels) <= n_frames
+            lm: dict[str, Any] = {}
+            if lm_decode is not None:
+                log_probs = out.logits[i, :n_frames].float().log_softmax(-1).cpu().numpy()
+                lm_counts = error_counts([reference], [hyp_lm := lm_decode(log_probs)])
+                lm = {
+                    "hypothesis_lm": hyp_lm,
+                    "word_errors_lm": lm_counts.word_errors,
+                    "char_errors_lm": lm_counts.char_errors,
+                }
             yield UtteranceScore(
                 id=uid,
                 reference=reference,
@@ -156,4 +183,5 @@ def score_utterances(
                 char_errors=counts.char_errors,
                 chars=counts.chars,
                 loss=float(losses[i]) if alignable else None,
+                **lm,
             )

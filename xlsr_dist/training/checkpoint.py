@@ -201,11 +201,3 @@ def save_model_from(ckpt: Path, dest: Path, info: dict[str, Any]) -> None:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         atomic.write_json(tmp / MODEL_INFO, info)
-
-
-def load_hf_model(path: str | Path) -> tuple[Any, Any]:
-    """model.load_hf_model under its old address, kept only for transcribe.py until its rewrite (branch transcribe)
-    imports it from xlsr_dist.model; deleted at that merge."""
-    from xlsr_dist.model import load_hf_model as load
-
-    return load(path)
