@@ -21,8 +21,8 @@ from tests._runs import DATA_CACHE
 from xlsr_dist import text
 from xlsr_dist.data import demo
 from xlsr_dist.decoding import beam, lm_build
+from xlsr_dist.evaluate import main as evaluate_main
 from xlsr_dist.evaluation import error_report, hypotheses
-from xlsr_dist.evaluation.run import main as evaluate_main
 from xlsr_dist.export import main as export_main
 from xlsr_dist.lm import main as lm_main
 

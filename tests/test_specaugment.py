@@ -15,8 +15,8 @@ from transformers import Wav2Vec2ForCTC
 from transformers.models.wav2vec2.modeling_wav2vec2 import _compute_mask_indices
 
 from xlsr_dist.data.collate import collate_with_time_masks
+from xlsr_dist.data.specaugment import TimeMasking, batch_time_masks, num_spans, time_mask
 from xlsr_dist.model import output_frames, tiny_config
-from xlsr_dist.training.specaugment import TimeMasking, batch_time_masks, num_spans, time_mask
 
 REPO = Path(__file__).resolve().parent.parent
 DRAWS = 4000
@@ -35,7 +35,7 @@ def test_same_inputs_same_mask_other_epoch_or_utterance_other_mask() -> None:
 def test_mask_is_the_same_in_another_process() -> None:
     """str hashes are salted per process; the mask must not be."""
     code = (
-        "from xlsr_dist.training.specaugment import time_mask; "
+        "from xlsr_dist.data.specaugment import time_mask; "
         "print(''.join('1' if m else '0' for m in time_mask(300, 1, 2, 'utt-é', 0.4, 10, 2)))"
     )
     other = subprocess.run(

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from xlsr_dist.audio import SAMPLE_RATE
-from xlsr_dist.training.specaugment import TimeMasking
+from xlsr_dist.data.specaugment import TimeMasking
 
 LABEL_PAD = -100
 # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm adds this to the variance: silence stays finite (0).

@@ -36,7 +36,7 @@ from xlsr_dist.data import node_catalog, problems, shards
 from xlsr_dist.data.catalog import Catalog, build_catalog
 from xlsr_dist.data.collate import Batch, Item, collate, collate_with_time_masks, dummy_item
 from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
-from xlsr_dist.training.specaugment import TimeMasking
+from xlsr_dist.data.specaugment import TimeMasking
 from xlsr_dist.world import World
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ from transformers import Wav2Vec2ForCTC, set_seed
 from xlsr_dist import atomic, precision, text, tracking
 from xlsr_dist.config import BatchPlan, Config, best_model_metric, primary_metric
 from xlsr_dist.data import demo, vocabulary
+from xlsr_dist.data.specaugment import TimeMasking, forward_takes_time_masks
 from xlsr_dist.data.stream import EvalStream, TrainStream
 from xlsr_dist.model import ModelLoadError, build_model, build_processor, count_parameters, output_frames
 from xlsr_dist.training import best_checkpoint, checkpoint, elastic, engine, layerdrop
 from xlsr_dist.training.loop import Checkpointer, Evaluator, MetricsWindow, NonFiniteGuard
-from xlsr_dist.training.specaugment import TimeMasking, forward_takes_time_masks
 from xlsr_dist.training.state import TrainState
 from xlsr_dist.world import World, barrier
 
