@@ -48,6 +48,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "commands",
         (
             "xlsr_dist.train",
+            "xlsr_dist.pretrain",
             "xlsr_dist.prepare",
             "xlsr_dist.evaluate",
             "xlsr_dist.transcribe",

@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from xlsr_dist.data.convert import Settings
 from xlsr_dist.data.prepare import DEFAULT_SHARD_SIZE_MB, prepare_split
-from xlsr_dist.data.recipes import FILE_RECIPES, LAYOUTS, detect_layout, hf
+from xlsr_dist.data.recipes import AUDIO_ONLY, FILE_RECIPES, LAYOUTS, detect_layout, hf
 from xlsr_dist.data.recipes.item_store import SplitInput
 from xlsr_dist.data.recipes.items import PrepareError
 from xlsr_dist.data.shards import REPORT, filesystem, is_local, publish_split
@@ -189,7 +189,8 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             why = f" (every entry rejected: {', '.join(f'{n} {r}' for r, n in rejected.items())})" if rejected else ""
             raise PrepareError(f"--input {args.input}: split {split.name}: no usable utterances found{why}")
     normalization = TextNormalization(args.language, args.fold_accents, args.text_normalization, args.chars_to_ignore)
-    settings = Settings(args.max_duration_in_seconds, args.max_chars_per_second, normalization)
+    unlabelled = layout == AUDIO_ONLY
+    settings = Settings(args.max_duration_in_seconds, args.max_chars_per_second, normalization, unlabelled)
     remote = not is_local(args.output)
     if remote:
         _check_remote_output(args.output)
@@ -212,7 +213,7 @@ def run(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 args.num_shards,
                 args.num_workers,
                 settings,
-                extra={"layout": layout, "input": args.input},
+                extra={"layout": layout, "input": args.input, **({"unlabelled": True} if unlabelled else {})},
                 force=args.force,
                 progress=not args.no_progress,
                 shard_size_mb=args.shard_size_mb or DEFAULT_SHARD_SIZE_MB,

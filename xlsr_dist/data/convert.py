@@ -45,6 +45,8 @@ class Settings:
     max_duration_in_seconds: float = 30.0
     max_chars_per_second: float = 25.0
     normalization: TextNormalization = ENGLISH
+    unlabelled: bool = False
+    """audio without transcripts (``--layout audio``, for pretraining): rows keep an empty text"""
 
     def key(self) -> dict[str, Any]:
         """What a shard's plan hash and report.json record of the settings."""
@@ -56,6 +58,8 @@ class Settings:
         # English's transcripts and plans are those of the versions before languages: their finished shards stay.
         if self.normalization != ENGLISH:
             key["text_normalization"] = self.normalization.to_dict()
+        if self.unlabelled:
+            key["unlabelled"] = True
         return key
 
 
@@ -77,6 +81,10 @@ def _load(item: Item, max_seconds: float) -> np.ndarray:
 def process_item(item: Item, settings: Settings) -> Row | Skip:
     """One item -> a shard row, or the reason it is skipped. Never raises: a bad file must not stop a corpus."""
     try:
+        if settings.unlabelled:
+            wave = _load(item, settings.max_duration_in_seconds)
+            duration = wave.shape[0] / SAMPLE_RATE
+            return {"id": item.id, "audio": encode_flac(wave), "text": "", "duration": duration, "source": item.source}
         if not item.text.strip():
             return Skip(item.id, item.source, EMPTY_TRANSCRIPT, "no transcript")
         text = normalize(item.text, settings.normalization)

@@ -1,9 +1,9 @@
 """Recipes: one module per corpus layout, each turning a corpus on disk into the items of its splits (and the
 entries it had to reject), as lhotse keeps one recipe per corpus.
 
-``folder`` (audio files + a transcript table), ``commonvoice``, ``librispeech``, ``nemo`` (JSON-lines manifests)
-and ``hf`` (a ``datasets`` dataset); each module's docstring describes its layout. This package lists them and
-guesses the layout of an ``--input`` (``--layout auto``).
+``folder`` (audio files + a transcript table), ``audio`` (audio files without transcripts), ``commonvoice``,
+``librispeech``, ``nemo`` (JSON-lines manifests) and ``hf`` (a ``datasets`` dataset); each module's docstring
+describes its layout. This package lists them and guesses the layout of an ``--input`` (``--layout auto``).
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from xlsr_dist.data.recipes import commonvoice, folder, librispeech, nemo
+from xlsr_dist.data.recipes import audio_only, commonvoice, folder, librispeech, nemo
 from xlsr_dist.data.recipes.hf import is_saved_dataset
 from xlsr_dist.data.recipes.item_store import SplitInput
 from xlsr_dist.data.recipes.items import PrepareError
 
-LAYOUTS = ("auto", "folder", "commonvoice", "librispeech", "nemo", "hf")
+LAYOUTS = ("auto", "folder", "commonvoice", "librispeech", "nemo", "hf", "audio")
+AUDIO_ONLY = "audio"
+"""The layout of audio without transcripts (pretraining): given explicitly, never guessed."""
 
 # The recipes that read local files and take (input path, --split); hf takes its own flags.
 FILE_RECIPES: dict[str, Callable[[Path, Sequence[str] | None], list[SplitInput]]] = {
@@ -24,6 +26,7 @@ FILE_RECIPES: dict[str, Callable[[Path, Sequence[str] | None], list[SplitInput]]
     "commonvoice": commonvoice.read_splits,
     "librispeech": librispeech.read_splits,
     "nemo": nemo.read_splits,
+    AUDIO_ONLY: audio_only.read_splits,
 }
 
 

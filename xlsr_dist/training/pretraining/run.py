@@ -1,0 +1,182 @@
+"""One pretraining run: data, model, the DeepSpeed engine, the loop, the model left for fine-tuning.
+
+Each optimizer step: this rank's micro-batches (pretraining/data.py) -> the draws of every micro-batch (masks,
+negatives, Gumbel noise from (seed, step, utterance id)) -> one all-reduce of the masked-frame count N of the whole
+global batch -> per micro-batch, transformers' loss (a sum over its masked frames) times world_size * grad_accum / N,
+backward, step. DeepSpeed divides by grad_accum and averages over the ranks, so the gradient is that of
+(sum over every masked frame of the global batch) / N: the same for any world size, as the HF example's division by
+the masked frames of all processes intends. The Gumbel temperature follows max(2.0 * 0.999995**step, 0.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from xlsr_dist import atomic, precision, tracking
+from xlsr_dist.config import BatchPlan, Config
+from xlsr_dist.config.pretrain import PretrainConfig
+from xlsr_dist.data.problems import too_few_to_train
+from xlsr_dist.model import count_parameters, output_frames
+from xlsr_dist.run_dir import FINAL
+from xlsr_dist.training import engine, layerdrop, setup
+from xlsr_dist.training.pretraining.data import PretrainStream, audio_catalog
+from xlsr_dist.training.pretraining.model import build_pretraining_model, save_for_finetuning
+from xlsr_dist.training.pretraining.objective import Objective, Sums, install_shared_noise, pretraining_forward
+from xlsr_dist.world import World, all_reduce_sum, barrier
+
+log = logging.getLogger("xlsr_dist")
+
+# Summed over micro-batches and ranks each step, in this order (one all-reduce).
+_SUMMED = ("loss", "contrastive", "diversity", "correct", "masked", "perplexity", "micro_batches", "audio_seconds")
+
+
+@dataclass(frozen=True)
+class Parts:
+    model_engine: Any
+    stream: PretrainStream
+    objective: Objective
+    layer_drop: layerdrop.SharedLayerDrop | None
+    total_steps: int
+    dtype: torch.dtype
+
+
+def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_config: dict[str, Any]) -> Parts:
+    """Collective (engine construction). Raises DataProblem for a split that cannot fill one global batch."""
+    t, d = cfg.train, cfg.data
+    location, _ = setup.resolve_data(cfg, world)
+    catalog = audio_catalog(location, d.min_duration_in_seconds, d.max_duration_in_seconds)
+    if len(catalog) < plan.global_batch:
+        raise too_few_to_train(
+            location, len(catalog), {}, "every utterance with audio", plan.global_batch, world.world_size
+        )
+    set_seed(t.seed)
+    model = build_pretraining_model(
+        cfg.model, pcfg.pretrain_mask_time_prob, pcfg.num_negatives, pcfg.diversity_loss_weight
+    )
+    set_seed(t.seed + world.rank)
+    layer_drop = layerdrop.install(model, cfg.model.layerdrop, t.seed)
+    install_shared_noise(model)
+    stream = PretrainStream(catalog, plan, world.rank, t.seed, d.bucket_size_multiplier)
+    total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * stream.steps_per_epoch)
+    model_engine = engine.initialize(model, ds_config, t.warmup_steps, total)
+    objective = Objective(
+        seed=t.seed,
+        mask_prob=pcfg.pretrain_mask_time_prob,
+        mask_length=pcfg.pretrain_mask_time_length,
+        min_masks=pcfg.pretrain_mask_time_min_masks,
+        num_negatives=pcfg.num_negatives,
+        max_gumbel_temperature=pcfg.max_gumbel_temperature,
+        min_gumbel_temperature=pcfg.min_gumbel_temperature,
+        gumbel_temperature_decay=pcfg.gumbel_temperature_decay,
+    )
+    log.info(
+        "pretraining: %d utterance(s), %.2f h, %d step(s) of %d; %d parameters",
+        len(catalog),
+        catalog.hours(),
+        total,
+        plan.global_batch,
+        count_parameters(model),
+    )
+    dtype = precision.input_dtype(precision.mode(ds_config))
+    return Parts(model_engine, stream, objective, layer_drop, total, dtype)
+
+
+def train_step(
+    parts: Parts, step: int, micro_batches: list[dict[str, Any]], world: World, device: torch.device
+) -> dict[str, float]:
+    """One optimizer step (1-based ``step``); returns the step's global sums (_SUMMED)."""
+    model_engine, objective = parts.model_engine, parts.objective
+    module = model_engine.module
+    module.set_gumbel_temperature(objective.gumbel_temperature(step - 1))
+    if parts.layer_drop is not None:
+        parts.layer_drop.begin_step(step)
+    config = module.config
+    groups = (config.num_codevector_groups, config.num_codevectors_per_group)
+    draws = []
+    for batch in micro_batches:
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        frames = [output_frames(config, n) if ok else 0 for n, ok in zip(lengths, batch["valid"].tolist())]
+        width = output_frames(config, batch["input_values"].shape[1])
+        draws.append(objective.draw(frames, batch["ids"], step, width, groups))
+    local_masked = sum(float(x.mask_time_indices.sum()) for x in draws)
+    masked = float(all_reduce_sum([local_masked], device)[0])
+    scale = world.world_size * len(micro_batches) / max(masked, 1.0)
+    totals = dict.fromkeys(_SUMMED, 0.0)
+    for batch, drawn in zip(micro_batches, draws):
+        sums: Sums = pretraining_forward(model_engine, batch, drawn, device, parts.dtype)
+        model_engine.backward(sums.loss * scale)
+        model_engine.step()
+        totals["loss"] += float(sums.loss.detach())
+        totals["contrastive"] += sums.contrastive
+        totals["diversity"] += sums.diversity
+        totals["correct"] += sums.correct
+        totals["masked"] += sums.masked
+        totals["perplexity"] += sums.perplexity
+        totals["micro_batches"] += 1
+        totals["audio_seconds"] += float(batch["audio_seconds"])
+    summed = all_reduce_sum([totals[k] for k in _SUMMED], device).tolist()
+    return dict(zip(_SUMMED, summed))
+
+
+def step_metrics(sums: dict[str, float], parts: Parts, step: int, seconds: float) -> dict[str, float]:
+    """The logged values: per masked frame over the global batch (the same on any world size)."""
+    n = max(sums["masked"], 1.0)
+    return {
+        "loss": sums["loss"] / n,
+        "contrastive_loss": sums["contrastive"] / n,
+        "diversity_loss": sums["diversity"] / n,
+        "codevector_perplexity": sums["perplexity"] / max(sums["micro_batches"], 1.0),
+        "contrastive_accuracy": sums["correct"] / n,
+        "masked_frames": sums["masked"],
+        "gumbel_temperature": parts.objective.gumbel_temperature(step - 1),
+        "learning_rate": engine.current_lr(parts.model_engine),
+        "throughput": sums["audio_seconds"] / max(seconds, 1e-9),
+    }
+
+
+def pretrain(
+    cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, device: torch.device, ds_config: dict[str, Any]
+) -> None:
+    """Collective: the whole run; final/ holds the encoder for fine-tuning."""
+    output_dir = Path(cfg.train.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    parts = build(cfg, pcfg, world, plan, ds_config)
+    tracker = tracking.build_tracker(world, cfg.tracking, str(output_dir))
+    params = {
+        **cfg.flat(),
+        **{k: v for k, v in vars(pcfg).items()},
+        "world_size": world.world_size,
+        "total_steps": parts.total_steps,
+    }
+    tracker.start(params, {"xlsr_dist.kind": "pretraining", "xlsr_dist.output_dir": str(output_dir.resolve())})
+    status = "FAILED"
+    try:
+        parts.model_engine.train()
+        for step, micro_batches in parts.stream.steps(1):
+            started = time.perf_counter()
+            sums = train_step(parts, step, micro_batches, world, device)
+            metrics = step_metrics(sums, parts, step, time.perf_counter() - started)
+            if step % cfg.train.logging_steps == 0 or step == parts.total_steps:
+                tracker.log_metrics(metrics, step)
+                if world.is_main:
+                    log.info("step %d: %s", step, " ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
+            if step >= parts.total_steps:
+                break
+        if world.is_main:
+            # A rerun into the same --output_dir replaces the earlier final/.
+            shutil.rmtree(output_dir / FINAL, ignore_errors=True)
+            with atomic.replacing_dir(output_dir / FINAL) as tmp:
+                save_for_finetuning(parts.model_engine.module, tmp)
+        barrier()
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
