@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 from transformers import Wav2Vec2ForCTC
 
 from tests._dist import base_env, run_launcher, run_module, run_ranks, venv_bin
@@ -47,12 +48,30 @@ def test_one_two_four_ranks_log_the_same_losses_and_final_fine_tunes(tmp_path: P
     one = run_ranks(["-m", "xlsr_dist.pretrain", *flags(tmp_path / "w1")], world_size=1, timeout=300)
     assert one[0].returncode == 0, one[0].output[-3000:]
     ds = [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
-    two = run_launcher([*ds, "--module", "xlsr_dist.pretrain", *flags(tmp_path / "w2")], timeout=300)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    keep_all = ("--save_steps", "2", "--save_total_limit", "0", "--report_to", "mlflow", "--tracking_uri", db)
+    two = run_launcher([*ds, "--module", "xlsr_dist.pretrain", *flags(tmp_path / "w2", *keep_all)], timeout=300)
     assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
     torchrun = [venv_bin("torchrun"), "--nproc_per_node", "4", "--master_port", str(free_port())]
     four = run_launcher([*torchrun, "-m", "xlsr_dist.pretrain", *flags(tmp_path / "w4")], timeout=400)
     assert four.returncode == 0, (four.stdout + four.stderr)[-3000:]
+    # Resume 2 -> 4: the 2-rank run's step-2 checkpoint continued on 4 ranks (DeepSpeed's universal form).
+    (ckpt,) = (tmp_path / "w2" / "checkpoints").glob("*0002")
+    resume = flags(tmp_path / "w2to4", "--resume_from_checkpoint", str(ckpt), "--report_to", "mlflow")
+    resume += ["--tracking_uri", db]
+    four_resumed = run_launcher([*torchrun[:-1], str(free_port()), "-m", "xlsr_dist.pretrain", *resume], timeout=400)
+    assert four_resumed.returncode == 0, (four_resumed.stdout + four_resumed.stderr)[-3000:]
     runs = {n: logged(tmp_path / f"w{n}") for n in (1, 2, 4)}
+    continued = logged(tmp_path / "w2to4")
+    assert [x["step"] for x in continued] == [3]
+    for key in COMPARED:
+        assert continued[0][key] == pytest.approx(runs[1][2][key], rel=1e-5), key
+    # MLflow: the 2-rank run's metrics, and the resumed run logging step 3 into the same MLflow run.
+    client = MlflowClient(db)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    for key in (*COMPARED, "gumbel_temperature", "learning_rate", "throughput"):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+        assert sorted(steps) == [1, 2, 3, 3], key
     assert [x["step"] for x in runs[1]] == [1, 2, 3]
     for n in (2, 4):
         assert [x["step"] for x in runs[n]] == [1, 2, 3]

@@ -50,13 +50,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(2)
     setup_console(world)
     from xlsr_dist.model import ModelLoadError
+    from xlsr_dist.state_files import CheckpointError
+    from xlsr_dist.training.elastic import ElasticResumeError
     from xlsr_dist.training.pretraining.run import pretrain
 
     init(world, device, cfg.train.dist_timeout_s)
     code = 0
     try:
         pretrain(cfg, pcfg, world, plan, device, ds_config)
-    except ModelLoadError as exc:
+    except (ModelLoadError, CheckpointError, ElasticResumeError) as exc:
         report_problem(world, PROG, str(exc), "node")
         code = 2
     except DataProblem as exc:

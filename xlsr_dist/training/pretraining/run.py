@@ -27,13 +27,14 @@ from xlsr_dist.config.pretrain import PretrainConfig
 from xlsr_dist.data.problems import too_few_to_train
 from xlsr_dist.model import count_parameters, output_frames
 from xlsr_dist.run_dir import FINAL
-from xlsr_dist.training import engine, layerdrop, setup
+from xlsr_dist.training import checkpoint, elastic, engine, layerdrop, setup
 from xlsr_dist.training.pretraining.data import PretrainStream, audio_catalog
 from xlsr_dist.training.pretraining.model import build_pretraining_model, save_for_finetuning
 from xlsr_dist.training.pretraining.objective import Objective, Sums, install_shared_noise, pretraining_forward
 from xlsr_dist.world import World, all_reduce_sum, barrier
 
 log = logging.getLogger("xlsr_dist")
+KIND = "pretraining"
 
 # Summed over micro-batches and ranks each step, in this order (one all-reduce).
 _SUMMED = ("loss", "contrastive", "diversity", "correct", "masked", "perplexity", "micro_batches", "audio_seconds")
@@ -47,6 +48,8 @@ class Parts:
     layer_drop: layerdrop.SharedLayerDrop | None
     total_steps: int
     dtype: torch.dtype
+    resumed: dict[str, Any]
+    """the resumed checkpoint's client state ({} for a fresh run)"""
 
 
 def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_config: dict[str, Any]) -> Parts:
@@ -67,17 +70,15 @@ def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_c
     install_shared_noise(model)
     stream = PretrainStream(catalog, plan, world.rank, t.seed, d.bucket_size_multiplier)
     total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * stream.steps_per_epoch)
-    model_engine = engine.initialize(model, ds_config, t.warmup_steps, total)
-    objective = Objective(
-        seed=t.seed,
-        mask_prob=pcfg.pretrain_mask_time_prob,
-        mask_length=pcfg.pretrain_mask_time_length,
-        min_masks=pcfg.pretrain_mask_time_min_masks,
-        num_negatives=pcfg.num_negatives,
-        max_gumbel_temperature=pcfg.max_gumbel_temperature,
-        min_gumbel_temperature=pcfg.min_gumbel_temperature,
-        gumbel_temperature_decay=pcfg.gumbel_temperature_decay,
-    )
+    output_dir = Path(t.output_dir)
+    resume_from = checkpoint.resolve_resume(t.resume_from_checkpoint, output_dir)
+    resume_plan, engine_config = None, ds_config
+    if resume_from is not None:
+        resume_plan = elastic.prepare_resume(resume_from, ds_config, world.world_size, world.is_main, barrier)
+        elastic.check_model(resume_from, model)
+        engine_config = resume_plan.configure(ds_config)
+    model_engine = engine.initialize(model, engine_config, t.warmup_steps, total)
+    resumed = _restore(model_engine, resume_plan, world, stream, t.seed)
     log.info(
         "pretraining: %d utterance(s), %.2f h, %d step(s) of %d; %d parameters",
         len(catalog),
@@ -87,7 +88,52 @@ def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_c
         count_parameters(model),
     )
     dtype = precision.input_dtype(precision.mode(ds_config))
-    return Parts(model_engine, stream, objective, layer_drop, total, dtype)
+    return Parts(model_engine, stream, _objective(t.seed, pcfg), layer_drop, total, dtype, resumed)
+
+
+def _objective(seed: int, pcfg: PretrainConfig) -> Objective:
+    return Objective(
+        seed=seed,
+        mask_prob=pcfg.pretrain_mask_time_prob,
+        mask_length=pcfg.pretrain_mask_time_length,
+        min_masks=pcfg.pretrain_mask_time_min_masks,
+        num_negatives=pcfg.num_negatives,
+        max_gumbel_temperature=pcfg.max_gumbel_temperature,
+        min_gumbel_temperature=pcfg.min_gumbel_temperature,
+        gumbel_temperature_decay=pcfg.gumbel_temperature_decay,
+    )
+
+
+def client_state(step: int, seed: int, stream: PretrainStream, mlflow_run_id: str | None) -> dict[str, Any]:
+    """What a pretraining checkpoint carries besides the engine: the step (the data position and every draw are
+    functions of it), and what must match for the run to continue as it was."""
+    return {
+        "kind": KIND,
+        "step": step,
+        "seed": seed,
+        "global_batch": stream.plan.global_batch,
+        "fingerprint": stream.catalog.fingerprint(),
+        "mlflow_run_id": mlflow_run_id,
+    }
+
+
+def _restore(
+    model_engine: Any, plan: elastic.ResumePlan | None, world: World, stream: PretrainStream, seed: int
+) -> dict[str, Any]:
+    """Collective. The saved client state ({} without a resume); CheckpointError when it cannot continue here."""
+    if plan is None:
+        return {}
+    saved = checkpoint.load(model_engine, plan)
+    checkpoint.restore_rng_state(plan, world.rank)
+    expected = client_state(int(saved.get("step", 0)), seed, stream, None)
+    differ = [k for k in ("kind", "seed", "global_batch", "fingerprint") if saved.get(k) != expected[k]]
+    if differ:
+        raise checkpoint.CheckpointError(
+            f"--resume_from_checkpoint {plan.checkpoint}: it cannot continue this run: its {', '.join(differ)} "
+            "differ(s) from this run's (a fine-tuning checkpoint, another --seed, --global_batch_size or corpus)"
+        )
+    log.info("resumed pretraining from %s at step %d", plan.checkpoint, saved["step"])
+    return saved
 
 
 def train_step(
@@ -157,11 +203,15 @@ def pretrain(
         "world_size": world.world_size,
         "total_steps": parts.total_steps,
     }
-    tracker.start(params, {"xlsr_dist.kind": "pretraining", "xlsr_dist.output_dir": str(output_dir.resolve())})
-    status = "FAILED"
+    tags = {"xlsr_dist.kind": KIND, "xlsr_dist.output_dir": str(output_dir.resolve())}
+    tracker.start(params, tags, resume_run_id=parts.resumed.get("mlflow_run_id"))
+    status, t = "FAILED", cfg.train
+    first = int(parts.resumed.get("step", 0)) + 1
     try:
         parts.model_engine.train()
-        for step, micro_batches in parts.stream.steps(1):
+        for step, micro_batches in parts.stream.steps(first):
+            if step > parts.total_steps:
+                break
             started = time.perf_counter()
             sums = train_step(parts, step, micro_batches, world, device)
             metrics = step_metrics(sums, parts, step, time.perf_counter() - started)
@@ -169,8 +219,9 @@ def pretrain(
                 tracker.log_metrics(metrics, step)
                 if world.is_main:
                     log.info("step %d: %s", step, " ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
-            if step >= parts.total_steps:
-                break
+            if step % t.save_steps == 0 or step == parts.total_steps:
+                state = client_state(step, t.seed, parts.stream, tracker.run_id)
+                checkpoint.save(parts.model_engine, output_dir, step, state, t.save_total_limit, world)
         if world.is_main:
             # A rerun into the same --output_dir replaces the earlier final/.
             shutil.rmtree(output_dir / FINAL, ignore_errors=True)
