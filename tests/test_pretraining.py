@@ -188,11 +188,11 @@ def test_prepare_audio_without_transcripts_and_stream_it(tmp_path: Path) -> None
     run(["--layout", "audio", "--input", str(tmp_path / "list.txt"), "--output", str(tmp_path / "listed")])
     assert len(audio_catalog(str(tmp_path / "listed" / "train"), 0.0, 30.0)) == 2
 
-    def union(world_size: int, step: int) -> list[str]:
+    def union(world_size: int, step: int, max_seconds: float = 0.0) -> list[str]:
         plan = plan_batches(4, world_size, 1)
         ids: list[str] = []
         for rank in range(world_size):
-            stream = PretrainStream(catalog, plan, rank, seed=1, bucket_size_multiplier=2)
+            stream = PretrainStream(catalog, plan, rank, seed=1, bucket_size_multiplier=2, max_seconds=max_seconds)
             got_step, batches = next(stream.steps(step))
             assert got_step == step
             ids += [uid for b in batches for uid in b["ids"]]
@@ -200,4 +200,27 @@ def test_prepare_audio_without_transcripts_and_stream_it(tmp_path: Path) -> None
 
     for step in (1, 2, 5):
         assert union(1, step) == union(2, step) == union(4, step)
+        assert union(1, step, 2.5) == union(2, step, 2.5) == union(4, step, 2.5)
     assert union(1, 1) != union(1, 2)  # a new epoch, a new order
+
+
+def test_batches_by_total_seconds() -> None:
+    """fairseq's max_tokens way: a global batch holds at most max_seconds of audio (or the minimum of one utterance
+    per micro-batch), each utterance at most once an epoch, the same plan for the same (seed, epoch)."""
+    from xlsr_dist.data.partition import common_voice_like_durations
+    from xlsr_dist.training.pretraining.data import seconds_batches
+
+    d = common_voice_like_durations(500, seed=3)
+    batches = seconds_batches(d, seed=1, epoch=0, max_seconds=60.0, groups=4, bucket_size_multiplier=5)
+    assert all(len(b) >= 4 for b in batches)
+    assert all(d[b].sum() <= 60.0 or len(b) == 4 for b in batches)
+    used = np.concatenate(batches)
+    assert len(set(used.tolist())) == used.size
+    assert d.sum() - d[used].sum() < 60.0 + d.max()  # only the last partial batch is left out
+    assert 8 <= np.median([len(b) for b in batches]) <= 13  # ~60 s of ~5 s utterances
+    again = seconds_batches(d, seed=1, epoch=0, max_seconds=60.0, groups=4, bucket_size_multiplier=5)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    other = seconds_batches(d, seed=1, epoch=1, max_seconds=60.0, groups=4, bucket_size_multiplier=5)
+    assert not np.array_equal(np.concatenate(other), used)
+    # Bucketing: the spread of durations inside a batch is far below the corpus's.
+    assert np.median([np.ptp(d[b]) for b in batches]) < 0.25 * np.ptp(d)

@@ -1,5 +1,6 @@
 """`python -m xlsr_dist.pretrain` for real: 1 rank (plain python), 2 ranks (DeepSpeed's launcher) and 4 ranks
-(torchrun) log the same per-step losses on the demo corpus's audio (fp32 ZeRO-2, rel 1e-5); the output's final/
+(torchrun) log the same per-step losses on the demo corpus's audio (fp32 ZeRO-2, rel 1e-5, global batches of
+total audio seconds); a 2-rank run resumed on 4 continues them; MLflow gets the metrics; the output's final/
 fine-tunes with `xlsr_dist.train`; bad input ends with one message and status 2."""
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def flags(out: Path, *extra: str) -> list[str]:
         "0.002",
         "--disable_tqdm",
         "true",
+        # Global batches of 6 s of audio (~8 demo utterances) in 4 micro-batches: fairseq's max_tokens way.
+        "--max_batch_seconds",
+        "6",
         "--output_dir",
         str(out),
         *extra,
@@ -69,7 +73,7 @@ def test_one_two_four_ranks_log_the_same_losses_and_final_fine_tunes(tmp_path: P
     # MLflow: the 2-rank run's metrics, and the resumed run logging step 3 into the same MLflow run.
     client = MlflowClient(db)
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    for key in (*COMPARED, "gumbel_temperature", "learning_rate", "throughput"):
+    for key in (*COMPARED, "gumbel_temperature", "learning_rate", "throughput", "batch_seconds"):
         steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
         assert sorted(steps) == [1, 2, 3, 3], key
     assert [x["step"] for x in runs[1]] == [1, 2, 3]
@@ -81,6 +85,7 @@ def test_one_two_four_ranks_log_the_same_losses_and_final_fine_tunes(tmp_path: P
     # The steps differ from each other: the model learns and the draws change with the step.
     assert len({round(x["loss"], 8) for x in runs[1]}) == 3
     assert runs[1][0]["gumbel_temperature"] == 2.0
+    assert all(4 <= x["batch_seconds"] <= 6 for x in runs[1])
 
     final = tmp_path / "w2" / "final"
     Wav2Vec2ForCTC.from_pretrained(final)  # the quantizer dropped: a plain CTC load

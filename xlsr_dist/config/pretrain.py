@@ -41,6 +41,10 @@ class PretrainConfig:
     """The temperature never decays below this (HF pretraining example: 0.5)."""
     gumbel_temperature_decay: float = 0.999995
     """Temperature factor per optimizer step: max(max * decay**step, min) (HF pretraining example: 0.999995)."""
+    max_batch_seconds: float = 0.0
+    """Audio seconds per global batch over all ranks (fairseq's max_tokens; wav2vec 2.0 base: 1.4M samples x 64
+    GPUs = 5600 s), cut into --global_batch_size / --per_device_train_batch_size micro-batches; needs
+    --per_device_train_batch_size. 0: a global batch is --global_batch_size utterances."""
 
 
 def pretrain_field_docs() -> dict[str, str]:
@@ -79,6 +83,8 @@ def validate_pretrain(p: PretrainConfig) -> list[str]:
         problems.append(f"--pretrain_mask_time_min_masks: {p.pretrain_mask_time_min_masks} is negative")
     if p.num_negatives < 1:
         problems.append(f"--num_negatives: {p.num_negatives} is not at least 1")
+    if p.max_batch_seconds < 0:
+        problems.append(f"--max_batch_seconds: {p.max_batch_seconds:g} is negative")
     if p.diversity_loss_weight < 0:
         problems.append(f"--diversity_loss_weight: {p.diversity_loss_weight:g} is negative")
     if not 0 < p.min_gumbel_temperature <= p.max_gumbel_temperature:
@@ -100,6 +106,11 @@ def parse_pretrain_args(argv: Sequence[str] | None) -> tuple[Config, PretrainCon
         cfg = parse_args(rest)
     except ConfigError as exc:
         raise ConfigError([*problems, *exc.problems]) from exc
+    if pretrain.max_batch_seconds > 0 and cfg.train.per_device_train_batch_size <= 0:
+        problems.append(
+            "--max_batch_seconds: needs --per_device_train_batch_size (the micro-batch count per global batch is "
+            "--global_batch_size / --per_device_train_batch_size, the same on any world size)"
+        )
     if problems:
         raise ConfigError(problems)
     return cfg, pretrain

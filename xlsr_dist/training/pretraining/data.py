@@ -1,9 +1,9 @@
 """Pretraining's data: every utterance of a split's shards with usable audio, transcript or not.
 
-The catalog is the training stream's (canonical id order, audio positions for ranged reads) with no labels; the
-global batch of step k is ``partition.epoch_batches``' row for (seed, epoch, step in epoch) -- duration bucketing,
-a fixed utterance count per global batch -- so it is a pure function of (seed, step) and of the corpus, whatever the
-world size; each rank reads the audio of its own micro-batches only.
+The catalog is the training stream's (canonical id order, audio positions for ranged reads) with no labels. The
+global batch of step k -- a total of audio seconds (fairseq's max_tokens) or a fixed utterance count, duration
+bucketed -- is a pure function of (seed, step) and of the corpus, whatever the world size; each rank reads the audio
+of its own micro-batches only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from xlsr_dist.config import BatchPlan
 from xlsr_dist.data import shards
 from xlsr_dist.data.catalog import Catalog, PackedStrings
 from xlsr_dist.data.collate import Batch, collate
-from xlsr_dist.data.partition import epoch_batches, rank_micro_batches, steps_per_epoch
+from xlsr_dist.data.partition import epoch_batches, epoch_rng
 from xlsr_dist.data.problems import DataProblem
 from xlsr_dist.data.skip_reasons import DUPLICATE_ID, LONGER_THAN_MAX, SHORTER_THAN_MIN
 from xlsr_dist.data.stream import UtteranceDataset
@@ -66,36 +66,82 @@ def audio_catalog(location: str, min_seconds: float, max_seconds: float) -> Cata
     )
 
 
+def seconds_batches(
+    durations: np.ndarray, seed: int, epoch: int, max_seconds: float, groups: int, bucket_size_multiplier: int
+) -> list[np.ndarray]:
+    """One epoch's global batches by total audio seconds (fairseq's max_tokens, counted on real audio): permute
+    with (seed, epoch), sort windows of about ``bucket_size_multiplier`` batches by duration, cut a batch where the
+    next utterance would pass ``max_seconds`` (never below ``groups`` utterances), drop the last partial batch, and
+    shuffle the batch order. Index arrays in bucket order (similar durations together)."""
+    d = np.asarray(durations, dtype=np.float64)
+    rng = epoch_rng(seed, epoch)
+    order = rng.permutation(d.size)
+    per_batch = max(groups, int(max_seconds / max(float(d.mean()), 1e-9)) if d.size else groups)
+    window = per_batch * bucket_size_multiplier
+    for start in range(0, order.size, window):
+        chunk = order[start : start + window]
+        order[start : start + window] = chunk[np.lexsort((chunk, d[chunk]))]
+    batches, current, seconds = [], [], 0.0
+    for i in order.tolist():
+        if len(current) >= groups and seconds + d[i] > max_seconds:
+            batches.append(np.array(current, dtype=np.int64))
+            current, seconds = [], 0.0
+        current.append(i)
+        seconds += float(d[i])
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
 @dataclass(frozen=True)
 class PretrainStream:
-    """This rank's micro-batches of each optimizer step: step k's global batch is a function of (seed, k)."""
+    """This rank's micro-batches of each optimizer step: step k's global batch is a function of (seed, k).
+
+    Each global batch is cut into ``groups`` = global_batch / micro_batch micro-batches (consecutive runs of it, the
+    same on any world size when --per_device_train_batch_size is given); rank r runs groups [r * grad_accum,
+    (r + 1) * grad_accum). With ``max_seconds`` > 0 a global batch is a total of audio seconds
+    (``seconds_batches``), else --global_batch_size utterances (``partition.epoch_batches``)."""
 
     catalog: Catalog
     plan: BatchPlan
     rank: int
     seed: int
     bucket_size_multiplier: int
+    max_seconds: float = 0.0
+
+    @property
+    def groups(self) -> int:
+        return self.plan.global_batch // self.plan.micro_batch
+
+    def epoch_plan(self, epoch: int) -> list[np.ndarray]:
+        """The global batches of ``epoch`` (catalog indices)."""
+        d = self.catalog.durations
+        if self.max_seconds > 0:
+            return seconds_batches(d, self.seed, epoch, self.max_seconds, self.groups, self.bucket_size_multiplier)
+        return list(epoch_batches(d, self.seed, epoch, self.plan.global_batch, self.bucket_size_multiplier))
 
     @property
     def steps_per_epoch(self) -> int:
-        return steps_per_epoch(len(self.catalog), self.plan.global_batch)
+        """Steps of the first epoch (the same in every epoch with a fixed utterance count)."""
+        return len(self.epoch_plan(0))
 
-    def global_batch(self, step: int) -> np.ndarray:
-        """Catalog indices of optimizer step ``step`` (1-based) over all ranks."""
-        epoch, index = divmod(step - 1, self.steps_per_epoch)
-        d = self.catalog.durations
-        return epoch_batches(d, self.seed, epoch, self.plan.global_batch, self.bucket_size_multiplier)[index]
+    def micro_batches(self, global_batch: np.ndarray) -> list[np.ndarray]:
+        """This rank's share of a global batch, as grad_accum index arrays."""
+        parts = np.array_split(np.asarray(global_batch), self.groups)
+        ga = self.plan.grad_accum
+        return parts[self.rank * ga : (self.rank + 1) * ga]
 
     def steps(self, first: int) -> Iterator[tuple[int, list[Batch]]]:
-        """(step, this rank's micro-batches) from step ``first`` on; the epoch plan is made once per epoch."""
+        """(step, this rank's micro-batches) from step ``first`` (1-based) on; one epoch plan at a time."""
         dataset = UtteranceDataset(self.catalog)
-        step, plan_epoch, rows = first, -1, np.zeros((0, 0), dtype=np.int64)
+        epoch, before = 0, 0  # steps in the epochs before ``epoch``
+        plan = self.epoch_plan(0)
+        if not plan:
+            raise ValueError("an epoch of this corpus has no global batch")
+        step = first
         while True:
-            epoch, index = divmod(step - 1, self.steps_per_epoch)
-            if epoch != plan_epoch:
-                d = self.catalog.durations
-                rows = epoch_batches(d, self.seed, epoch, self.plan.global_batch, self.bucket_size_multiplier)
-                plan_epoch = epoch
-            micro = rank_micro_batches(rows[index], self.rank, self.plan)
+            while step - 1 >= before + len(plan):
+                before += len(plan)
+                epoch += 1
+                plan = self.epoch_plan(epoch)
+            micro = self.micro_batches(plan[step - 1 - before])
             yield step, [collate(dataset.__getitems__(m.tolist())) for m in micro]
             step += 1

@@ -24,7 +24,7 @@ from transformers import set_seed
 from xlsr_dist import atomic, precision, tracking
 from xlsr_dist.config import BatchPlan, Config
 from xlsr_dist.config.pretrain import PretrainConfig
-from xlsr_dist.data.problems import too_few_to_train
+from xlsr_dist.data.problems import DataProblem, too_few_to_train
 from xlsr_dist.model import count_parameters, output_frames
 from xlsr_dist.run_dir import FINAL
 from xlsr_dist.training import checkpoint, elastic, engine, layerdrop, setup
@@ -57,10 +57,9 @@ def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_c
     t, d = cfg.train, cfg.data
     location, _ = setup.resolve_data(cfg, world)
     catalog = audio_catalog(location, d.min_duration_in_seconds, d.max_duration_in_seconds)
-    if len(catalog) < plan.global_batch:
-        raise too_few_to_train(
-            location, len(catalog), {}, "every utterance with audio", plan.global_batch, world.world_size
-        )
+    stream = PretrainStream(catalog, plan, world.rank, t.seed, d.bucket_size_multiplier, pcfg.max_batch_seconds)
+    if stream.steps_per_epoch == 0:
+        raise not_one_batch(location, len(catalog), catalog.hours(), plan, pcfg.max_batch_seconds, world.world_size)
     set_seed(t.seed)
     model = build_pretraining_model(
         cfg.model, pcfg.pretrain_mask_time_prob, pcfg.num_negatives, pcfg.diversity_loss_weight
@@ -68,7 +67,6 @@ def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_c
     set_seed(t.seed + world.rank)
     layer_drop = layerdrop.install(model, cfg.model.layerdrop, t.seed)
     install_shared_noise(model)
-    stream = PretrainStream(catalog, plan, world.rank, t.seed, d.bucket_size_multiplier)
     total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * stream.steps_per_epoch)
     output_dir = Path(t.output_dir)
     resume_from = checkpoint.resolve_resume(t.resume_from_checkpoint, output_dir)
@@ -89,6 +87,20 @@ def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_c
     )
     dtype = precision.input_dtype(precision.mode(ds_config))
     return Parts(model_engine, stream, _objective(t.seed, pcfg), layer_drop, total, dtype, resumed)
+
+
+def not_one_batch(
+    location: str, usable: int, hours: float, plan: BatchPlan, max_seconds: float, world_size: int
+) -> DataProblem:
+    """The split cannot fill one global batch."""
+    if max_seconds <= 0:
+        return too_few_to_train(location, usable, {}, "every utterance with audio", plan.global_batch, world_size)
+    return DataProblem(
+        "--train_data",
+        f"--train_data {location}: {usable} usable utterance(s), {hours * 3600:.1f} s of audio, do not fill one global "
+        f"batch of {max_seconds:g} s (--max_batch_seconds) cut into {plan.global_batch // plan.micro_batch} "
+        "micro-batches; give more audio or a smaller --max_batch_seconds",
+    )
 
 
 def _objective(seed: int, pcfg: PretrainConfig) -> Objective:
@@ -112,6 +124,7 @@ def client_state(step: int, seed: int, stream: PretrainStream, mlflow_run_id: st
         "step": step,
         "seed": seed,
         "global_batch": stream.plan.global_batch,
+        "max_batch_seconds": stream.max_seconds,
         "fingerprint": stream.catalog.fingerprint(),
         "mlflow_run_id": mlflow_run_id,
     }
@@ -126,11 +139,14 @@ def _restore(
     saved = checkpoint.load(model_engine, plan)
     checkpoint.restore_rng_state(plan, world.rank)
     expected = client_state(int(saved.get("step", 0)), seed, stream, None)
-    differ = [k for k in ("kind", "seed", "global_batch", "fingerprint") if saved.get(k) != expected[k]]
+    differ = [
+        k for k in ("kind", "seed", "global_batch", "max_batch_seconds", "fingerprint") if saved.get(k) != expected[k]
+    ]
     if differ:
         raise checkpoint.CheckpointError(
             f"--resume_from_checkpoint {plan.checkpoint}: it cannot continue this run: its {', '.join(differ)} "
-            "differ(s) from this run's (a fine-tuning checkpoint, another --seed, --global_batch_size or corpus)"
+            "differ(s) from this run's (a fine-tuning checkpoint, another --seed, --global_batch_size, "
+            "--max_batch_seconds or corpus)"
         )
     log.info("resumed pretraining from %s at step %d", plan.checkpoint, saved["step"])
     return saved
@@ -186,6 +202,7 @@ def step_metrics(sums: dict[str, float], parts: Parts, step: int, seconds: float
         "gumbel_temperature": parts.objective.gumbel_temperature(step - 1),
         "learning_rate": engine.current_lr(parts.model_engine),
         "throughput": sums["audio_seconds"] / max(seconds, 1e-9),
+        "batch_seconds": sums["audio_seconds"],
     }
 
 
@@ -209,12 +226,13 @@ def pretrain(
     first = int(parts.resumed.get("step", 0)) + 1
     try:
         parts.model_engine.train()
-        for step, micro_batches in parts.stream.steps(first):
-            if step > parts.total_steps:
-                break
-            started = time.perf_counter()
+        # Throughput counts the whole step, reading and decoding its audio included.
+        started = time.perf_counter()
+        for step, micro_batches in parts.stream.steps(first) if first <= parts.total_steps else ():
             sums = train_step(parts, step, micro_batches, world, device)
-            metrics = step_metrics(sums, parts, step, time.perf_counter() - started)
+            now = time.perf_counter()
+            metrics = step_metrics(sums, parts, step, now - started)
+            started = now
             if step % cfg.train.logging_steps == 0 or step == parts.total_steps:
                 tracker.log_metrics(metrics, step)
                 if world.is_main:
@@ -222,6 +240,8 @@ def pretrain(
             if step % t.save_steps == 0 or step == parts.total_steps:
                 state = client_state(step, t.seed, parts.stream, tracker.run_id)
                 checkpoint.save(parts.model_engine, output_dir, step, state, t.save_total_limit, world)
+            if step >= parts.total_steps:
+                break
         if world.is_main:
             # A rerun into the same --output_dir replaces the earlier final/.
             shutil.rmtree(output_dir / FINAL, ignore_errors=True)
