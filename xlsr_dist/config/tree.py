@@ -104,6 +104,32 @@ class DataConfig:
     """Characters deleted from transcripts, HF's --chars_to_ignore given as one string (',?.!-;:"'); a config file
     may give HF's list."""
 
+    speed_perturb_prob: float = 0.0
+    """Training augmentation: probability that an utterance is speed-perturbed in an epoch (soxr resampling, length
+    and pitch change together); 0 = off. Draws depend on (--seed, epoch, utterance id) only (docs/augmentation.md)."""
+    speed_factors: str = "0.9,1.0,1.1"
+    """Speed factors to draw from, comma-separated (> 1 is faster); a factor that would leave the transcript too few
+    CTC frames is not applied to that utterance."""
+    noise_dir: str = ""
+    """A local folder of noise audio files (any format libsndfile reads, searched recursively) for --noise_prob."""
+    noise_prob: float = 0.0
+    """Training augmentation: probability of adding a random segment of a --noise_dir file; 0 = off."""
+    noise_snr_min_db: float = 5.0
+    """Lowest signal-to-noise ratio (dB) of added noise; the SNR is drawn uniformly between this and the highest."""
+    noise_snr_max_db: float = 20.0
+    """Highest signal-to-noise ratio (dB) of added noise."""
+    rir_dir: str = ""
+    """A local folder of room impulse responses (audio files) for --rir_prob."""
+    rir_prob: float = 0.0
+    """Training augmentation: probability of convolving an utterance with a random --rir_dir response; 0 = off."""
+    gain_prob: float = 0.0
+    """Training augmentation: probability of a random gain, clipped to [-1, 1] (collate's per-utterance
+    normalisation cancels a gain that does not clip); 0 = off."""
+    gain_min_db: float = -6.0
+    """Lowest gain (dB) drawn by --gain_prob."""
+    gain_max_db: float = 6.0
+    """Highest gain (dB) drawn by --gain_prob."""
+
     def normalization(self) -> TextNormalization:
         """How this run reads transcripts (the split's own settings: train.main checks they agree)."""
         return TextNormalization(self.language, self.fold_accents, self.text_normalization, self.chars_to_ignore)

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from xlsr_dist.audio import AudioError, decode_bytes
 from xlsr_dist.config import BatchPlan, DataConfig
 from xlsr_dist.data import node_catalog, problems, shards
+from xlsr_dist.data.augment import Augmentation
 from xlsr_dist.data.catalog import Catalog, build_catalog
 from xlsr_dist.data.collate import Batch, Item, collate, collate_with_time_masks, dummy_item
 from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
@@ -92,11 +93,15 @@ class DataState:
 class UtteranceDataset(Dataset):
     """Catalog index -> Item, reading only that utterance's row group; batched reads group rows by shard.
 
-    Forked DataLoader workers each get their own open-file cache (shards keys it by process id).
+    Forked DataLoader workers each get their own open-file cache (shards keys it by process id). ``augment``
+    (training only) perturbs each decoded wave: (utterance id, wave, labels) -> wave.
     """
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(
+        self, catalog: Catalog, augment: Callable[[str, np.ndarray, list[int]], np.ndarray] | None = None
+    ) -> None:
         self.catalog = catalog
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.catalog)
@@ -146,7 +151,10 @@ class UtteranceDataset(Dataset):
                     log.warning("skipping utterance %s: its audio does not decode (%s)", c.ids[i], e)
                     fetched[i] = None
                     continue
-                fetched[i] = (c.ids[i], wave, c.labels(i), True)
+                labels = c.labels(i)
+                if self.augment is not None:
+                    wave = self.augment(c.ids[i], wave, labels)
+                fetched[i] = (c.ids[i], wave, labels, True)
         items: list[Item] = []
         for i in idx:
             if i == PADDING_SLOT:
@@ -234,6 +242,8 @@ class TrainStream:
             )
         self.fingerprint = self.catalog.fingerprint()
         self.dataset = UtteranceDataset(self.catalog)
+        # Read before the DataLoader forks, so the workers share the noise and RIR pages.
+        self.augmentation = Augmentation.from_config(data_cfg, self.seed)
         self._plan_cache: tuple[int, np.ndarray] | None = None
 
     def initial_state(self) -> DataState:
@@ -275,6 +285,13 @@ class TrainStream:
     def global_batch_ids(self, epoch: int, step: int) -> list[str]:
         return [self.catalog.ids[i] for i in self.epoch_plan(epoch)[step]]
 
+    def dataset_for(self, epoch: int) -> UtteranceDataset:
+        """The training items of ``epoch``: augmented as drawn for it when augmentation is on."""
+        if self.augmentation is None:
+            return self.dataset
+        augment = functools.partial(self.augmentation.apply, epoch, frames=self.frames_fn)
+        return UtteranceDataset(self.catalog, augment)
+
     def collate_for(self, epoch: int) -> Callable[[list[Item]], Batch]:
         if self.time_masking is None:
             return collate
@@ -291,7 +308,7 @@ class TrainStream:
                 continue
             rows = self.epoch_plan(epoch)
             micro = [m.tolist() for s in range(start, spe) for m in rank_micro_batches(rows[s], rank, self.plan)]
-            batches = iter(make_loader(self.dataset, micro, self.num_workers, ga, self.collate_for(epoch)))
+            batches = iter(make_loader(self.dataset_for(epoch), micro, self.num_workers, ga, self.collate_for(epoch)))
             for step in range(start, spe):
                 out = [next(batches) for _ in range(ga)]
                 after = (epoch, step + 1) if step + 1 < spe else (epoch + 1, 0)
@@ -311,6 +328,7 @@ class TrainStream:
             f"{p.global_batch} = {p.world_size} rank(s) x {p.micro_batch} x {p.grad_accum} accumulation"
             f"{f', {dropped} left out per epoch (a different few each epoch)' if dropped else ''}; "
             f"{_describe_skipped(self.skipped)}"
+            f"{'; ' + self.augmentation.describe() if self.augmentation else ''}"
         )
 
 
