@@ -69,7 +69,12 @@ class DataConfig:
 
     train_data: str = "demo"
     """Training shards: a directory or fsspec URL (s3://, gs://, hf://) of Parquet shards written by
-    `python -m xlsr_dist.prepare`, or 'demo' for the embedded, self-generated corpus."""
+    `python -m xlsr_dist.prepare`, or 'demo' for the embedded, self-generated corpus. Several sets mix:
+    'dirA=0.7,dirB=0.3' (comma-separated, each weight after the set's last '=', weights > 0) or 'dirA,dirB' (weights
+    from --mixing_temperature); see docs/data.md, "Mixing several training sets"."""
+    mixing_temperature: float = 1.0
+    """With several --train_data sets given without weights: set i is drawn with probability proportional to
+    (n_i / N) ** (1 / T), n_i its utterances (XLS-R, mBART); 1 = in proportion to size, larger flattens."""
     eval_data: str = ""
     """Evaluation shards; required unless --train_data is 'demo', where empty means the demo's eval split."""
     data_cache_dir: str = ""
@@ -130,9 +135,39 @@ class DataConfig:
     gain_max_db: float = 6.0
     """Highest gain (dB) drawn by --gain_prob."""
 
+    def train_sets(self) -> list[tuple[str, float | None]]:
+        """--train_data as (location, weight or None) pairs; ValueError naming what is wrong."""
+        return parse_train_sets(self.train_data)
+
     def normalization(self) -> TextNormalization:
         """How this run reads transcripts (the split's own settings: train.main checks they agree)."""
         return TextNormalization(self.language, self.fold_accents, self.text_normalization, self.chars_to_ignore)
+
+
+def parse_train_sets(spec: str) -> list[tuple[str, float | None]]:
+    """'dirA=0.7,dirB=0.3' -> [(dirA, 0.7), (dirB, 0.3)]; 'dir' -> [(dir, None)]. A weight follows an entry's last
+    '=' (URLs keep their ':'); all entries weighted or none. ValueError naming the bad entry."""
+    sets: list[tuple[str, float | None]] = []
+    for entry in spec.split(","):
+        location, weight = entry.strip(), None
+        if "=" in location:
+            location, _, text = location.rpartition("=")
+            try:
+                weight = float(text)
+            except ValueError:
+                raise ValueError(f"{entry.strip()!r}: the weight after '=' ({text!r}) is not a number") from None
+            if not weight > 0 or weight == float("inf"):
+                raise ValueError(f"{entry.strip()!r}: weight {text} must be a number > 0")
+        if not location:
+            raise ValueError(f"{entry.strip()!r}: no location")
+        sets.append((location, weight))
+    if len({w is None for _, w in sets}) > 1:
+        raise ValueError("give every set a weight (dirA=0.7,dirB=0.3) or none (dirA,dirB: --mixing_temperature)")
+    if len({loc for loc, _ in sets}) < len(sets):
+        raise ValueError("a set is named twice")
+    if "demo" in {loc for loc, _ in sets} and len(sets) > 1:
+        raise ValueError("'demo' cannot be mixed with other sets")
+    return sets
 
 
 @dataclass

@@ -62,6 +62,13 @@ def data_problems(d: DataConfig) -> list[str]:
     p: list[str] = []
     if not d.train_data:
         p.append("--train_data: empty; give a shard directory/URL or 'demo'")
+    try:
+        if d.train_data:
+            d.train_sets()
+    except ValueError as e:
+        p.append(f"--train_data: {e}")
+    if not (math.isfinite(d.mixing_temperature) and d.mixing_temperature > 0):
+        p.append(f"--mixing_temperature: {d.mixing_temperature} must be a number > 0")
     if d.train_data != "demo" and not d.eval_data:
         p.append("--eval_data: required when --train_data is not 'demo'")
     if d.max_duration_in_seconds <= d.min_duration_in_seconds:
