@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.test_stream import _rows, _write, frames
 from xlsr_dist.audio import SAMPLE_RATE
-from xlsr_dist.config import ConfigError, DataConfig, parse_args
+from xlsr_dist.config import ConfigError, DataConfig, parse_args, plan_batches
 from xlsr_dist.data.augment import Augmentation, add_noise, reverberate
 from xlsr_dist.data.problems import DataProblem
-
-
-def _frames(samples: int) -> int:
-    """The tiny model's frame rate, near enough: one frame per 320 samples."""
-    return samples // 320
+from xlsr_dist.data.stream import EvalStream, TrainStream
+from xlsr_dist.text import build_vocab
+from xlsr_dist.world import World
 
 
 def _speech(seconds: float = 2.0, seed: int = 0) -> np.ndarray:
@@ -52,11 +52,11 @@ def test_off_by_default() -> None:
 def test_each_draw_depends_on_seed_epoch_and_id_only(noise_dir: Path) -> None:
     aug = _augmentation(noise_dir)
     wave, labels = _speech(), [1, 2, 3]
-    first = aug.apply(0, "utt-1", wave, labels, _frames)
-    again = _augmentation(noise_dir).apply(0, "utt-1", wave.copy(), labels, _frames)
+    first = aug.apply(0, "utt-1", wave, labels, frames)
+    again = _augmentation(noise_dir).apply(0, "utt-1", wave.copy(), labels, frames)
     np.testing.assert_array_equal(first, again)
     assert len(first) != len(wave) or not np.allclose(first, wave), "noise is always added here"
-    others = [aug.apply(e, u, wave, labels, _frames) for e, u in ((1, "utt-1"), (0, "utt-2"))]
+    others = [aug.apply(e, u, wave, labels, frames) for e, u in ((1, "utt-1"), (0, "utt-2"))]
     assert all(len(o) != len(first) or not np.allclose(o, first) for o in others)
 
 
@@ -66,7 +66,7 @@ def test_speed_factors_change_the_length_by_their_inverse(noise_dir: Path) -> No
     lengths = {}
     for k in range(40):
         factor = aug.speed_factor(3, f"u{k}")
-        lengths[factor] = len(aug.apply(3, f"u{k}", wave, [1], _frames))
+        lengths[factor] = len(aug.apply(3, f"u{k}", wave, [1], frames))
     assert set(lengths) == {0.9, 1.1}, "both factors are drawn over 40 utterances"
     for factor, n in lengths.items():
         assert n == pytest.approx(len(wave) / factor, abs=2)
@@ -77,8 +77,8 @@ def test_a_speed_change_that_breaks_the_ctc_budget_is_not_applied(noise_dir: Pat
     wave = _speech(1.0)  # 50 frames; 1.5x faster leaves 33
     labels = list(range(1, 41))  # needs 40 frames
     assert aug.speed_factor(0, "u") == 1.5
-    assert len(aug.apply(0, "u", wave, labels, _frames)) == len(wave)
-    assert len(aug.apply(0, "u", wave, labels[:20], _frames)) == pytest.approx(len(wave) / 1.5, abs=2)
+    assert len(aug.apply(0, "u", wave, labels, frames)) == len(wave)
+    assert len(aug.apply(0, "u", wave, labels[:20], frames)) == pytest.approx(len(wave) / 1.5, abs=2)
 
 
 def test_noise_is_added_at_an_snr_in_the_range() -> None:
@@ -109,11 +109,11 @@ def test_rir_and_gain_apply_when_drawn(noise_dir: Path, tmp_path: Path) -> None:
     sf.write(rir / "room.wav", np.exp(-np.arange(1600) / 200.0).astype(np.float32), SAMPLE_RATE)
     aug = _augmentation(noise_dir, speed_perturb_prob=0.0, noise_prob=0.0, rir_prob=1.0, rir_dir=str(rir))
     wave = _speech(1.0)
-    assert not np.allclose(aug.apply(0, "u", wave, [1], _frames), wave)
+    assert not np.allclose(aug.apply(0, "u", wave, [1], frames), wave)
     gain = _augmentation(
         noise_dir, speed_perturb_prob=0.0, noise_prob=0.0, gain_prob=1.0, gain_min_db=20.0, gain_max_db=20.0
     )
-    out = gain.apply(0, "u", wave, [1], _frames)
+    out = gain.apply(0, "u", wave, [1], frames)
     assert np.abs(out).max() == pytest.approx(1.0), "+20 dB clips at full scale"
 
 
@@ -153,3 +153,21 @@ def test_bad_augmentation_flags_are_named_together(tmp_path: Path) -> None:
         f"--rir_dir: {tmp_path / 'missing'} is not a directory",
     ):
         assert expected in text
+
+
+def test_training_items_are_augmented_and_eval_items_never(tmp_path: Path) -> None:
+    rows = _rows(16)
+    location = _write(tmp_path / "split", rows, 2)
+    vocab = build_vocab(r["text"] for r in rows)
+    speed = {"speed_perturb_prob": 1.0, "speed_factors": "1.25", "dataloader_num_workers": 0}
+    world, plan = World(rank=0, world_size=1), plan_batches(8, 1)
+
+    def train_samples(**fields: Any) -> int:
+        stream = TrainStream(location, world, plan, 3, vocab, DataConfig(**fields), frames)
+        _, micro = next(stream.steps(stream.initial_state()))
+        return sum(b["real_samples"] for b in micro)
+
+    plain, faster = train_samples(dataloader_num_workers=0), train_samples(**speed)
+    assert faster == pytest.approx(plain / 1.25, rel=1e-3)
+    evaluated = EvalStream(location, world, 4, vocab, DataConfig(**speed), frames)
+    assert sum(b["real_samples"] for b in evaluated) == sum(round(r["duration"] * SAMPLE_RATE) for r in rows)
