@@ -4,6 +4,8 @@ drawn without replacement within the set, the same for the same (seed, epoch).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -105,3 +107,13 @@ def test_concatenated_catalogs_keep_each_utterance_with_its_shard_and_labels() -
     assert [both.shard_paths[s] for s in both.shard] == ["A/s0", "A/s1", "B/s0", "B/s0"]
     assert both.durations.tolist() == [1.0, 2.0, 1.0, 2.0]
     assert len(both.report) == 2
+
+
+def test_a_config_file_may_list_the_sets_and_the_speed_factors(tmp_path: Path) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "train_data:\n  - s3://b/cv/train=0.7\n  - /data/y=0.3\nspeed_factors: [0.9, 1.1]\neval_data: e\n"
+    )
+    cfg = parse_args(["--config", str(config)])
+    assert cfg.data.train_sets() == [("s3://b/cv/train", 0.7), ("/data/y", 0.3)]
+    assert cfg.data.speed_factors == "0.9,1.1"

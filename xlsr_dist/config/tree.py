@@ -71,7 +71,8 @@ class DataConfig:
     """Training shards: a directory or fsspec URL (s3://, gs://, hf://) of Parquet shards written by
     `python -m xlsr_dist.prepare`, or 'demo' for the embedded, self-generated corpus. Several sets mix:
     'dirA=0.7,dirB=0.3' (comma-separated, each weight after the set's last '=', weights > 0) or 'dirA,dirB' (weights
-    from --mixing_temperature); see docs/data.md, "Mixing several training sets"."""
+    from --mixing_temperature); a config file may give a YAML list of these entries; see docs/data.md, "Mixing several
+    training sets"."""
     mixing_temperature: float = 1.0
     """With several --train_data sets given without weights: set i is drawn with probability proportional to
     (n_i / N) ** (1 / T), n_i its utterances (XLS-R, mBART); 1 = in proportion to size, larger flattens."""
@@ -113,8 +114,8 @@ class DataConfig:
     """Training augmentation: probability that an utterance is speed-perturbed in an epoch (soxr resampling, length
     and pitch change together); 0 = off. Draws depend on (--seed, epoch, utterance id) only (docs/augmentation.md)."""
     speed_factors: str = "0.9,1.0,1.1"
-    """Speed factors to draw from, comma-separated (> 1 is faster); a factor that would leave the transcript too few
-    CTC frames is not applied to that utterance."""
+    """Speed factors to draw from, comma-separated or a config file's YAML list (> 1 is faster); a factor that would
+    leave the transcript too few CTC frames is not applied to that utterance."""
     noise_dir: str = ""
     """A local folder of noise audio files (any format libsndfile reads, searched recursively) for --noise_prob."""
     noise_prob: float = 0.0

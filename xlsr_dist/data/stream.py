@@ -312,7 +312,8 @@ class TrainStream:
             raise DataStateError(
                 f"the training utterances differ from the checkpoint's (fingerprint {state.fingerprint[:12]} "
                 f"vs {self.fingerprint[:12]} for {self.location}): shards, --min/max_duration_in_seconds, the "
-                f"vocabulary or the model's frame rate changed; resume with the same data or start fresh"
+                f"vocabulary, the model's frame rate, or the sets, weights or --mixing_temperature of --train_data "
+                f"changed; resume with the same data or start fresh"
             )
 
     def epoch_plan(self, epoch: int) -> np.ndarray:
