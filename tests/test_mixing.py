@@ -14,6 +14,7 @@ from xlsr_dist.config import ConfigError, parse_args
 from xlsr_dist.config.tree import parse_train_sets
 from xlsr_dist.data.catalog import Catalog, PackedStrings, concatenate
 from xlsr_dist.data.mixing import epoch_draw, set_counts, set_of, set_probabilities
+from xlsr_dist.data.stream import set_names
 
 
 def test_the_flag_syntax_keeps_urls_whole() -> None:
@@ -117,3 +118,9 @@ def test_a_config_file_may_list_the_sets_and_the_speed_factors(tmp_path: Path) -
     cfg = parse_args(["--config", str(config)])
     assert cfg.data.train_sets() == [("s3://b/cv/train", 0.7), ("/data/y", 0.3)]
     assert cfg.data.speed_factors == "0.9,1.1"
+
+
+def test_set_names_are_short_and_distinct() -> None:
+    assert set_names(["/data/cv-en/train", "s3://b/libri/train-clean"]) == ["cv-en/train", "libri/train-clean"]
+    assert set_names(["/a/cv/train", "/b/cv/train"]) == ["cv/train-0", "cv/train-1"]
+    assert set_names(["hf://org/ds:train"]) == ["org/ds_train"]

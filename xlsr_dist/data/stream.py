@@ -207,11 +207,13 @@ def _describe_skipped(skipped: dict[str, int]) -> str:
 
 def set_names(locations: list[str]) -> list[str]:
     """Short names of mixed sets for metric keys: the last two parts of each location ('cv-en/train'), characters
-    MLflow refuses replaced by '_'."""
+    MLflow refuses replaced by '_', and the set's position appended where two would share a name."""
     names = []
     for location in locations:
         tail = "/".join(location.rstrip("/").split("/")[-2:])
         names.append(re.sub(r"[^A-Za-z0-9_\-. /]", "_", tail))
+    if len(set(names)) < len(names):
+        names = [f"{name}-{i}" for i, name in enumerate(names)]
     return names
 
 
