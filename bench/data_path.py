@@ -14,6 +14,7 @@ issue measured on Common Voice), all in this one process on one core:
                tokenizer) -> filter(length), each writing its Arrow cache; then one epoch of
                DataCollatorCTCWithPadding over the cached features (batch 4)
   hf stream    load_dataset(..., streaming=True).map(the same prepare function), iterated once
+  --augment    xlsr_dist's epoch with each training augmentation on vs off (bench/_augment.py)
 Throughput is audio seconds per CPU second of this process (the per-core figure, unaffected by other jobs
 sharing the cores); wall-clock figures are printed beside it. Each path runs --repeats times; the best run counts.
 Results go to stdout (markdown) and bench/results/data_path_rgN.json (git-ignored).
@@ -48,6 +49,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
+from bench import _augment  # noqa: E402
 from xlsr_dist.audio import SAMPLE_RATE, encode_flac  # noqa: E402
 from xlsr_dist.config import DataConfig, plan_batches  # noqa: E402
 from xlsr_dist.data import shards  # noqa: E402
@@ -157,10 +159,10 @@ def floor_path(paths: list[str]) -> float:
     return total
 
 
-def ours_stream(location: str, vocab: dict[str, int], world_size: int = 1, rank: int = 0) -> TrainStream:
+def ours_stream(location: str, vocab: dict[str, int], world_size: int = 1, rank: int = 0, **data: Any) -> TrainStream:
     shards.clear_cache()  # every repeat opens its files again, as a fresh run does
     plan = plan_batches(8, world_size)
-    cfg = DataConfig(dataloader_num_workers=0, max_duration_in_seconds=MAX_SECONDS)
+    cfg = DataConfig(dataloader_num_workers=0, max_duration_in_seconds=MAX_SECONDS, **data)
     return TrainStream(location, World(rank=rank, world_size=world_size), plan, 42, vocab, cfg, frames)
 
 
@@ -178,12 +180,14 @@ def ours_path(location: str, vocab: dict[str, int], world_size: int = 1, rank: i
     return one_epoch(ours_stream(location, vocab, world_size, rank))
 
 
-def after_start_up(location: str, vocab: dict[str, int], world_size: int, rank: int, repeats: int) -> dict[str, Any]:
+def after_start_up(
+    location: str, vocab: dict[str, int], world_size: int, rank: int, repeats: int, **data: Any
+) -> dict[str, Any]:
     """One epoch of a rank whose stream already exists: what a rank that maps its node's catalog pays (its share of
     the metadata work is the node's first rank's; bench/scale.py measures start-up)."""
     cpu, wall, audio = [], [], 0.0
     for _ in range(repeats):
-        stream = ours_stream(location, vocab, world_size, rank)
+        stream = ours_stream(location, vocab, world_size, rank, **data)
         clock = Clock()
         audio = one_epoch(stream)
         c, w = clock.read()
@@ -288,6 +292,7 @@ def main() -> None:
         help="write shards without their byte index (xlsr_dist reads Parquet row groups)",
     )
     parser.add_argument("--skip_hf", action="store_true", help="only the floor and xlsr_dist")
+    parser.add_argument("--augment", action="store_true", help="also each training augmentation on vs off")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one xlsr_dist epoch")
     parser.add_argument("--results", default="", help="JSON output (default bench/results/data_path_rgN.json)")
     args = parser.parse_args()
@@ -326,6 +331,11 @@ def main() -> None:
         print("xlsr_dist rank 0 of 8 (micro-batch 1)", results["xlsr_dist_rank0_of_8"], flush=True)
         results["xlsr_dist_rank1_of_8_after_start_up"] = after_start_up(location, vocab, 8, 1, args.repeats)
         print("xlsr_dist rank 1 of 8 after start-up", results["xlsr_dist_rank1_of_8_after_start_up"], flush=True)
+        if args.augment:
+            folders = _augment.make_folders(work / "augment")
+            results["augmentation"] = _augment.results(
+                lambda data, world, rank: after_start_up(location, vocab, world, rank, args.repeats, **data), folders
+            )
         if args.profile:
             import cProfile
             import pstats
@@ -419,6 +429,8 @@ def report(r: dict[str, Any]) -> str:
             f"{ours / r['hf_stream']['cpu_best']:.2f}x"
         )
     lines += ["", f"read_metadata: {r['metadata_cpu_ms_per_1000_utterances']} CPU-ms per 1000 utterances"]
+    if "augmentation" in r:
+        lines += ["", _augment.report(r["augmentation"])]
     lines += [
         "",
         "| padding (% of samples in micro-batches) by bucket_size_multiplier | "

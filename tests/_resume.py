@@ -47,6 +47,14 @@ def train(out: Path, db: Path, world_size: int, logs: Path, **flags: str) -> str
     return results[0].output
 
 
+def assert_same_losses(losses: dict[int, float], expected: dict[int, float], steps: range, what: str) -> None:
+    """Every step's loss equal to ``expected``'s (rel 1e-5); the worst difference printed."""
+    worst = max(abs(losses[s] - expected[s]) / abs(expected[s]) for s in steps)
+    print(f"{what}: max relative loss difference {worst:.3g}")
+    for step in steps:
+        assert losses[step] == pytest.approx(expected[step], rel=1e-5), (what, step)
+
+
 def stopped_copy(run: Reference, dest: Path, save_at: int = SAVE_AT) -> tuple[Path, Path]:
     """An output dir and MLflow store as the run left them had it stopped right after its step-``save_at``
     checkpoint: later checkpoints, the final model and later metrics.jsonl rows removed, and the MLflow store holding

@@ -69,6 +69,11 @@ def _number(kind: type, value: Any) -> int | float:
         raise ValueError(f"expected a number, got {value!r}") from None
 
 
+# String flags whose config-file form may be a YAML list, read as the comma-separated flag value
+# (train_data: [/data/a=0.7, /data/b=0.3]; speed_factors: [0.9, 1.0, 1.1]).
+COMMA_LISTS = ("train_data", "speed_factors")
+
+
 def _coerce(name: str, kind: type, value: Any, problems: list[str]) -> Any:
     unsettable, kind = _unset_or_kind(kind)
     if unsettable and (value is None or str(value).strip().lower() in ("", "none")):
@@ -78,6 +83,8 @@ def _coerce(name: str, kind: type, value: Any, problems: list[str]) -> Any:
             return value if isinstance(value, bool) else _parse_bool(str(value))
         if kind in (int, float):
             return _number(kind, value)
+        if isinstance(value, list) and name in COMMA_LISTS:
+            return ",".join(str(v) for v in value)
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return "".join(value)  # HF's list form, e.g. chars_to_ignore: [",", "?", "."]
         return str(value)

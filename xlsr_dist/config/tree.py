@@ -69,7 +69,13 @@ class DataConfig:
 
     train_data: str = "demo"
     """Training shards: a directory or fsspec URL (s3://, gs://, hf://) of Parquet shards written by
-    `python -m xlsr_dist.prepare`, or 'demo' for the embedded, self-generated corpus."""
+    `python -m xlsr_dist.prepare`, or 'demo' for the embedded, self-generated corpus. Several sets mix:
+    'dirA=0.7,dirB=0.3' (comma-separated, each weight after the set's last '=', weights > 0) or 'dirA,dirB' (weights
+    from --mixing_temperature); a config file may give a YAML list of these entries; see docs/data.md, "Mixing several
+    training sets"."""
+    mixing_temperature: float = 1.0
+    """With several --train_data sets given without weights: set i is drawn with probability proportional to
+    (n_i / N) ** (1 / T), n_i its utterances (XLS-R, mBART); 1 = in proportion to size, larger flattens."""
     eval_data: str = ""
     """Evaluation shards; required unless --train_data is 'demo', where empty means the demo's eval split."""
     data_cache_dir: str = ""
@@ -104,9 +110,65 @@ class DataConfig:
     """Characters deleted from transcripts, HF's --chars_to_ignore given as one string (',?.!-;:"'); a config file
     may give HF's list."""
 
+    speed_perturb_prob: float = 0.0
+    """Training augmentation: probability that an utterance is speed-perturbed in an epoch (soxr resampling, length
+    and pitch change together); 0 = off. Draws depend on (--seed, epoch, utterance id) only (docs/augmentation.md)."""
+    speed_factors: str = "0.9,1.0,1.1"
+    """Speed factors to draw from, comma-separated or a config file's YAML list (> 1 is faster); a factor that would
+    leave the transcript too few CTC frames is not applied to that utterance."""
+    noise_dir: str = ""
+    """A local folder of noise audio files (any format libsndfile reads, searched recursively) for --noise_prob."""
+    noise_prob: float = 0.0
+    """Training augmentation: probability of adding a random segment of a --noise_dir file; 0 = off."""
+    noise_snr_min_db: float = 5.0
+    """Lowest signal-to-noise ratio (dB) of added noise; the SNR is drawn uniformly between this and the highest."""
+    noise_snr_max_db: float = 20.0
+    """Highest signal-to-noise ratio (dB) of added noise."""
+    rir_dir: str = ""
+    """A local folder of room impulse responses (audio files) for --rir_prob."""
+    rir_prob: float = 0.0
+    """Training augmentation: probability of convolving an utterance with a random --rir_dir response; 0 = off."""
+    gain_prob: float = 0.0
+    """Training augmentation: probability of a random gain, clipped to [-1, 1] (collate's per-utterance
+    normalisation cancels a gain that does not clip); 0 = off."""
+    gain_min_db: float = -6.0
+    """Lowest gain (dB) drawn by --gain_prob."""
+    gain_max_db: float = 6.0
+    """Highest gain (dB) drawn by --gain_prob."""
+
+    def train_sets(self) -> list[tuple[str, float | None]]:
+        """--train_data as (location, weight or None) pairs; ValueError naming what is wrong."""
+        return parse_train_sets(self.train_data)
+
     def normalization(self) -> TextNormalization:
         """How this run reads transcripts (the split's own settings: train.main checks they agree)."""
         return TextNormalization(self.language, self.fold_accents, self.text_normalization, self.chars_to_ignore)
+
+
+def parse_train_sets(spec: str) -> list[tuple[str, float | None]]:
+    """'dirA=0.7,dirB=0.3' -> [(dirA, 0.7), (dirB, 0.3)]; 'dir' -> [(dir, None)]. A weight follows an entry's last
+    '=' (URLs keep their ':'); all entries weighted or none. ValueError naming the bad entry."""
+    sets: list[tuple[str, float | None]] = []
+    for entry in spec.split(","):
+        location, weight = entry.strip(), None
+        if "=" in location:
+            location, _, text = location.rpartition("=")
+            try:
+                weight = float(text)
+            except ValueError:
+                raise ValueError(f"{entry.strip()!r}: the weight after '=' ({text!r}) is not a number") from None
+            if not weight > 0 or weight == float("inf"):
+                raise ValueError(f"{entry.strip()!r}: weight {text} must be a number > 0")
+        if not location:
+            raise ValueError(f"{entry.strip()!r}: no location")
+        sets.append((location, weight))
+    if len({w is None for _, w in sets}) > 1:
+        raise ValueError("give every set a weight (dirA=0.7,dirB=0.3) or none (dirA,dirB: --mixing_temperature)")
+    if len({loc for loc, _ in sets}) < len(sets):
+        raise ValueError("a set is named twice")
+    if "demo" in {loc for loc, _ in sets} and len(sets) > 1:
+        raise ValueError("'demo' cannot be mixed with other sets")
+    return sets
 
 
 @dataclass

@@ -62,6 +62,13 @@ def data_problems(d: DataConfig) -> list[str]:
     p: list[str] = []
     if not d.train_data:
         p.append("--train_data: empty; give a shard directory/URL or 'demo'")
+    try:
+        if d.train_data:
+            d.train_sets()
+    except ValueError as e:
+        p.append(f"--train_data: {e}")
+    if not (math.isfinite(d.mixing_temperature) and d.mixing_temperature > 0):
+        p.append(f"--mixing_temperature: {d.mixing_temperature} must be a number > 0")
     if d.train_data != "demo" and not d.eval_data:
         p.append("--eval_data: required when --train_data is not 'demo'")
     if d.max_duration_in_seconds <= d.min_duration_in_seconds:
@@ -75,7 +82,39 @@ def data_problems(d: DataConfig) -> list[str]:
     if d.demo_train_utterances < 16 or d.demo_eval_utterances < 1:
         p.append("--demo_train_utterances/--demo_eval_utterances: need at least 16 and 1 utterances")
     p.extend(settings_problems(d.language, d.text_normalization))
+    p.extend(augmentation_problems(d))
     return p
+
+
+def augmentation_problems(d: DataConfig) -> list[str]:
+    """Probabilities in [0, 1], ranges in order, factors positive, a folder for noise and reverberation."""
+    p: list[str] = []
+    for name in ("speed_perturb_prob", "noise_prob", "rir_prob", "gain_prob"):
+        if not 0.0 <= getattr(d, name) <= 1.0:
+            p.append(f"--{name}: {getattr(d, name)} must be in [0, 1]")
+    factors = [part.strip() for part in d.speed_factors.split(",")]
+    bad = [f for f in factors if not _positive_number(f)]
+    if bad:
+        p.append(f"--speed_factors: {', '.join(repr(b) for b in bad)} not a positive number (e.g. '0.9,1.0,1.1')")
+    for low, high in (("noise_snr_min_db", "noise_snr_max_db"), ("gain_min_db", "gain_max_db")):
+        values = getattr(d, low), getattr(d, high)
+        if not all(math.isfinite(v) for v in values) or values[0] > values[1]:
+            p.append(f"--{low}/--{high}: {values[0]} .. {values[1]} must be finite, the lowest first")
+    for prob, folder in (("noise_prob", "noise_dir"), ("rir_prob", "rir_dir")):
+        path = getattr(d, folder)
+        if getattr(d, prob) > 0 and not path:
+            p.append(f"--{folder}: empty; --{prob} {getattr(d, prob)} needs a folder of audio files")
+        elif getattr(d, prob) > 0 and not Path(path).expanduser().is_dir():
+            p.append(f"--{folder}: {path} is not a directory")
+    return p
+
+
+def _positive_number(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value > 0
 
 
 def train_problems(t: TrainConfig) -> list[str]:

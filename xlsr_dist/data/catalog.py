@@ -154,6 +154,35 @@ class Catalog:
         )
 
 
+def concatenate(catalogs: Sequence[Catalog]) -> Catalog:
+    """The catalogs one after the other (a mixed run's sets): indices of the first come first, shard indices shifted,
+    reports joined. A private copy: the node's mapped copies stay per set."""
+    if len(catalogs) == 1:
+        return catalogs[0]
+
+    def shifted(offsets: Sequence[np.ndarray]) -> np.ndarray:
+        ends = np.cumsum([0] + [int(o[-1] - o[0]) for o in offsets])
+        return np.concatenate([[0]] + [o[1:] - o[0] + base for o, base in zip(offsets, ends[:-1])]).astype(np.int64)
+
+    ids = [c.ids for c in catalogs]
+    shard_base = np.cumsum([0] + [len(c.shard_paths) for c in catalogs])
+    return Catalog(
+        ids=PackedStrings(
+            np.concatenate([p.data[p.offsets[0] : p.offsets[-1]] for p in ids]), shifted([p.offsets for p in ids])
+        ),
+        durations=np.concatenate([c.durations for c in catalogs]),
+        shard=np.concatenate([c.shard + base for c, base in zip(catalogs, shard_base)]).astype(np.int32),
+        row=np.concatenate([c.row for c in catalogs]),
+        label_flat=np.concatenate([c.label_flat[c.label_offsets[0] : c.label_offsets[-1]] for c in catalogs]),
+        label_offsets=shifted([c.label_offsets for c in catalogs]),
+        blob_offset=np.concatenate([c.blob_offset for c in catalogs]),
+        blob_length=np.concatenate([c.blob_length for c in catalogs]),
+        shard_paths=[p for c in catalogs for p in c.shard_paths],
+        shard_digests=[d for c in catalogs for d in c.shard_digests],
+        report=[r for c in catalogs for r in c.report],
+    )
+
+
 def build_catalog(
     location: str, vocab: dict[str, int], data_cfg: DataConfig, frames_fn: Callable[[int], int]
 ) -> Catalog:

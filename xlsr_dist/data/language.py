@@ -108,10 +108,8 @@ def training_problems(cfg: Config) -> list[str]:
             else "--train_data demo: the demo corpus is normalised the English way; leave --fold_accents, "
             "--text_normalization and --chars_to_ignore unset for it"
         )
-    for flag, location, role in (
-        ("train_data", cfg.data.train_data, "the training data"),
-        ("eval_data", cfg.data.eval_data, "the eval data"),
-    ):
+    checked = [("train_data", location, "the training data") for location, _ in cfg.data.train_sets()]
+    for flag, location, role in [*checked, ("eval_data", cfg.data.eval_data, "the eval data")]:
         if not location or (flag == "train_data" and location == "demo"):
             continue
         try:

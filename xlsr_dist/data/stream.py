@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,8 +34,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from xlsr_dist.audio import AudioError, decode_bytes
 from xlsr_dist.config import BatchPlan, DataConfig
-from xlsr_dist.data import node_catalog, problems, shards
-from xlsr_dist.data.catalog import Catalog, build_catalog
+from xlsr_dist.config.tree import parse_train_sets
+from xlsr_dist.data import mixing, node_catalog, problems, shards
+from xlsr_dist.data.augment import Augmentation
+from xlsr_dist.data.catalog import Catalog, build_catalog, concatenate
 from xlsr_dist.data.collate import Batch, Item, collate, collate_with_time_masks, dummy_item
 from xlsr_dist.data.partition import PADDING_SLOT, epoch_batches, eval_rank_batches, rank_micro_batches
 from xlsr_dist.data.specaugment import TimeMasking
@@ -92,11 +96,15 @@ class DataState:
 class UtteranceDataset(Dataset):
     """Catalog index -> Item, reading only that utterance's row group; batched reads group rows by shard.
 
-    Forked DataLoader workers each get their own open-file cache (shards keys it by process id).
+    Forked DataLoader workers each get their own open-file cache (shards keys it by process id). ``augment``
+    (training only) perturbs each decoded wave: (utterance id, wave, labels) -> wave.
     """
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(
+        self, catalog: Catalog, augment: Callable[[str, np.ndarray, list[int]], np.ndarray] | None = None
+    ) -> None:
         self.catalog = catalog
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.catalog)
@@ -146,7 +154,10 @@ class UtteranceDataset(Dataset):
                     log.warning("skipping utterance %s: its audio does not decode (%s)", c.ids[i], e)
                     fetched[i] = None
                     continue
-                fetched[i] = (c.ids[i], wave, c.labels(i), True)
+                labels = c.labels(i)
+                if self.augment is not None:
+                    wave = self.augment(c.ids[i], wave, labels)
+                fetched[i] = (c.ids[i], wave, labels, True)
         items: list[Item] = []
         for i in idx:
             if i == PADDING_SLOT:
@@ -194,6 +205,29 @@ def _describe_skipped(skipped: dict[str, int]) -> str:
     return f"skipped {sum(skipped.values())} ({parts})"
 
 
+def set_names(locations: list[str]) -> list[str]:
+    """Short names of mixed sets for metric keys: the last two parts of each location ('cv-en/train'), characters
+    MLflow refuses replaced by '_', and the set's position appended where two would share a name."""
+    names = []
+    for location in locations:
+        tail = "/".join(location.rstrip("/").split("/")[-2:])
+        names.append(re.sub(r"[^A-Za-z0-9_\-. /]", "_", tail))
+    if len(set(names)) < len(names):
+        names = [f"{name}-{i}" for i, name in enumerate(names)]
+    return names
+
+
+def _describe_mixing(locations: list[str], sizes: list[int], probabilities: np.ndarray | None) -> str:
+    if probabilities is None:
+        return ""
+    counts = mixing.set_counts(sizes, probabilities)
+    parts = [
+        f"{loc} ({n} utterances, p {p:.3f}, {c} per epoch)"
+        for loc, n, p, c in zip(locations, sizes, probabilities, counts)
+    ]
+    return "; mixing " + ", ".join(parts)
+
+
 class TrainStream:
     """Yields, for each optimizer step, this rank's ``grad_accum`` micro-batches; epochs roll over forever."""
 
@@ -217,7 +251,26 @@ class TrainStream:
         self.bucket_size_multiplier = data_cfg.bucket_size_multiplier
         self.sortagrad_epochs = data_cfg.sortagrad_epochs
         self.num_workers = data_cfg.dataloader_num_workers
-        self.catalog = node_catalog.node_shared(world, lambda: build_catalog(self.location, vocab, data_cfg, frames_fn))
+        sets = parse_train_sets(self.location)
+        self.set_locations = [location for location, _ in sets]
+        catalogs = [
+            node_catalog.node_shared(world, functools.partial(build_catalog, loc, vocab, data_cfg, frames_fn))
+            for loc in self.set_locations
+        ]
+        self.set_sizes = [len(c) for c in catalogs]
+        self.set_names = set_names(self.set_locations)
+        for loc, c in zip(self.set_locations, catalogs):
+            if len(sets) > 1 and len(c) == 0:
+                raise problems.DataProblem(
+                    "--train_data", f"--train_data set {loc}: no usable utterance ({_describe_skipped(c.skipped)})"
+                )
+        # None: one set, the plan of the whole catalog as before mixing existed (same fingerprint, same resume).
+        self.probabilities = (
+            mixing.set_probabilities(self.set_sizes, [w for _, w in sets], data_cfg.mixing_temperature)
+            if len(sets) > 1
+            else None
+        )
+        self.catalog = concatenate(catalogs)
         self.frames_fn, self.time_masking = frames_fn, time_masking
         self.num_samples = len(self.catalog)
         self.report = self.catalog.report
@@ -233,7 +286,13 @@ class TrainStream:
                 plan.world_size,
             )
         self.fingerprint = self.catalog.fingerprint()
+        if self.probabilities is not None:
+            # The sets and their probabilities decide the plan too.
+            parts = [c.fingerprint() for c in catalogs] + [f"{p:.17g}" for p in self.probabilities]
+            self.fingerprint = hashlib.sha256("\0".join(parts).encode()).hexdigest()
         self.dataset = UtteranceDataset(self.catalog)
+        # Read before the DataLoader forks, so the workers share the noise and RIR pages.
+        self.augmentation = Augmentation.from_config(data_cfg, self.seed)
         self._plan_cache: tuple[int, np.ndarray] | None = None
 
     def initial_state(self) -> DataState:
@@ -255,25 +314,43 @@ class TrainStream:
             raise DataStateError(
                 f"the training utterances differ from the checkpoint's (fingerprint {state.fingerprint[:12]} "
                 f"vs {self.fingerprint[:12]} for {self.location}): shards, --min/max_duration_in_seconds, the "
-                f"vocabulary or the model's frame rate changed; resume with the same data or start fresh"
+                f"vocabulary, the model's frame rate, or the sets, weights or --mixing_temperature of --train_data "
+                f"changed; resume with the same data or start fresh"
             )
 
     def epoch_plan(self, epoch: int) -> np.ndarray:
         """[steps_per_epoch, global_batch] catalog indices of ``epoch`` (the same on every rank)."""
         if self._plan_cache is None or self._plan_cache[0] != epoch:
+            drawn = None
+            if self.probabilities is not None:
+                drawn = mixing.epoch_draw(self.set_sizes, self.probabilities, self.seed, epoch)
             rows = epoch_batches(
-                self.catalog.durations,
+                self.catalog.durations if drawn is None else self.catalog.durations[drawn],
                 self.seed,
                 epoch,
                 self.plan.global_batch,
                 self.bucket_size_multiplier,
                 shortest_first=epoch < self.sortagrad_epochs,
             )
-            self._plan_cache = (epoch, rows)
+            self._plan_cache = (epoch, rows if drawn is None else drawn[rows])
         return self._plan_cache[1]
+
+    def seen_per_set(self, epoch: int, step: int) -> list[tuple[int, float]]:
+        """(utterances, audio seconds) each set contributes to global batch ``step`` of ``epoch``."""
+        rows = self.epoch_plan(epoch)[step]
+        which = mixing.set_of(rows, self.set_sizes)
+        durations = self.catalog.durations[rows]
+        return [(int((which == i).sum()), float(durations[which == i].sum())) for i in range(len(self.set_sizes))]
 
     def global_batch_ids(self, epoch: int, step: int) -> list[str]:
         return [self.catalog.ids[i] for i in self.epoch_plan(epoch)[step]]
+
+    def dataset_for(self, epoch: int) -> UtteranceDataset:
+        """The training items of ``epoch``: augmented as drawn for it when augmentation is on."""
+        if self.augmentation is None:
+            return self.dataset
+        augment = functools.partial(self.augmentation.apply, epoch, frames=self.frames_fn)
+        return UtteranceDataset(self.catalog, augment)
 
     def collate_for(self, epoch: int) -> Callable[[list[Item]], Batch]:
         if self.time_masking is None:
@@ -291,9 +368,12 @@ class TrainStream:
                 continue
             rows = self.epoch_plan(epoch)
             micro = [m.tolist() for s in range(start, spe) for m in rank_micro_batches(rows[s], rank, self.plan)]
-            batches = iter(make_loader(self.dataset, micro, self.num_workers, ga, self.collate_for(epoch)))
+            batches = iter(make_loader(self.dataset_for(epoch), micro, self.num_workers, ga, self.collate_for(epoch)))
             for step in range(start, spe):
                 out = [next(batches) for _ in range(ga)]
+                if self.probabilities is not None:
+                    # The global batch's share of each set: the same on every rank, so no collective to sum it.
+                    out[0]["set_seen"] = dict(zip(self.set_names, self.seen_per_set(epoch, step)))
                 after = (epoch, step + 1) if step + 1 < spe else (epoch + 1, 0)
                 yield (
                     DataState(STATE_VERSION, self.seed, after[0], after[1], self.plan.global_batch, self.fingerprint),
@@ -311,6 +391,8 @@ class TrainStream:
             f"{p.global_batch} = {p.world_size} rank(s) x {p.micro_batch} x {p.grad_accum} accumulation"
             f"{f', {dropped} left out per epoch (a different few each epoch)' if dropped else ''}; "
             f"{_describe_skipped(self.skipped)}"
+            f"{_describe_mixing(self.set_locations, self.set_sizes, self.probabilities)}"
+            f"{'; ' + self.augmentation.describe() if self.augmentation else ''}"
         )
 
 

@@ -18,20 +18,30 @@ from typing import Any
 import fsspec
 
 from xlsr_dist import text
+from xlsr_dist.config.tree import parse_train_sets
 from xlsr_dist.data import language, shards
 
 log = logging.getLogger(__name__)
 
 
 def split_vocabulary(location: str, normalization: text.TextNormalization) -> dict[str, int]:
-    """The vocabulary of the training split at ``location`` as the run normalises it."""
+    """The vocabulary of the training split at ``location`` as the run normalises it; for several mixed sets
+    (--train_data 'dirA=0.7,dirB=0.3') the union of theirs."""
+    texts: list[str] = []
+    for set_location, _ in parse_train_sets(location):
+        texts += _split_texts(set_location, normalization)
+    return text.build_vocab(texts)
+
+
+def _split_texts(location: str, normalization: text.TextNormalization) -> list[str]:
+    """The manifest's character set, else every normalised transcript of the split."""
     paths = shards.list_shards(location)
     recorded = manifest_characters(location, paths, normalization)
     if recorded is not None:
-        return text.build_vocab([recorded])
+        return [recorded]
     log.info("vocabulary: %s has no manifest character set for these shards; reading every transcript", location)
     meta = shards.read_metadata(paths)
-    return text.build_vocab(text.normalize(t, normalization) for t in meta.column("text").to_pylist())
+    return [text.normalize(t, normalization) for t in meta.column("text").to_pylist()]
 
 
 def manifest_characters(location: str, paths: list[str], normalization: text.TextNormalization) -> str | None:

@@ -59,6 +59,8 @@ class MetricsWindow:
     """steps whose update was applied: a loss-scaled step skipped for overflow has no loss worth averaging"""
     audio_seconds: float = field(init=False)
     started: float = field(init=False)
+    set_seen: dict[str, list[float]] = field(init=False)
+    """mixed training sets: utterances and audio seconds of each in this window (data/stream.py's 'set_seen')"""
 
     def __post_init__(self) -> None:
         self._reset()
@@ -67,6 +69,7 @@ class MetricsWindow:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.steps, self.audio_seconds, self.started = 0, 0.0, time.perf_counter()
         self.applied_steps = 0
+        self.set_seen = {}
 
     def add(self, loss: torch.Tensor, micro_batches: Sequence[dict[str, Any]], skipped: bool = False) -> None:
         """``skipped``: the step overflowed and was not applied (every rank agrees); its loss (inf or NaN on the
@@ -76,6 +79,9 @@ class MetricsWindow:
             self.applied_steps += 1
         self.steps += 1
         self.audio_seconds += sum(b["audio_seconds"] for b in micro_batches)
+        for name, (utterances, seconds) in micro_batches[0].get("set_seen", {}).items():
+            seen = self.set_seen.setdefault(name, [0.0, 0.0])
+            seen[0], seen[1] = seen[0] + utterances, seen[1] + seconds
 
     def should_log(self, step: int) -> bool:
         return due(step, self.every, self.total_steps)
@@ -104,6 +110,9 @@ class MetricsWindow:
             "epoch": step / max(1, self.steps_per_epoch),
             "throughput": summed[1] / elapsed,
         }
+        for name, (utterances, seconds) in self.set_seen.items():
+            metrics[f"data/{name}/utterances"] = utterances
+            metrics[f"data/{name}/hours"] = seconds / 3600.0
         # A window of skipped steps only has no loss to report: none is logged rather than a NaN.
         metrics = {k: v for k, v in metrics.items() if v is not None}
         self.tracker.log_metrics(metrics, step)

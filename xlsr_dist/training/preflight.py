@@ -17,7 +17,7 @@ def problems(cfg: Config) -> list[str]:
     found: list[str] = []
     locations = [("--eval_data", cfg.data.eval_data)] if cfg.data.eval_data else []
     if cfg.data.train_data != "demo":
-        locations.insert(0, ("--train_data", cfg.data.train_data))
+        locations[:0] = [("--train_data", location) for location, _ in cfg.data.train_sets()]
     for flag, location in locations:
         try:
             shard_paths(flag, location)
