@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -187,6 +189,52 @@ def make_loader(
     )
 
 
+def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """``batches`` produced by a background thread of this process, up to ``depth`` ahead, in the same order.
+
+    With --dataloader_num_workers 0: decoding (libsndfile) and torch's ops release the GIL, so the next step's
+    batches are read while this one trains, and handing one over is a queue get -- a worker process's hand-over
+    (shared-memory tensors through a pipe) cost more than decoding the demo corpus (BENCHMARKS.md, "Training
+    speed"). An exception in the thread is raised here, in the consumer, at the batch it would have produced;
+    closing this generator stops the thread.
+    """
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not _offer(handoff, ("batch", batch), stop):
+                    return
+            _offer(handoff, ("end", None), stop)
+        except BaseException as exc:  # re-raised in the training thread, where it fails the run
+            _offer(handoff, ("error", exc), stop)
+
+    thread = threading.Thread(target=produce, name="xlsr_dist-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+def _offer(handoff: queue.Queue[tuple[str, Any]], item: tuple[str, Any], stop: threading.Event) -> bool:
+    """Put ``item`` unless the consumer has stopped; False when it has."""
+    while not stop.is_set():
+        try:
+            handoff.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _describe_skipped(skipped: dict[str, int]) -> str:
     if not skipped:
         return "skipped none"
@@ -292,6 +340,8 @@ class TrainStream:
             rows = self.epoch_plan(epoch)
             micro = [m.tolist() for s in range(start, spe) for m in rank_micro_batches(rows[s], rank, self.plan)]
             batches = iter(make_loader(self.dataset, micro, self.num_workers, ga, self.collate_for(epoch)))
+            if self.num_workers == 0:
+                batches = prefetched(batches, depth=ga)
             for step in range(start, spe):
                 out = [next(batches) for _ in range(ga)]
                 after = (epoch, step + 1) if step + 1 < spe else (epoch + 1, 0)
