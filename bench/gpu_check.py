@@ -42,6 +42,7 @@ import _launch  # noqa: E402
 import _stats  # noqa: E402
 from _gpu_check_rank import PRECISION_ENV  # noqa: E402
 from _record import RECORD_ENV  # noqa: E402
+from train_speed import flops_function  # noqa: E402
 
 GLOBAL_BATCH = 8
 GPU_CONFIGS = ("zero2_fp16", "zero2_amp", "zero2_bf16")
@@ -157,18 +158,6 @@ def history_line(history: list[dict[str, Any]]) -> str:
         else:
             runs.append([scale, 1])
     return ", ".join(f"{scale:g} x{count}" for scale, count in runs) or "-"
-
-
-def flops_function(arch: str, train: Path) -> Any:
-    """Training FLOPs of a micro-batch (batch, samples) for this architecture and the corpus's vocabulary."""
-    from xlsr_dist import text
-    from xlsr_dist.data import shards
-    from xlsr_dist.model import tiny_config, xlsr53_config
-
-    meta = shards.read_metadata(shards.list_shards(str(train)))
-    vocab = text.build_vocab(text.normalize(t) for t in meta.column("text").to_pylist())
-    cfg = (tiny_config if arch == "tiny" else xlsr53_config)(vocab_size=len(vocab))
-    return lambda batch, samples: _stats.wav2vec2_train_flops(cfg, batch, samples, frozen_feature_encoder=True)
 
 
 def summarize(

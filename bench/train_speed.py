@@ -15,6 +15,15 @@ measured wall time), utterances/s, padding fraction (padding / all samples the m
 (RSS over the training steps on CPU, torch.cuda.max_memory_allocated on GPU) and, on CPU, process CPU time per step
 (all ranks and their DataLoader workers), which other users' load inflates far less than wall time; then the
 ratios xlsr_dist / baseline. Every run is checked to train 8 distinct utterances per step, each rank its own share.
+
+Which comparison answers which question:
+  - xlsr_dist (as users run it: audio decoded during training, in a background thread) vs the baseline (its .map
+    decoded the corpus before its first step, then reads from its cache): the step time each user sees.
+  - xlsr_dist "decoded up front" (bench/_xlsr_rank.py fills a cache of decoded audio during the excluded first
+    step) vs the baseline: the training step alone, the same work in both measured windows -- which loop is faster.
+  - the decode costs, reported on their own beside the tables: the baseline's .map per utterance (uncached run; a
+    corpus too big for its cache pays it every epoch) and xlsr_dist's read + decode per utterance.
+--no_predecoded leaves the decoded-up-front side out.
 --profile adds one synchronised xlsr_dist run per case splitting the step into data wait, forward, backward,
 optimizer step, the stop/non-finite vote and DeepSpeed's collectives (never used for the comparison).
 Results: stdout (markdown) and bench/results/train_speed/<date>/results.{json,md} (git-ignored).
