@@ -181,9 +181,9 @@ class TrainConfig:
     """Turn off rank 0's progress bar (log lines still appear)."""
     torch_compile: bool = False
     """Compile the model with torch.compile through DeepSpeed's engine.compile() (HF's flag); each training
-    micro-batch is padded up to one of a bounded set of lengths (8 per doubling) so recompilations stay few, and the
-    graphs compiled are logged (torch_compile_graphs, torch_compile_recompilations). Off by default: no gain on a
-    CPU (BENCHMARKS.md); `make gpu-check` measures it on a GPU (tests/test_torch_compile.py)."""
+    micro-batch is padded up to one of a bounded set of lengths (8 per doubling) to bound the shapes it compiles
+    for, and the graphs compiled are logged (torch_compile_graphs, torch_compile_recompilations). Off by default:
+    slower than eager on a CPU (docs/speed.md); `make gpu-check` measures it on a GPU (tests/test_torch_compile.py)."""
 
 
 @dataclass
