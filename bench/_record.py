@@ -21,6 +21,7 @@ import torch
 _IMPORTED = time.perf_counter()
 RECORD_ENV = "XLSR_BENCH_RECORD"
 PROFILE_ENV = "XLSR_BENCH_PROFILE"
+PREDECODED_ENV = "XLSR_BENCH_PREDECODED"
 
 
 def reset_peak_rss() -> bool:

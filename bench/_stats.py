@@ -169,6 +169,9 @@ def summarize_run(
         "device_name": recs[0].get("device_name", "cpu"),
         "startup_s": recs[0].get("startup_s"),
         "preprocess_s": recs[0].get("preprocess_s"),
+        "preprocess_utterances": recs[0].get("preprocess_utterances"),
+        "decode_s": recs[0].get("decode_s"),
+        "decode_utterances": recs[0].get("decode_utterances"),
         "split_problems": split_problems(recs, global_batch, steps),
         # Ranks that exited non-zero after writing their record (after the measured steps): reported, not fatal.
         "exits_after_steps": {str(r["rank"]): r["exit_code"] for r in recs if r.get("exit_code") not in (0, None)},
@@ -249,6 +252,11 @@ def summarize_side(runs: Sequence[dict[str, Any]], world_size: int) -> dict[str,
     }
     preprocess = [r["preprocess_s"] for r in runs if r.get("preprocess_s") is not None]
     out["preprocess_s_max"] = max(preprocess) if preprocess else None
+    # The uncached run's (the first of an invocation): the cost a corpus too big for the cache pays every epoch.
+    per_utt = [r["preprocess_s"] / r["preprocess_utterances"] for r in runs if r.get("preprocess_utterances")]
+    out["preprocess_ms_per_utterance"] = 1e3 * max(per_utt) if per_utt else None
+    decode = [r["decode_s"] / r["decode_utterances"] for r in runs if r.get("decode_s") and r.get("decode_utterances")]
+    out["decode_ms_per_utterance"] = 1e3 * median(decode) if decode else None
     startup = [r["startup_s"] for r in runs if r.get("startup_s") is not None]
     out["startup_s"] = median(startup) if startup else None
     profiles = [r["profile"] for r in runs if "profile" in r]

@@ -6,6 +6,11 @@ its step hooks (xlsr_dist.trainer.StepHooks), so xlsr_dist carries no benchmark 
   - step_begin: a step boundary (so an interval is data + forward/backward/step + vote + bookkeeping, like the
     baseline's on_step_end to on_step_end); batches_ready: the step's data is in hand, and each micro-batch's ids
     and sizes are noted; step_end of the last step: the last boundary (before its log line, eval and save).
+With XLSR_BENCH_PREDECODED=1 (train_speed.py's "decoded up front" side) the training data set's reads are served
+from a cache this rank fills on its first read (step 1, left out of the measurement) by decoding every training
+utterance, as the baseline's `.map` decodes its corpus before training: the steps are then timed without decoding,
+and the fill's time is recorded on its own (decode_s, decode_utterances). That mode replaces one method of
+xlsr_dist's UtteranceDataset in this process (the only patch; the default mode patches nothing).
 With XLSR_BENCH_PROFILE=1 (--profile) it also splits each step into data wait, forward, backward, optimizer step,
 the stop/non-finite vote and DeepSpeed's communication, synchronising the accelerator around each part: that mode
 changes the timing it measures, so its steps are never used for the speed comparison.
@@ -26,9 +31,12 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 import deepspeed.comm  # noqa: E402
 import torch  # noqa: E402
-from _record import PROFILE_ENV, RECORD_ENV, StepRecorder  # noqa: E402
+from _record import PREDECODED_ENV, PROFILE_ENV, RECORD_ENV, StepRecorder  # noqa: E402
 
 from xlsr_dist import train  # noqa: E402
+from xlsr_dist.data import stream  # noqa: E402
+from xlsr_dist.data.collate import Item, dummy_item  # noqa: E402
+from xlsr_dist.data.partition import PADDING_SLOT  # noqa: E402
 from xlsr_dist.training.trainer import StepHooks  # noqa: E402
 
 # deepspeed.comm collectives ZeRO-2 runs (allgather_fn and reduce_scatter_fn log as the op they wrap). Only ops its
@@ -148,12 +156,39 @@ class BenchHooks(StepHooks):
         self.index += 1
 
 
+def serve_predecoded(recorder: StepRecorder) -> None:
+    """XLSR_BENCH_PREDECODED=1: every UtteranceDataset read served from a cache of the whole data set, filled (and
+    timed, the first data set only: the training one) at its first read."""
+    read = stream.UtteranceDataset.__getitems__
+
+    def cached(self: stream.UtteranceDataset, indices: Sequence[int]) -> list[Item]:
+        cache: dict[int, Item] | None = self.__dict__.get("_bench_cache")
+        if cache is None:
+            started = time.perf_counter()
+            every = list(range(len(self)))
+            cache = {int(item_index): item for item_index, item in zip(every, read(self, every))}
+            if len(cache) != len(every):
+                raise SystemExit("predecoded mode: an utterance failed to decode; use the default mode")
+            self.__dict__["_bench_cache"] = cache
+            if "decode_s" not in recorder.extra:
+                recorder.extra.update(
+                    decode_s=time.perf_counter() - started,
+                    decode_utterances=len(every),
+                    decode_audio_s=sum(len(item[1]) for item in cache.values()) / 16000,
+                )
+        return [dummy_item() if int(i) == PADDING_SLOT else cache[int(i)] for i in indices]
+
+    stream.UtteranceDataset.__getitems__ = cached  # type: ignore[method-assign]
+
+
 def main(argv: list[str], make_hooks: Callable[[StepRecorder, torch.device, bool], BenchHooks] = BenchHooks) -> None:
     record = os.environ.get(RECORD_ENV, "")
     if not record:
         raise SystemExit(f"{RECORD_ENV} must name this rank's record file")
     recorder = StepRecorder(record, "xlsr_dist")
     device = rank_device()
+    if os.environ.get(PREDECODED_ENV) == "1":
+        serve_predecoded(recorder)
     try:
         train.main(argv, hooks=make_hooks(recorder, device, os.environ.get(PROFILE_ENV) == "1"))
     except SystemExit as exc:

@@ -10,6 +10,12 @@ per GPU hour over the steps after --warmup, peak GPU memory (torch.cuda.max_memo
 xlsr_dist the loss-scale history and skipped steps. The HF side of zero2_amp runs DeepSpeed's own torch_autocast
 path, which xlsr_dist repairs (ds_configs/README.md): its figures are for speed and memory only.
 
+Eager vs compiled: xlsr_dist also runs each config with --torch_compile (side "xlsr_dist compiled"; its warm-up
+steps hold the compilation), so the first GPU run says whether to turn it on. MFU: model FLOPs of the unpadded
+micro-batches (bench/_stats.py's wav2vec2 count, frozen feature encoder) per second and GPU over the card's dense
+16-bit peak (fp16/AMP/bf16 alike: the tensor cores' rate). Untested on a GPU so far: only --dry_run has run (CPU,
+where the compiled side is left out unless --sides names it: compiling takes minutes there).
+
     make gpu-check                               # on a CUDA machine (wheels from .whl/, see `make gpu-wheels`)
     python bench/gpu_check.py --dry_run          # CPU: tiny model, 2 steps, fp32 in place of fp16; checks the path
 
@@ -36,12 +42,17 @@ import _launch  # noqa: E402
 import _stats  # noqa: E402
 from _gpu_check_rank import PRECISION_ENV  # noqa: E402
 from _record import RECORD_ENV  # noqa: E402
+from train_speed import flops_function  # noqa: E402
 
 GLOBAL_BATCH = 8
 GPU_CONFIGS = ("zero2_fp16", "zero2_amp", "zero2_bf16")
 # On CPU (--dry_run) DeepSpeed has no fp16 wrap: fp32 stands in for it; autocast fp16 and bf16 run as themselves.
 CPU_STAND_INS = {"zero2_fp16": "zero2_fp32", "zero2_amp": "zero2_amp", "zero2_bf16": "zero2_bf16"}
 GiB = 1024**3
+SIDES = ("xlsr_dist", "xlsr_dist compiled", "hf")
+DRY_SIDES = ("xlsr_dist", "hf")
+# The card's 16-bit peak applies to each config: AMP's matmuls run in fp16 too.
+PEAK_PRECISION = {"zero2_fp16": "fp16", "zero2_amp": "fp16", "zero2_bf16": "bf16"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,12 +61,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default 60; 2 with --dry_run)")
     p.add_argument("--warmup", type=int, default=-1, help="first steps left out of the speed (default 10; 0 dry)")
     p.add_argument("--configs", default=",".join(GPU_CONFIGS), help="ds_configs names, comma-separated")
+    p.add_argument(
+        "--sides",
+        default="",
+        help=f"comma-separated, of {', '.join(SIDES)} (default: all; {', '.join(DRY_SIDES)} with --dry_run)",
+    )
     p.add_argument("--gpus", type=int, default=0, help="ranks (default: all visible GPUs that divide 8)")
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--data_cache", default="", help=f"where the corpus is generated (default {_corpus.cache_root()})")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per run before it is killed")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.sides = [x.strip() for x in args.sides.split(",") if x.strip()] or list(DRY_SIDES if args.dry_run else SIDES)
+    unknown = [x for x in args.sides if x not in SIDES]
+    if unknown:
+        p.error(f"--sides: unknown {', '.join(unknown)}; choose from {', '.join(SIDES)}")
+    return args
 
 
 def world_size(requested: int, dry_run: bool) -> int:
@@ -139,8 +160,16 @@ def history_line(history: list[dict[str, Any]]) -> str:
     return ", ".join(f"{scale:g} x{count}" for scale, count in runs) or "-"
 
 
-def summarize(side: str, config: str, records: list[dict[str, Any]], run_dir: Path, world: int, warmup: int) -> dict:
-    summary = _stats.summarize_run(records, warmup, GLOBAL_BATCH)
+def summarize(
+    side: str,
+    config: str,
+    records: list[dict[str, Any]],
+    run_dir: Path,
+    world: int,
+    warmup: int,
+    flops_fn: Any = None,
+) -> dict:
+    summary = _stats.summarize_run(records, warmup, GLOBAL_BATCH, flops_fn)
     peaks = [m for m in summary["cuda_max_allocated"] if m] or [m for m in summary["peak_rss_steps"] if m]
     row: dict[str, Any] = {
         "config": config,
@@ -152,8 +181,12 @@ def summarize(side: str, config: str, records: list[dict[str, Any]], run_dir: Pa
         "peak_memory_gib": max(peaks) / GiB if peaks else None,
         "split_problems": summary["split_problems"],
     }
+    tflops = summary["flops"] / summary["wall_s"] / world / 1e12 if summary["wall_s"] > 0 else None
+    peak = _stats.peak_tflops(summary["device_name"], PEAK_PRECISION.get(config, "fp32"))
+    row["tflops_per_gpu"] = tflops
+    row["mfu"] = tflops / peak if tflops is not None and peak else None
     precision_files = sorted(run_dir.glob("precision*.json"))
-    if side == "xlsr_dist" and precision_files:
+    if side.startswith("xlsr_dist") and precision_files:
         history = json.loads(precision_files[0].read_text())
         row["loss_scale_history"] = history
         row["loss_scale"] = history_line(history)
@@ -166,16 +199,18 @@ def render(rows: list[dict[str, Any]], steps: int, warmup: int) -> str:
         f"{rows[0]['gpus']} x {rows[0]['device']}, global batch {GLOBAL_BATCH}, {steps} steps ({warmup} left out "
         "of the speed)",
         "",
-        "| config | side | audio h / GPU h | median step s | peak GPU memory GiB | skipped steps "
-        "| loss scale per step |",
-        "|---|---|---|---|---|---|---|",
+        "| config | side | audio h / GPU h | median step s | TFLOP/s per GPU | MFU | peak GPU memory GiB "
+        "| skipped steps | loss scale per step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         peak = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "-"
         skipped = r.get("skipped_steps")
+        tflops = f"{r['tflops_per_gpu']:.2f}" if r.get("tflops_per_gpu") is not None else "-"
+        mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
         lines.append(
             f"| {r['config']} | {r['side']} | {r['audio_hours_per_gpu_hour']:.0f} | {r['median_step_s']:.3f} "
-            f"| {peak} | {skipped if skipped is not None else '-'} | {r.get('loss_scale', '-')} |"
+            f"| {tflops} | {mfu} | {peak} | {skipped if skipped is not None else '-'} | {r.get('loss_scale', '-')} |"
         )
     return "\n".join(lines)
 
@@ -196,17 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    flops_fn = flops_function(arch, train)
     for name, ds in zip(names, paths):
         print(f"{name} ({Path(ds).name}) on {world} rank(s):", flush=True)
-        for side in ("xlsr_dist", "hf"):
-            run_dir = out / name / side
+        for side in args.sides:
+            run_dir = out / name / side.replace(" ", "_")
             shutil.rmtree(run_dir, ignore_errors=True)
-            if side == "xlsr_dist":
+            if side.startswith("xlsr_dist"):
                 cmd = xlsr_command(arch, train, evaluation, ds, steps, args.learning_rate, run_dir / "output")
+                cmd += ["--torch_compile", "true"] if side.endswith("compiled") else []
             else:
                 cmd = hf_command(arch, train, ds, steps, args.learning_rate, world, run_dir / "output", args.dry_run)
             records = run_side(side, cmd, world, run_dir, args)
-            rows.append(summarize(side, name, records, run_dir, world, warmup))
+            rows.append(summarize(side, name, records, run_dir, world, warmup, flops_fn))
             # Checkpoints of a 315M-parameter model are GBs each; nothing here reads them.
             shutil.rmtree(run_dir / "output", ignore_errors=True)
     report = render(rows, steps, warmup)

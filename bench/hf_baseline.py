@@ -265,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             deepspeed_train_batch_size=int(trainer.model_wrapped.train_batch_size()),
             precision=prec,
             preprocess_s=preprocess_s,
+            preprocess_utterances=len(raw),
         )
         recorder.write(training_args.device)
     if torch.distributed.is_initialized():

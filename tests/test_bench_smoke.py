@@ -180,7 +180,11 @@ def test_one_command_trains_both_sides_and_prints_the_comparison(tmp_path: Path)
     assert len(ratios) == 2 and "\n| tiny:1 | " in ratios[1]
     results = json.loads(next(tmp_path.glob("*/results.json")).read_text())
     sides = results["cases"][0]["sides"]
-    assert set(sides) == {"xlsr_dist:random", "hf:random"}
+    assert set(sides) == {"xlsr_dist:random", "xlsr_dist:predecoded", "hf:random"}
+    # The fair comparison: xlsr_dist's step without decoding in it, and both sides' decode costs on their own.
+    assert "| tiny:1 | xlsr_dist (decoded up front) |" in proc.stdout and "tiny:1 decoded up front" in ratios[1]
+    assert sides["xlsr_dist:predecoded"]["summary"]["decode_ms_per_utterance"] > 0
+    assert "xlsr_dist's own decoding" in proc.stdout and "ms per utterance" in proc.stdout
     for side in sides.values():
         run = side["runs"][0]
         assert run["measured_steps"] == 2 and run["split_problems"] == []

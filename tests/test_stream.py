@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from xlsr_dist.audio import encode_flac
 from xlsr_dist.config import DataConfig, plan_batches
 from xlsr_dist.data import shards
 from xlsr_dist.data.skip_reasons import DUPLICATE_ID, EMPTY_TRANSCRIPT, LONGER_THAN_MAX, UNALIGNABLE
-from xlsr_dist.data.stream import DataState, DataStateError, EvalStream, TrainStream
+from xlsr_dist.data.stream import DataState, DataStateError, EvalStream, TrainStream, prefetched
 from xlsr_dist.text import build_vocab
 from xlsr_dist.world import World
 
@@ -188,6 +190,29 @@ def test_workers_give_the_same_batches_as_the_main_process(corpora: dict[int, st
         for x, y in zip(ma, mb, strict=True):
             assert x["ids"] == y["ids"]
             assert torch.equal(x["input_values"], y["input_values"]) and torch.equal(x["labels"], y["labels"])
+
+
+def test_prefetched_keeps_the_order_raises_the_producers_error_and_stops_its_thread_when_closed() -> None:
+    def thread_alive() -> bool:
+        return any(t.name == "xlsr_dist-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    def failing() -> Any:
+        yield {"n": 0}
+        raise OSError("shard gone")
+
+    assert [b["n"] for b in prefetched(iter([{"n": i} for i in range(7)]), depth=2)] == list(range(7))
+    it = prefetched(failing(), depth=2)
+    assert next(it) == {"n": 0}
+    with pytest.raises(OSError, match="shard gone"):
+        next(it)
+    # A consumer that stops early (the run ends mid-epoch) leaves no producer blocked behind it.
+    endless = prefetched(({"n": i} for i in itertools.count()), depth=2)
+    assert next(endless) == {"n": 0} and thread_alive()
+    endless.close()
+    deadline = time.monotonic() + 5
+    while thread_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not thread_alive()
 
 
 def test_each_rank_reads_only_its_own_rows(tmp_path: Path, rows: list[dict[str, Any]], vocab: dict[str, int]) -> None:

@@ -8,13 +8,21 @@ call: it runs ZeRO's hooks and its own autocast). No collective, no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from xlsr_dist import ctc, precision
+
+# Bucket lengths for compiled forwards: from half a second, 8 per doubling (each <= 9.1 % longer than the last),
+# whole 20 ms frames: 55 lengths up to a minute, so a compiled model sees few distinct shapes.
+BUCKET_FLOOR_SAMPLES = 8000
+BUCKETS_PER_DOUBLING = 8
+_FRAME_SAMPLES = 320
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,35 @@ class Output:
         return [predicted[i, : int(n)].tolist() for i, n in enumerate(frames)]
 
 
+def bucket_length(samples: int) -> int:
+    """The smallest bucket length (samples) that holds ``samples``."""
+    if samples <= BUCKET_FLOOR_SAMPLES:
+        return BUCKET_FLOOR_SAMPLES
+    k = math.ceil(BUCKETS_PER_DOUBLING * math.log2(samples / BUCKET_FLOOR_SAMPLES))
+    while BUCKET_FLOOR_SAMPLES * 2 ** (k / BUCKETS_PER_DOUBLING) < samples:  # float rounding at an exact bucket
+        k += 1
+    length = BUCKET_FLOOR_SAMPLES * 2 ** (k / BUCKETS_PER_DOUBLING)
+    return math.ceil(length / _FRAME_SAMPLES) * _FRAME_SAMPLES
+
+
+def padded_to_bucket(model: Any, batch: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``batch`` with its samples (and SpecAugment frames) padded up to ``bucket_length``: padding is masked, so the
+    real frames' outputs and the loss are those of the unpadded batch up to float rounding."""
+    t = int(batch["input_values"].shape[1])
+    target = bucket_length(t)
+    if target == t:
+        return batch
+    out = dict(batch)
+    out["input_values"] = F.pad(batch["input_values"], (0, target - t))
+    out["attention_mask"] = F.pad(batch["attention_mask"], (0, target - t))
+    if "mask_time_indices" in batch:
+        masks = batch["mask_time_indices"]
+        inner = getattr(model, "module", model)
+        frames = int(inner._get_feat_extract_output_lengths(torch.tensor(target)))
+        out["mask_time_indices"] = F.pad(masks, (0, frames - int(masks.shape[1])))
+    return out
+
+
 def forward(
     model: Any,
     batch: Mapping[str, Any],
@@ -47,6 +84,7 @@ def forward(
     loss: CTCLoss | None = None,
     dtype: torch.dtype = torch.float32,
     autocast_mode: str = "fp32",
+    bucket: bool = False,
 ) -> Output:
     """Run ``batch`` (collate.Batch: input_values, attention_mask, labels; mask_time_indices on training batches)
     through ``model`` on ``device``.
@@ -54,8 +92,11 @@ def forward(
     ``dtype``: the input's dtype (the engine's fp16/bf16 weights take 16-bit input). ``autocast_mode`` "amp": the
     forward runs under fp16 autocast, for a plain module of a Native AMP run (a DeepSpeed engine configured with
     torch_autocast does that itself; pass "fp32" for it). SpecAugment masks are handed to the model when the batch
-    carries them: the model then draws none of its own.
+    carries them: the model then draws none of its own. ``bucket``: pad the batch up to ``bucket_length`` first
+    (--torch_compile: a bounded set of shapes).
     """
+    if bucket:
+        batch = padded_to_bucket(model, batch)
     mask = batch["attention_mask"].to(device, non_blocking=True)
     input_values = batch["input_values"].to(device, dtype, non_blocking=True)
     extra = {}

@@ -95,8 +95,9 @@ class DataConfig:
     """SortaGrad (Deep Speech 2): the first this many epochs run shortest utterances first, batches in order of
     duration, which shortens the all-blank plateau of CTC from random weights (0 = off: every epoch bucketed and
     shuffled)."""
-    dataloader_num_workers: int = 1
-    """DataLoader worker processes per rank that read and decode audio (0 reads in the training process)."""
+    dataloader_num_workers: int = 0
+    """DataLoader worker processes per rank that read and decode audio; 0 reads them in a background thread of the
+    training process, one step ahead (cheaper than a worker's hand-over: BENCHMARKS.md, "Training speed")."""
     eval_max_utterances: int = 0
     """Evaluate on at most this many utterances, the first in id order (0 = all)."""
     language: str = "en"
@@ -240,6 +241,11 @@ class TrainConfig:
     written without spaces between words (zh, ja, th, ...: their WER counts chance spaces), else eval_wer."""
     disable_tqdm: bool = False
     """Turn off rank 0's progress bar (log lines still appear)."""
+    torch_compile: bool = False
+    """Compile the model with torch.compile through DeepSpeed's engine.compile() (HF's flag); each training
+    micro-batch is padded up to one of a bounded set of lengths (8 per doubling) to bound the shapes it compiles
+    for, and the graphs compiled are logged (torch_compile_graphs, torch_compile_recompilations). Off by default:
+    slower than eager on a CPU (docs/speed.md); `make gpu-check` measures it on a GPU (tests/test_torch_compile.py)."""
 
 
 @dataclass

@@ -23,8 +23,10 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import queue
 import re
-from collections.abc import Callable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,6 +200,55 @@ def make_loader(
     )
 
 
+def prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """``batches`` produced by a background thread of this process, up to ``depth`` ahead, in the same order.
+
+    With --dataloader_num_workers 0: decoding (libsndfile) and torch's ops release the GIL, so the next step's
+    batches are read while this one trains, and handing one over is a queue get -- a worker process's hand-over
+    (shared-memory tensors through a pipe) cost more than decoding the demo corpus (BENCHMARKS.md, "Training
+    speed"). An exception in the thread is raised here, in the consumer, at the batch it would have produced;
+    closing this generator stops the thread.
+    """
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if not _offer(handoff, ("batch", batch), stop):
+                    return
+            _offer(handoff, ("end", None), stop)
+        except BaseException as exc:  # re-raised in the training thread, where it fails the run
+            _offer(handoff, ("error", exc), stop)
+
+    thread = threading.Thread(target=produce, name="xlsr_dist-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        # A daemon thread still inside a C++ op (decoding, collate) when the interpreter exits aborts the process
+        # ("terminate called without an active exception"): wait for it to finish the batch in hand.
+        thread.join(timeout=60)
+
+
+def _offer(handoff: queue.Queue[tuple[str, Any]], item: tuple[str, Any], stop: threading.Event) -> bool:
+    """Put ``item`` unless the consumer has stopped; False when it has."""
+    while not stop.is_set():
+        try:
+            handoff.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def _describe_skipped(skipped: dict[str, int]) -> str:
     if not skipped:
         return "skipped none"
@@ -357,7 +408,7 @@ class TrainStream:
             return collate
         return functools.partial(collate_with_time_masks, masking=self.time_masking, epoch=epoch, frames=self.frames_fn)
 
-    def steps(self, state: DataState) -> Iterator[tuple[DataState, list[Batch]]]:
+    def steps(self, state: DataState) -> Generator[tuple[DataState, list[Batch]], None, None]:
         """(state after the step, its micro-batches) from ``state`` on; every rank yields exactly as many."""
         self.check(state)
         epoch, start = state.epoch, state.step_in_epoch
@@ -369,6 +420,8 @@ class TrainStream:
             rows = self.epoch_plan(epoch)
             micro = [m.tolist() for s in range(start, spe) for m in rank_micro_batches(rows[s], rank, self.plan)]
             batches = iter(make_loader(self.dataset_for(epoch), micro, self.num_workers, ga, self.collate_for(epoch)))
+            if self.num_workers == 0:
+                batches = prefetched(batches, depth=ga)
             for step in range(start, spe):
                 out = [next(batches) for _ in range(ga)]
                 if self.probabilities is not None:

@@ -170,3 +170,36 @@ def grad_norm(engine: Any) -> float:
 
 def current_lr(engine: Any) -> float:
     return float(engine.lr_scheduler.get_last_lr()[0])
+
+
+def compile_model(engine: Any) -> None:
+    """--torch_compile: torch.compile the engine's module in place through DeepSpeed's supported path
+    (engine.compile(), the accelerator's default backend: inductor). The module's parameter names do not change, so
+    checkpoints, resume and export are those of an eager run."""
+    engine.compile()
+
+
+class CompileCounts:
+    """Graphs torch.compile has built in this process (torch._dynamo's counters): all of them, and those built after
+    the first training step, when every micro-batch shape seen again should reuse a graph (new bucket lengths,
+    evaluation batches and dynamic-shape guards are what recompile)."""
+
+    def __init__(self) -> None:
+        self.after_first_step: int | None = None
+
+    @staticmethod
+    def graphs() -> int:
+        from torch._dynamo.utils import counters
+
+        return int(counters["stats"]["unique_graphs"])
+
+    def first_step_done(self) -> None:
+        if self.after_first_step is None:
+            self.after_first_step = self.graphs()
+
+    def metrics(self) -> dict[str, float]:
+        total = self.graphs()
+        return {
+            "torch_compile_graphs": float(total),
+            "torch_compile_recompilations": float(total - (self.after_first_step or total)),
+        }

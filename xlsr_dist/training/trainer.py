@@ -11,6 +11,7 @@ only the sinks (console, MLflow) differ by rank.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -21,8 +22,11 @@ from xlsr_dist import ctc
 from xlsr_dist.config import BatchPlan, Config
 from xlsr_dist.forward import CTCLoss, forward
 from xlsr_dist.precision import loss_scale
+from xlsr_dist.training import engine as engine_setup
 from xlsr_dist.training import setup
 from xlsr_dist.world import World, all_reduce_max
+
+log = logging.getLogger("xlsr_dist")
 
 
 class StopFlag(Protocol):
@@ -79,6 +83,9 @@ class Trainer:
         run = setup.resolve_run(cfg, world, plan)
         built = setup.build_data_and_model(cfg, run)
         eng = setup.build_engine(cfg, ds_config, run, built)
+        self.compile_counts = engine_setup.CompileCounts() if cfg.train.torch_compile else None
+        if self.compile_counts is not None:
+            engine_setup.compile_model(eng.model_engine)
         self.hooks.engine_ready(eng.model_engine)
         self.state = setup.restore(cfg, run, built, eng)
         tracking = setup.start_tracking(cfg, ds_config, run, built, eng, self.state)
@@ -118,6 +125,8 @@ class Trainer:
                 scales = (scale_before, loss_scale(self.model_engine))
                 loop.guard.check(state.step, nonfinite_anywhere, skipped, micro_batches, scales)
                 self.hooks.step_end(state.step, last=state.step == self.total_steps)
+                if self.compile_counts is not None:
+                    self.compile_counts.first_step_done()
 
                 loop.metrics.maybe_log(state.step)
                 loop.evaluator.maybe_eval(state.step)
@@ -136,10 +145,24 @@ class Trainer:
             status = "FAILED"
             raise
         finally:
+            batches.close()  # stops --dataloader_num_workers 0's prefetch thread before the process may exit
             if loop.progress is not None:
                 loop.progress.close()
+            self.log_compile_counts()
             self.tracker.close(status)
         return stopped
+
+    def log_compile_counts(self) -> None:
+        """--torch_compile: the graphs compiled in this run (per process; rank 0's go to the console and MLflow)."""
+        if self.compile_counts is None:
+            return
+        metrics = self.compile_counts.metrics()
+        log.info(
+            "torch.compile: %d graph(s) compiled, %d of them after the first step (recompilations)",
+            metrics["torch_compile_graphs"],
+            metrics["torch_compile_recompilations"],
+        )
+        self.tracker.log_metrics(metrics, self.state.step)
 
     def train_step(self, micro_batches: Sequence[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over grad_accum micro-batches.
@@ -155,7 +178,9 @@ class Trainer:
             self.layer_drop.begin_step(self.step + 1)
         for batch in micro_batches:
             with hooks.phase("forward"):
-                losses = forward(self.model_engine, batch, device, self.ctc_loss, self.dtype).losses
+                losses = forward(
+                    self.model_engine, batch, device, self.ctc_loss, self.dtype, bucket=self.compile_counts is not None
+                ).losses
             assert losses is not None  # a loss was asked for
             valid = batch["valid"].to(device)
             loss = ctc.batch_loss(losses, valid, self.ctc_loss.reduction)
