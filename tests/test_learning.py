@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests._dist import ROOT, base_env, run_launcher, run_ranks, venv_bin
-from tests._net import free_port
-from tests._runs import DATA_CACHE, metrics_by_step, tiny_flags
+from tests._dist import ROOT, run_ranks
+from tests._runs import metrics_by_step, tiny_flags
 
 pytestmark = pytest.mark.slow
 
@@ -68,13 +67,9 @@ def test_a_short_run_of_every_objective_shows_its_loss_falling(objective: Object
     assert last < FALL_RATIO * first, (objective.name, first, last)
 
 
-def test_the_demo_on_two_ranks_reaches_the_readme_wer(tmp_path: Path) -> None:
-    out = tmp_path / "demo"
-    cmd = [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), "--module", "xlsr_dist.train"]
-    cmd += ["--config", "launch/demo.yaml", "--output_dir", str(out), "--data_cache_dir", str(DATA_CACHE)]
-    cmd += ["--tracking_uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
-    done = run_launcher(cmd, timeout=900, env=base_env())
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+def test_the_demo_on_two_ranks_reaches_the_readme_wer(trained_demo_model: Path) -> None:
+    # tests/_trained_demo.py runs `make demo`'s command once per session: 2 ranks, DeepSpeed launcher, demo.yaml.
+    out = trained_demo_model
     wer = metrics_by_step(out, "eval_wer")
     assert sorted(wer) == [100, 200, 300, 400, 500], wer
     print("demo eval WER by step:", {s: round(v, 4) for s, v in sorted(wer.items())})

@@ -1,4 +1,4 @@
-"""Long recordings with a model that has learned (the demo model, trained once per session on one rank): a 10-minute
+"""Long recordings with a model that has learned (the demo, trained once per session on 2 ranks): a 10-minute
 recording of held-out demo speakers transcribes in windows with the peak memory of a 1-minute one, its text matches
 the utterances transcribed one by one up to a measured word error, chunking alone changes no greedy output far from
 a window edge, and word timestamps fall within 60 ms of the synthesiser's word boundaries."""
