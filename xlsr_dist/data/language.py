@@ -109,7 +109,10 @@ def training_problems(cfg: Config) -> list[str]:
             "--text_normalization and --chars_to_ignore unset for it"
         )
     checked = [("train_data", location, "the training data") for location, _ in cfg.data.train_sets()]
-    for flag, location, role in [*checked, ("eval_data", cfg.data.eval_data, "the eval data")]:
+    eval_sets = cfg.data.eval_sets()
+    for name, location in eval_sets:
+        checked.append(("eval_data", location, "the eval data" if len(eval_sets) == 1 else f"the eval set {name}"))
+    for flag, location, role in checked:
         if not location or (flag == "train_data" and location == "demo"):
             continue
         try:
