@@ -101,7 +101,7 @@ class DataConfig:
     dataloader_num_workers: int = 1
     """DataLoader worker processes per rank that read and decode audio (0 reads in the training process)."""
     eval_max_utterances: int = 0
-    """Evaluate on at most this many utterances, the first in id order (0 = all)."""
+    """Evaluate on at most this many utterances of each --eval_data set, the first in id order (0 = all)."""
     language: str = "en"
     """ISO 639 code of the corpus's language (en, de, tr, zh, ...): its lower-casing, its number words, whether it
     writes spaces between words (see xlsr_dist.text)."""

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from xlsr_dist import text
 from xlsr_dist.audio import SAMPLE_RATE
 from xlsr_dist.config import DataConfig
-from xlsr_dist.data import shards
+from xlsr_dist.data import language, shards
 from xlsr_dist.data.skip_reasons import (
     DUPLICATE_ID,
     EMPTY_TRANSCRIPT,
@@ -195,7 +195,7 @@ def build_catalog(
         data_cfg.min_duration_in_seconds,
         data_cfg.max_duration_in_seconds,
         frames_fn,
-        data_cfg.normalization(),
+        language.read_as(location, data_cfg.normalization()),
         shards.footer_digests(paths),
     )
     # Arrow keeps the sorted and filtered copies' pages (~230 MB at 1M utterances) and glibc what the shards' parsed

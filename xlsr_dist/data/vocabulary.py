@@ -26,10 +26,10 @@ log = logging.getLogger(__name__)
 
 def split_vocabulary(location: str, normalization: text.TextNormalization) -> dict[str, int]:
     """The vocabulary of the training split at ``location`` as the run normalises it; for several mixed sets
-    (--train_data 'dirA=0.7,dirB=0.3') the union of theirs."""
+    (--train_data 'dirA=0.7,dirB=0.3') the union of theirs, each set normalised as it records (language.read_as)."""
     texts: list[str] = []
     for set_location, _ in parse_train_sets(location):
-        texts += _split_texts(set_location, normalization)
+        texts += _split_texts(set_location, language.read_as(set_location, normalization))
     return text.build_vocab(texts)
 
 
