@@ -188,6 +188,9 @@ def build_catalog(
 ) -> Catalog:
     """List and filter the utterances of a split; identical on every rank (reads metadata columns only)."""
     paths = shards.list_shards(location)
+    normalization = data_cfg.normalization()
+    if len(data_cfg.train_sets()) > 1:
+        normalization = language.read_as(location, normalization)  # mixed sets: each set's own language
     catalog = filter_metadata(
         shards.read_metadata(paths),
         paths,
@@ -195,7 +198,7 @@ def build_catalog(
         data_cfg.min_duration_in_seconds,
         data_cfg.max_duration_in_seconds,
         frames_fn,
-        language.read_as(location, data_cfg.normalization()),
+        normalization,
         shards.footer_digests(paths),
     )
     # Arrow keeps the sorted and filtered copies' pages (~230 MB at 1M utterances) and glibc what the shards' parsed

@@ -57,9 +57,10 @@ def split_normalization(location: str) -> TextNormalization | None:
 
 
 def read_as(location: str, default: TextNormalization) -> TextNormalization:
-    """How the split at ``location`` is read: the settings its manifest records, else (no manifest, one that records
-    none or cannot be read: training_problems has judged those) ``default``, the run's flags. With one training set
-    the two agree (training_problems); mixed sets of several languages are each read their own way."""
+    """How a split of a mixed run (several --train_data sets) is read: the settings its manifest records, else (no
+    manifest, one that records none or cannot be read: training_problems has judged those) ``default``, the run's
+    flags. One training set (and its eval sets) is read with the run's flags, which training_problems holds to the
+    manifests."""
     try:
         manifest = split_manifest(location)
         return default if manifest is None or MANIFEST_KEY not in manifest else recorded(manifest)
