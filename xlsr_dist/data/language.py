@@ -57,13 +57,13 @@ def split_normalization(location: str) -> TextNormalization | None:
 
 
 def read_as(location: str, default: TextNormalization) -> TextNormalization:
-    """How a split of a mixed run (several --train_data sets) is read: the settings its manifest records, else (no
-    manifest, one that records none or cannot be read: training_problems has judged those) ``default``, the run's
-    flags. One training set (and its eval sets) is read with the run's flags, which training_problems holds to the
-    manifests."""
+    """How a split of a mixed run (several --train_data sets) is read: the settings its manifest records (English for
+    an older prepare's, as training_problems judges it), else (no manifest, or one that cannot be read: a problem
+    training_problems reports) ``default``, the run's flags. One training set (and its eval sets) is read with the
+    run's flags, which training_problems holds to the manifests."""
     try:
         manifest = split_manifest(location)
-        return default if manifest is None or MANIFEST_KEY not in manifest else recorded(manifest)
+        return default if manifest is None else recorded(manifest)
     except ValueError:
         return default
 
