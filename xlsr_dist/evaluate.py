@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from xlsr_dist.config import ConfigError
+from xlsr_dist.config.tree import set_basename
 from xlsr_dist.evaluation import lm_eval, run
 from xlsr_dist.evaluation.run import PROG, EvalArgs
 from xlsr_dist.world import World, device_for, report_problem
@@ -70,15 +71,6 @@ def _argparser(quiet: bool) -> argparse.ArgumentParser:
     return p
 
 
-def set_name(location: str) -> str:
-    """The set's default name: its directory's basename (of the file's directory for a single shard file)."""
-    trimmed = location.rstrip("/")
-    base = trimmed.rsplit("/", 1)[-1]
-    if base.endswith(".parquet"):
-        base = trimmed.rsplit("/", 2)[-2] if trimmed.count("/") else "data"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._") or "data"
-
-
 def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> EvalArgs:
     """Flags -> EvalArgs; raises ConfigError naming every bad flag."""
     a = _argparser(quiet).parse_args(argv)
@@ -96,7 +88,7 @@ def parse_args(argv: Sequence[str] | None = None, quiet: bool = False) -> EvalAr
         if not _NAME_OK.fullmatch(n):
             problems.append(f"--names {n!r}: use letters, digits, '.', '_' and '-' (it names a directory and metrics)")
     if not names or len(names) != len(a.data):
-        names = [set_name(d) for d in a.data]
+        names = [set_basename(d) for d in a.data]
     seen: dict[str, str] = {}
     for name, location in zip(names, a.data):
         if name in seen:

@@ -169,7 +169,10 @@ def parse_args_and_locations(argv: Sequence[str] | None) -> Config:
         # Each problem starts with the flag(s) it is about: "--eval_data: required when --train_data is not 'demo'".
         named = {flag for problem in exc.problems for flag in problem.split(":")[0].split("/")}
         locations = [("--train_data", data.train_data)] if data.train_data not in ("", "demo") else []
-        locations += [("--eval_data", data.eval_data)] if data.eval_data else []
+        try:
+            locations += [("--eval_data", location) for _, location in data.eval_sets()]
+        except ValueError:
+            pass  # reported among the problems already
         found: list[str] = []
         for flag, location in locations:
             if flag in named:

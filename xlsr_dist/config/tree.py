@@ -7,6 +7,7 @@ The string literal under each field is that flag's documentation: ``--help`` and
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,7 +78,9 @@ class DataConfig:
     """With several --train_data sets given without weights: set i is drawn with probability proportional to
     (n_i / N) ** (1 / T), n_i its utterances (XLS-R, mBART); 1 = in proportion to size, larger flattens."""
     eval_data: str = ""
-    """Evaluation shards; required unless --train_data is 'demo', where empty means the demo's eval split."""
+    """Evaluation shards; required unless --train_data is 'demo', where empty means the demo's eval split. Several
+    sets: 'en=dirA,fr=dirB' or 'dirA,dirB' (names: the basenames); each set's loss/WER/CER is logged as
+    eval/<set>/loss|wer|cer, and eval_loss/eval_wer/eval_cer (--metric_for_best_model) are their unweighted means."""
     data_cache_dir: str = ""
     """Where the demo corpus is generated (default: $XDG_CACHE_HOME/xlsr_dist or ~/.cache/xlsr_dist)."""
     demo_train_utterances: int = 2000
@@ -99,7 +102,7 @@ class DataConfig:
     """DataLoader worker processes per rank that read and decode audio; 0 reads them in a background thread of the
     training process, one step ahead (cheaper than a worker's hand-over: BENCHMARKS.md, "Training speed")."""
     eval_max_utterances: int = 0
-    """Evaluate on at most this many utterances, the first in id order (0 = all)."""
+    """Evaluate on at most this many utterances of each --eval_data set, the first in id order (0 = all)."""
     language: str = "en"
     """ISO 639 code of the corpus's language (en, de, tr, zh, ...): its lower-casing, its number words, whether it
     writes spaces between words (see xlsr_dist.text)."""
@@ -141,6 +144,11 @@ class DataConfig:
         """--train_data as (location, weight or None) pairs; ValueError naming what is wrong."""
         return parse_train_sets(self.train_data)
 
+    def eval_sets(self) -> list[tuple[str, str]]:
+        """--eval_data as (name, location) pairs (one set: its basename and location); ValueError naming what is
+        wrong."""
+        return parse_eval_sets(self.eval_data)
+
     def normalization(self) -> TextNormalization:
         """How this run reads transcripts (the split's own settings: train.main checks they agree)."""
         return TextNormalization(self.language, self.fold_accents, self.text_normalization, self.chars_to_ignore)
@@ -169,6 +177,42 @@ def parse_train_sets(spec: str) -> list[tuple[str, float | None]]:
         raise ValueError("a set is named twice")
     if "demo" in {loc for loc, _ in sets} and len(sets) > 1:
         raise ValueError("'demo' cannot be mixed with other sets")
+    return sets
+
+
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def set_basename(location: str) -> str:
+    """A set's default name: its directory's basename (of the file's directory for a single shard file)."""
+    trimmed = location.rstrip("/")
+    base = trimmed.rsplit("/", 1)[-1]
+    if base.endswith(".parquet"):
+        base = trimmed.rsplit("/", 2)[-2] if trimmed.count("/") else "data"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._") or "data"
+
+
+def parse_eval_sets(spec: str) -> list[tuple[str, str]]:
+    """'en=dirA,fr=dirB' -> [(en, dirA), (fr, dirB)]; 'dirA,dirB' -> their basenames as names; 'dir' -> [(its
+    basename, dir)]. An entry is NAME=LOCATION when what precedes its first '=' is a name (letters, digits, _ . -).
+    ValueError naming the bad entry or the name given twice."""
+    if not spec:
+        return []
+    sets: list[tuple[str, str]] = []
+    for entry in spec.split(","):
+        entry = entry.strip()
+        name, sep, location = entry.partition("=")
+        if not (sep and _SET_NAME.fullmatch(name)):
+            name, location = set_basename(entry), entry
+        if not location:
+            raise ValueError(f"{entry!r}: no location")
+        if not _SET_NAME.fullmatch(name):
+            raise ValueError(f"{entry!r}: name the set (NAME=LOCATION, NAME of letters, digits, '_', '.', '-')")
+        sets.append((name, location))
+    names = [n for n, _ in sets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"set name(s) {', '.join(twice)} given twice; name each set: 'en=dirA,fr=dirB'")
     return sets
 
 

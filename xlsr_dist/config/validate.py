@@ -69,6 +69,10 @@ def data_problems(d: DataConfig) -> list[str]:
         p.append(f"--train_data: {e}")
     if not (math.isfinite(d.mixing_temperature) and d.mixing_temperature > 0):
         p.append(f"--mixing_temperature: {d.mixing_temperature} must be a number > 0")
+    try:
+        d.eval_sets()
+    except ValueError as e:
+        p.append(f"--eval_data: {e}")
     if d.train_data != "demo" and not d.eval_data:
         p.append("--eval_data: required when --train_data is not 'demo'")
     if d.max_duration_in_seconds <= d.min_duration_in_seconds:

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from xlsr_dist import text
 from xlsr_dist.audio import SAMPLE_RATE
 from xlsr_dist.config import DataConfig
-from xlsr_dist.data import shards
+from xlsr_dist.data import language, shards
 from xlsr_dist.data.skip_reasons import (
     DUPLICATE_ID,
     EMPTY_TRANSCRIPT,
@@ -188,6 +188,9 @@ def build_catalog(
 ) -> Catalog:
     """List and filter the utterances of a split; identical on every rank (reads metadata columns only)."""
     paths = shards.list_shards(location)
+    normalization = data_cfg.normalization()
+    if len(data_cfg.train_sets()) > 1:
+        normalization = language.read_as(location, normalization)  # mixed sets: each set's own language
     catalog = filter_metadata(
         shards.read_metadata(paths),
         paths,
@@ -195,7 +198,7 @@ def build_catalog(
         data_cfg.min_duration_in_seconds,
         data_cfg.max_duration_in_seconds,
         frames_fn,
-        data_cfg.normalization(),
+        normalization,
         shards.footer_digests(paths),
     )
     # Arrow keeps the sorted and filtered copies' pages (~230 MB at 1M utterances) and glibc what the shards' parsed

@@ -56,6 +56,18 @@ def split_normalization(location: str) -> TextNormalization | None:
     return None if manifest is None else recorded(manifest)
 
 
+def read_as(location: str, default: TextNormalization) -> TextNormalization:
+    """How a split of a mixed run (several --train_data sets) is read: the settings its manifest records (English for
+    an older prepare's, as training_problems judges it), else (no manifest, or one that cannot be read: a problem
+    training_problems reports) ``default``, the run's flags. One training set (and its eval sets) is read with the
+    run's flags, which training_problems holds to the manifests."""
+    try:
+        manifest = split_manifest(location)
+        return default if manifest is None else recorded(manifest)
+    except ValueError:
+        return default
+
+
 def _fold_flag(normalization: TextNormalization) -> str:
     return "true" if normalization.folds_accents else "false"
 
@@ -97,7 +109,9 @@ def mismatch_problems(
 
 def training_problems(cfg: Config) -> list[str]:
     """Every mismatch between the run's normalisation flags and what its training and eval splits record; a
-    manifest that cannot be read is a problem too (naming --train_data/--eval_data)."""
+    manifest that cannot be read is a problem too (naming --train_data/--eval_data). Several training sets may be
+    of several languages, each set (eval sets too) read with its own recorded settings; two sets of one language
+    recorded with different settings are then the problem (one language, two spellings of it)."""
     wanted = cfg.data.normalization()
     problems: list[str] = []
     if cfg.data.train_data == "demo" and not wanted.same_effect(ENGLISH):
@@ -109,7 +123,12 @@ def training_problems(cfg: Config) -> list[str]:
             "--text_normalization and --chars_to_ignore unset for it"
         )
     checked = [("train_data", location, "the training data") for location, _ in cfg.data.train_sets()]
-    for flag, location, role in [*checked, ("eval_data", cfg.data.eval_data, "the eval data")]:
+    eval_sets = cfg.data.eval_sets()
+    for name, location in eval_sets:
+        checked.append(("eval_data", location, "the eval data" if len(eval_sets) == 1 else f"the eval set {name}"))
+    multilingual = len(checked) - len(eval_sets) > 1
+    by_language: dict[str, tuple[TextNormalization, str]] = {}
+    for flag, location, role in checked:
         if not location or (flag == "train_data" and location == "demo"):
             continue
         try:
@@ -120,5 +139,15 @@ def training_problems(cfg: Config) -> list[str]:
         except ValueError as e:
             problems.append(f"--{flag} {location}: {e}")
             continue
-        problems += mismatch_problems(wanted, found, f"{role} at {location}", legacy=MANIFEST_KEY not in manifest)
+        if not multilingual:
+            problems += mismatch_problems(wanted, found, f"{role} at {location}", legacy=MANIFEST_KEY not in manifest)
+            continue
+        first = by_language.setdefault(found.language, (found, f"--{flag} {location}"))
+        if not first[0].same_effect(found):
+            problems.append(
+                f"--{flag} {location}: {found.language!r} with other text settings ({found.to_dict()}) than "
+                f"{first[1]} ({first[0].to_dict()}), both {shards.MANIFEST}; one language must be spelled one way "
+                "in one vocabulary: prepare the sets of a language with the same --fold_accents, --text_normalization "
+                "and --chars_to_ignore"
+            )
     return problems

@@ -26,10 +26,13 @@ log = logging.getLogger(__name__)
 
 def split_vocabulary(location: str, normalization: text.TextNormalization) -> dict[str, int]:
     """The vocabulary of the training split at ``location`` as the run normalises it; for several mixed sets
-    (--train_data 'dirA=0.7,dirB=0.3') the union of theirs."""
+    (--train_data 'dirA=0.7,dirB=0.3') the union of theirs, each set normalised as its manifest records
+    (language.read_as)."""
     texts: list[str] = []
-    for set_location, _ in parse_train_sets(location):
-        texts += _split_texts(set_location, normalization)
+    sets = parse_train_sets(location)
+    for set_location, _ in sets:
+        own = language.read_as(set_location, normalization) if len(sets) > 1 else normalization
+        texts += _split_texts(set_location, own)
     return text.build_vocab(texts)
 
 

@@ -128,10 +128,12 @@ class MetricsWindow:
 
 @dataclass(kw_only=True)
 class Evaluator:
-    """Eval loss, WER and CER on the eval set, every eval_steps and once at the end (collective: all ranks)."""
+    """Eval loss, WER and CER on the eval set(s), every eval_steps and once at the end (collective: all ranks).
+    Several sets: each one's as eval/<set>/loss|wer|cer, and eval_* are their unweighted means (each set, e.g. each
+    language, counts alike whatever its size)."""
 
     model_engine: DeepSpeedEngine
-    stream: EvalStream
+    streams: dict[str, EvalStream]
     inverse_vocab: list[str]
     blank_id: int
     zero_infinity: bool
@@ -159,27 +161,49 @@ class Evaluator:
             self.run(step)
 
     def run(self, step: int) -> None:
-        metrics, examples = evaluate.evaluate(
-            self.model_engine,
-            self.stream,
-            self.inverse_vocab,
-            self.blank_id,
-            self.zero_infinity,
-            self.device,
-            self.dtype,
-            reduction=self.ctc_loss_reduction,
-            precision_mode=self.precision_mode,
-        )
-        self.tracker.log_metrics({k: v for k, v in metrics.items() if k != "eval_samples"}, step)
-        msg = f"eval step {step}: {eval_line(metrics, self.primary_metric, self.writes_words)}"
+        by_set: dict[str, dict[str, float]] = {}
+        logged: dict[str, float] = {}
+        for name, stream in self.streams.items():
+            metrics, examples = evaluate.evaluate(
+                self.model_engine,
+                stream,
+                self.inverse_vocab,
+                self.blank_id,
+                self.zero_infinity,
+                self.device,
+                self.dtype,
+                reduction=self.ctc_loss_reduction,
+                precision_mode=self.precision_mode,
+            )
+            by_set[name] = metrics
+            if len(self.streams) > 1:
+                logged |= {f"eval/{name}/{k[len('eval_') :]}": metrics[k] for k in _SET_METRICS}
+                self._say(f"eval step {step} {name}: {eval_line(metrics, self.primary_metric, self.writes_words)}")
+            for uid, ref, hyp in examples:
+                log.info("  %s  ref: %s | hyp: %s", uid, ref, hyp)
+        metrics = mean_metrics(list(by_set.values()))
+        self.tracker.log_metrics(logged | {k: v for k, v in metrics.items() if k != "eval_samples"}, step)
+        mean = " (mean of the sets)" if len(by_set) > 1 else ""
+        self._say(f"eval step {step}{mean}: {eval_line(metrics, self.primary_metric, self.writes_words)}")
+        self.last_step = step
+        self.best.observe(step, metrics)
+
+    def _say(self, msg: str) -> None:
         if self.progress is not None:
             self.progress.write(msg)
         else:
             log.info(msg)
-        for uid, ref, hyp in examples:
-            log.info("  %s  ref: %s | hyp: %s", uid, ref, hyp)
-        self.last_step = step
-        self.best.observe(step, metrics)
+
+
+_SET_METRICS = ("eval_loss", "eval_wer", "eval_cer")
+
+
+def mean_metrics(per_set: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One set's metrics as they are; several sets' eval_loss/wer/cer as unweighted means, eval_samples summed."""
+    if len(per_set) == 1:
+        return per_set[0]
+    out = {k: sum(m[k] for m in per_set) / len(per_set) for k in _SET_METRICS}
+    return out | {"eval_samples": sum(m["eval_samples"] for m in per_set)}
 
 
 def eval_line(metrics: dict[str, float], primary_metric: str, writes_words: bool) -> str:

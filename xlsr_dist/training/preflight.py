@@ -15,7 +15,7 @@ from xlsr_dist.training import checkpoint
 def problems(cfg: Config) -> list[str]:
     """Every problem with the data locations, weights and resume checkpoint ``cfg`` names."""
     found: list[str] = []
-    locations = [("--eval_data", cfg.data.eval_data)] if cfg.data.eval_data else []
+    locations = [("--eval_data", location) for _, location in cfg.data.eval_sets()]
     if cfg.data.train_data != "demo":
         locations[:0] = [("--train_data", location) for location, _ in cfg.data.train_sets()]
     for flag, location in locations:

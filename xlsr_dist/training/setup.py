@@ -50,7 +50,8 @@ class RunPlan:
     resume_from: Path | None
     """the complete checkpoint to continue from (--resume_from_checkpoint resolved), or None"""
     train_location: str
-    eval_location: str
+    eval_sets: list[tuple[str, str]]
+    """(name, location) of each eval set; one set is logged as eval_*, several also as eval/<name>/*"""
     world: World
     batch: BatchPlan
 
@@ -62,7 +63,7 @@ class DataAndModel:
     model: Wav2Vec2ForCTC
     layer_drop: layerdrop.SharedLayerDrop | None
     train_stream: TrainStream
-    eval_stream: EvalStream
+    eval_streams: dict[str, EvalStream]
     total_steps: int
 
 
@@ -98,14 +99,14 @@ def resolve_run(cfg: Config, world: World, batch: BatchPlan) -> RunPlan:
     output_dir = Path(cfg.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     resume_from = checkpoint.resolve_resume(cfg.train.resume_from_checkpoint, output_dir)
-    train_location, eval_location = resolve_data(cfg, world)
+    train_location, eval_sets = resolve_data(cfg, world)
     if resume_from is not None:
         adopt_model_config(resume_from, output_dir, world)
     return RunPlan(
         output_dir=output_dir,
         resume_from=resume_from,
         train_location=train_location,
-        eval_location=eval_location,
+        eval_sets=eval_sets,
         world=world,
         batch=batch,
     )
@@ -134,9 +135,12 @@ def build_data_and_model(cfg: Config, run: RunPlan) -> DataAndModel:
         )
     frames = functools.partial(output_frames, model.config)
     train_stream = TrainStream(run.train_location, world, run.batch, t.seed, vocab, cfg.data, frames, time_masking)
-    eval_stream = EvalStream(
-        run.eval_location, world, t.per_device_eval_batch_size, vocab, cfg.data, frames, cfg.data.eval_max_utterances
-    )
+    eval_streams = {
+        name: EvalStream(
+            location, world, t.per_device_eval_batch_size, vocab, cfg.data, frames, cfg.data.eval_max_utterances
+        )
+        for name, location in run.eval_sets
+    }
     steps_per_epoch = train_stream.steps_per_epoch
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * steps_per_epoch)
     log.info("data: %s", train_stream.describe())
@@ -148,7 +152,7 @@ def build_data_and_model(cfg: Config, run: RunPlan) -> DataAndModel:
         model=model,
         layer_drop=layer_drop,
         train_stream=train_stream,
-        eval_stream=eval_stream,
+        eval_streams=eval_streams,
         total_steps=total_steps,
     )
 
@@ -266,7 +270,7 @@ def build_loop(
         ),
         evaluator=Evaluator(
             model_engine=eng.model_engine,
-            stream=built.eval_stream,
+            streams=built.eval_streams,
             inverse_vocab=text.inverse(built.vocab),
             blank_id=built.blank_id,
             zero_infinity=cfg.model.ctc_zero_infinity,
@@ -296,10 +300,11 @@ def build_loop(
     )
 
 
-def resolve_data(cfg: Config, world: World) -> tuple[str, str]:
-    """Shard locations for train and eval; the demo corpus is generated once per node, then shared."""
+def resolve_data(cfg: Config, world: World) -> tuple[str, list[tuple[str, str]]]:
+    """Shard locations for train and the (name, location) eval sets; the demo corpus is generated once per node,
+    then shared."""
     if cfg.data.train_data != "demo":
-        return cfg.data.train_data, cfg.data.eval_data
+        return cfg.data.train_data, cfg.data.eval_sets()
     root = Path(cfg.data.data_cache_dir) if cfg.data.data_cache_dir else demo.default_cache_dir()
     if world.is_local_main:
         demo.ensure_demo_corpus(root, n_train=cfg.data.demo_train_utterances, n_eval=cfg.data.demo_eval_utterances)
@@ -307,7 +312,7 @@ def resolve_data(cfg: Config, world: World) -> tuple[str, str]:
     train_dir, eval_dir = demo.ensure_demo_corpus(
         root, n_train=cfg.data.demo_train_utterances, n_eval=cfg.data.demo_eval_utterances
     )
-    return str(train_dir), (cfg.data.eval_data or str(eval_dir))
+    return str(train_dir), (cfg.data.eval_sets() or [("eval", str(eval_dir))])
 
 
 def load_or_build_vocab(
