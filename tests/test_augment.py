@@ -126,11 +126,34 @@ def test_noise_folder_without_usable_file_is_one_problem(tmp_path: Path) -> None
     with pytest.raises(DataProblem) as info:
         Augmentation.from_config(dataclasses.replace(DataConfig(), noise_prob=0.5, noise_dir=str(folder)), seed=1)
     assert info.value.flag == "--noise_dir"
-    assert "2 audio file(s), none usable" in str(info.value)
+    assert "2 recording(s), none usable" in str(info.value)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(DataProblem, match="--rir_dir .*: no audio file"):
         Augmentation.from_config(dataclasses.replace(DataConfig(), rir_prob=0.5, rir_dir=str(empty)), seed=1)
+
+
+def test_noise_shards_from_prepare_give_the_folders_recordings(tmp_path: Path) -> None:
+    """A noise folder prepared into shards (`prepare --layout audio`, as for MUSAN's noise/) serves as --noise_dir."""
+    from xlsr_dist.data.augment import load_folder
+    from xlsr_dist.prepare import run
+
+    folder = tmp_path / "musan" / "noise" / "free-sound"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for i in range(3):
+        sf.write(folder / f"noise-{i}.flac", (0.1 * rng.standard_normal(16000 + 4000 * i)).astype(np.float32), 16000)
+    run(["--layout", "audio", "--input", str(tmp_path / "musan" / "noise"), "--output", str(tmp_path / "shards")])
+    from_shards = load_folder(str(tmp_path / "shards" / "train"), "--noise_dir", 1)
+    from_folder = load_folder(str(tmp_path / "musan" / "noise"), "--noise_dir", 1)
+    assert sorted(len(w) for w in from_shards) == [16000, 20000, 24000]
+    by_length = {len(w): w for w in from_folder}
+    for wave in from_shards:
+        np.testing.assert_allclose(wave, by_length[len(wave)], atol=1e-4)  # FLAC in the shard: 16-bit samples
+    aug = Augmentation.from_config(
+        dataclasses.replace(DataConfig(), noise_prob=0.5, noise_dir=str(tmp_path / "shards" / "train")), seed=1
+    )
+    assert len(aug.noises) == 3
 
 
 def test_bad_augmentation_flags_are_named_together(tmp_path: Path) -> None:

@@ -107,8 +107,8 @@ def augmentation_problems(d: DataConfig) -> list[str]:
     for prob, folder in (("noise_prob", "noise_dir"), ("rir_prob", "rir_dir")):
         path = getattr(d, folder)
         if getattr(d, prob) > 0 and not path:
-            p.append(f"--{folder}: empty; --{prob} {getattr(d, prob)} needs a folder of audio files")
-        elif getattr(d, prob) > 0 and not Path(path).expanduser().is_dir():
+            p.append(f"--{folder}: empty; --{prob} {getattr(d, prob)} needs a folder of audio files or its shards")
+        elif getattr(d, prob) > 0 and "://" not in path and not Path(path).expanduser().is_dir():
             p.append(f"--{folder}: {path} is not a directory")
     return p
 

@@ -15,22 +15,25 @@ A speed factor that leaves an utterance fewer model frames than its transcript n
 utterance keeps factor 1.0 in that epoch. The decision depends on the utterance and its draw alone, so it is the same
 on every rank; no item is dropped, so every rank's micro-batch keeps its size.
 
-Noise and RIR files are read from plain folders once per process, before the DataLoader forks, so the workers share
-those pages; a folder of noise is held in memory as float32 16 kHz mono (an hour is about 230 MB).
+Noise and RIR recordings are read from plain folders, or from shards of one (``prepare --layout audio``, also on
+S3), once per process, before the DataLoader forks, so the workers share those pages; noise is held in memory as
+float32 16 kHz mono (an hour is about 230 MB).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soxr
 
-from xlsr_dist.audio import SAMPLE_RATE, AudioError, load_audio
+from xlsr_dist.audio import SAMPLE_RATE, AudioError, decode_bytes, load_audio
 from xlsr_dist.config import DataConfig
+from xlsr_dist.data import shards
 from xlsr_dist.data.problems import DataProblem
 from xlsr_dist.data.specaugment import utterance_generator
 from xlsr_dist.text import ctc_min_frames
@@ -64,27 +67,49 @@ def audio_files(folder: str) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
 
 
+def holds_shards(location: str) -> bool:
+    """Whether ``location`` is a split of shards (``prepare --layout audio`` output, local or a URL) rather than a
+    plain folder of audio files."""
+    return "://" in location or any(Path(location).glob("shard-*-of-*.parquet"))
+
+
+def _sources(location: str) -> Iterator[tuple[str, Callable[[], np.ndarray]]]:
+    """(name, decode) for every recording at ``location``: the rows of its shards, or its audio files."""
+    if not holds_shards(location):
+        for path in audio_files(location):
+            yield path.name, functools.partial(load_audio, path)
+        return
+    for shard in shards.list_shards(location):
+        rows = shards.read_rows(shard, range(shards.read_metadata([shard]).num_rows))
+        for row in rows:
+            yield str(row["id"]), functools.partial(decode_bytes, row["audio"])
+
+
 def load_folder(folder: str, flag: str, min_samples: int) -> list[np.ndarray]:
-    """Every decodable audio file of ``folder`` with at least ``min_samples`` samples; DataProblem (exit 2) naming
-    ``flag`` when none is."""
-    waves, rejected = [], []
-    files = audio_files(folder)
-    for path in files:
-        try:
-            wave = load_audio(path)
-        except AudioError as e:
-            rejected.append(f"{path.name}: {e}")
-            continue
-        if len(wave) < min_samples or float(np.dot(wave, wave)) / len(wave) < _SILENT_POWER:
-            rejected.append(f"{path.name}: shorter than {min_samples} samples or silent")
-            continue
-        waves.append(wave)
+    """Every decodable recording of ``folder`` (a folder of audio files, or shards of one prepared with
+    ``prepare --layout audio``) with at least ``min_samples`` samples; DataProblem (exit 2) naming ``flag`` when
+    none is."""
+    waves, rejected, seen = [], [], 0
+    try:
+        for name, decode in _sources(folder):
+            seen += 1
+            try:
+                wave = decode()
+            except AudioError as e:
+                rejected.append(f"{name}: {e}")
+                continue
+            if len(wave) < min_samples or float(np.dot(wave, wave)) / len(wave) < _SILENT_POWER:
+                rejected.append(f"{name}: shorter than {min_samples} samples or silent")
+                continue
+            waves.append(wave)
+    except shards.ShardError as e:
+        rejected.append(str(e))
     if not waves:
-        seen = f"{len(files)} audio file(s), none usable ({'; '.join(rejected[:3])})" if files else "no audio file"
+        found = f"{seen} recording(s), none usable ({'; '.join(rejected[:3])})" if seen or rejected else "no audio file"
         raise DataProblem(
             flag,
-            f"{flag} {folder}: {seen}. What would work: a folder holding audio files ({', '.join(AUDIO_SUFFIXES)}) "
-            f"that decode and are not silent",
+            f"{flag} {folder}: {found}. What would work: a folder holding audio files ({', '.join(AUDIO_SUFFIXES)}) "
+            f"that decode and are not silent, or its shards from `python -m xlsr_dist.prepare --layout audio`",
         )
     for line in rejected:
         log.warning("%s: skipping %s", flag, line)
