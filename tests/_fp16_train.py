@@ -8,12 +8,14 @@ overflows injected at chosen steps on one rank.
 every step from 3 on. ``--record``: each rank writes DIR/rank<N>_steps.json after every step: the engine's skipped-
 step count and loss scale as that rank sees them (the trainer logs them from rank 0 only). Only tests declare fp16
 support on a CPU: DeepSpeed's CPU accelerator answers None (no oneDNN fp16 kernels), and xlsr_dist refuses
-zero2_fp16 there for users, while torch's CPU ops run it.
+zero2_fp16 there for users, while torch's CPU ops run it. ``--pretrain``: the same overflows in
+`python -m xlsr_dist.pretrain` (its micro-batch loss times inf) instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -69,16 +71,45 @@ def inject(is_overflow_step: Any, overflow_rank: int, record: Path | None) -> No
     ctc.batch_loss = overflowing_batch_loss
 
 
+def inject_pretraining(is_overflow_step: Any, overflow_rank: int) -> None:
+    """The same overflow for `xlsr_dist.pretrain`: its micro-batch loss (a sum over masked frames) times inf."""
+    from xlsr_dist.training.pretraining import run
+
+    current = {"step": 0}
+    rank = world.World.from_env().rank
+    train_step, forward = run.train_step, run.pretraining_forward
+
+    def counted_train_step(parts: Any, step: int, *args: Any, **kwargs: Any) -> Any:
+        current["step"] = step
+        return train_step(parts, step, *args, **kwargs)
+
+    def overflowing_forward(*args: Any, **kwargs: Any) -> Any:
+        sums = forward(*args, **kwargs)
+        if rank == overflow_rank and is_overflow_step(current["step"]):
+            return dataclasses.replace(sums, loss=sums.loss * float("inf"))
+        return sums
+
+    run.train_step = counted_train_step  # type: ignore[assignment]
+    run.pretraining_forward = overflowing_forward  # type: ignore[assignment]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--overflow_steps", default="")
     parser.add_argument("--overflow_rank", type=int, default=0)
     parser.add_argument("--record", type=Path, default=None)
+    parser.add_argument("--pretrain", action="store_true", help="run xlsr_dist.pretrain instead of xlsr_dist.train")
     args, rest = parser.parse_known_args()
     get_accelerator().is_fp16_supported = lambda: True
-    inject(overflowing(args.overflow_steps), args.overflow_rank, args.record)
+    flags = [a for a in rest if a != "--"]
     try:
-        train.main([a for a in rest if a != "--"])
+        if args.pretrain:
+            from xlsr_dist import pretrain
+
+            inject_pretraining(overflowing(args.overflow_steps), args.overflow_rank)
+            pretrain.main(flags)  # exits
+        inject(overflowing(args.overflow_steps), args.overflow_rank, args.record)
+        train.main(flags)
     except SystemExit as done:
         train.exit_now(done.code if isinstance(done.code, int) else 1)
 

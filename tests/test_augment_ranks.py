@@ -113,5 +113,5 @@ def test_bad_weight_and_unusable_noise_folder_stop_with_one_message_and_status_2
         ["-m", "xlsr_dist.train", *tiny_flags(tmp_path / "out2", "", **flags)], 1, 300, log_dir=tmp_path / "logs"
     )
     assert results[0].returncode == 2, results[0].output[-3000:]
-    assert f"--noise_dir {silent}: 1 audio file(s), none usable" in results[0].output
+    assert f"--noise_dir {silent}: 1 recording(s), none usable" in results[0].output
     assert "Traceback" not in results[0].output

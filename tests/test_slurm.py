@@ -65,6 +65,33 @@ def _logged_steps(out: Path) -> list[int]:
     return steps
 
 
+def usr1_after_step(cluster: SlurmCluster, job: int, tmp_path: Path, out: Path, step: int) -> int:
+    """Once ``step`` is logged, USR1 to the job's tasks (every rank, not the batch shell), as SLURM's
+    --signal=USR1@300 does before the time limit; returns the last step logged then."""
+    deadline = time.monotonic() + 300
+    while not (out / "metrics.jsonl").is_file() or max(_logged_steps(out), default=0) < step:
+        assert time.monotonic() < deadline, f"no step {step} after 300 s\n{_job_log(tmp_path, job)[-3000:]}"
+        assert cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), _job_log(tmp_path, job)[-3000:]
+        time.sleep(0.2)
+    cluster.run("scancel", "--signal=USR1", str(job))
+    return max(_logged_steps(out))
+
+
+def stopped_and_requeued_once(cluster: SlurmCluster, job: int, tmp_path: Path) -> tuple[dict[str, str], str, int]:
+    """The job completed after exactly one requeue, every rank (2) having saved at the same step k on the stop
+    request; (job info, log, k)."""
+    info = cluster.wait_job(job, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=600)
+    log = _job_log(tmp_path, job)
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, log[-5000:])
+    assert info["Restarts"] == "1", f"expected one requeue, got {info['Restarts']}\n{log[-5000:]}"
+    stops = [line for line in log.splitlines() if "stop requested" in line]
+    assert len(stops) == 2, f"both ranks must report the stop:\n{log[-5000:]}"
+    stop_step = int(stops[0].split("checkpoint saved at step ")[1].split(";")[0])
+    assert all(f"checkpoint saved at step {stop_step};" in line for line in stops)
+    assert "requeueing job" in log and "attempt 2" in log
+    return info, log, stop_step
+
+
 @pytest.fixture(scope="module")
 def reference_losses(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
     """The same training, uninterrupted, started without SLURM (one process per rank)."""
@@ -124,28 +151,9 @@ def test_usr1_checkpoints_requeues_and_resumes_with_identical_losses(
 ) -> None:
     out, uri = tmp_path / "out", f"sqlite:///{tmp_path}/mlflow.db"
     job = _submit(slurm_cluster, tmp_path, out, uri)
-
-    # Signal once training is under way (step 2 logged), as SLURM does --signal=USR1@300 before the time limit.
-    deadline = time.monotonic() + 300
-    while not (out / "metrics.jsonl").is_file() or max(_logged_steps(out), default=0) < 2:
-        assert time.monotonic() < deadline, f"no training step after 300 s\n{_job_log(tmp_path, job)[-3000:]}"
-        assert slurm_cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), _job_log(tmp_path, job)[-3000:]
-        time.sleep(0.2)
-    slurm_cluster.run("scancel", "--signal=USR1", str(job))  # the job steps' tasks: every rank, not the shell
-    signalled_at = max(_logged_steps(out))
-
-    info = slurm_cluster.wait_job(job, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout=600)
-    log = _job_log(tmp_path, job)
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, log[-5000:])
-    assert info["Restarts"] == "1", f"expected one requeue, got {info['Restarts']}\n{log[-5000:]}"
-
-    # First attempt: every rank stopped at the same step k and saved there; the script requeued on status 75.
-    stops = [line for line in log.splitlines() if "stop requested" in line]
-    assert len(stops) == 2, f"both ranks must report the stop:\n{log[-5000:]}"
-    stop_step = int(stops[0].split("checkpoint saved at step ")[1].split(";")[0])
-    assert all(f"checkpoint saved at step {stop_step};" in line for line in stops)
+    signalled_at = usr1_after_step(slurm_cluster, job, tmp_path, out, 2)
+    _, log, stop_step = stopped_and_requeued_once(slurm_cluster, job, tmp_path)
     assert signalled_at <= stop_step < STEPS, (signalled_at, stop_step)
-    assert "requeueing job" in log and "attempt 2" in log
     # Second attempt: resumed from exactly that checkpoint, so no step is trained (or logged) twice.
     assert f"step-{stop_step:07d} at step {stop_step}" in log, log[-5000:]
 

@@ -18,7 +18,7 @@ from xlsr_dist.config.pretrain import parse_pretrain_args, pretrain_help
 from xlsr_dist.console import setup_console
 from xlsr_dist.data.locations import shard_paths
 from xlsr_dist.data.problems import DataProblem
-from xlsr_dist.world import World, device_for, init, report_problem, shutdown
+from xlsr_dist.world import World, barrier, device_for, init, report_problem, shutdown
 
 log = logging.getLogger("xlsr_dist")
 PROG = "xlsr_dist.pretrain"
@@ -34,6 +34,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         print("objective (config/pretrain.py):\n" + pretrain_help())
         sys.exit(0)
+    # As in xlsr_dist.train: USR1/TERM (SLURM's time-limit warning, preemption, a launcher's SIGTERM) stop the run
+    # after the step every rank is in, with a checkpoint, instead of killing it.
+    from xlsr_dist.train import EXIT_PREEMPTED, StopRequest
+
+    stop = StopRequest()
+    stop.install()
     world = World.from_env()
     try:
         cfg, pcfg = parse_pretrain_args(args)
@@ -57,7 +63,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     init(world, device, cfg.train.dist_timeout_s)
     code = 0
     try:
-        pretrain(cfg, pcfg, world, plan, device, ds_config)
+        stopped_at = pretrain(cfg, pcfg, world, plan, device, ds_config, stop)
+        if stopped_at is not None:
+            log.warning(
+                "stop requested (%s): checkpoint saved at step %d; exiting with status %d so the scheduler can "
+                "requeue; resume with --resume_from_checkpoint latest",
+                stop.signal_name or "signal on another rank",
+                stopped_at,
+                EXIT_PREEMPTED,
+            )
+            code = EXIT_PREEMPTED
+        # Leave together: under srun --kill-on-bad-exit the first rank to exit 75 would get the others killed.
+        barrier()
     except (ModelLoadError, CheckpointError, ElasticResumeError) as exc:
         report_problem(world, PROG, str(exc), "node")
         code = 2
@@ -69,5 +86,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(code)
 
 
+def cli() -> None:
+    """`python -m xlsr_dist.pretrain`: main(), then training's fast, simultaneous exit (train.exit_now: ranks leaving
+    one by one through the interpreter's teardown would let `srun --kill-on-bad-exit` turn a 75 into 143)."""
+    from xlsr_dist.train import exit_now
+
+    try:
+        main()
+    except SystemExit as done:
+        exit_now(done.code if isinstance(done.code, int) else 1)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import set_seed
@@ -28,16 +28,38 @@ from xlsr_dist.data.problems import DataProblem, too_few_to_train
 from xlsr_dist.model import count_parameters, output_frames
 from xlsr_dist.run_dir import FINAL
 from xlsr_dist.training import checkpoint, elastic, engine, layerdrop, setup
+from xlsr_dist.training.loop import NonFiniteGuard
 from xlsr_dist.training.pretraining.data import PretrainStream, audio_catalog
 from xlsr_dist.training.pretraining.model import build_pretraining_model, save_for_finetuning
 from xlsr_dist.training.pretraining.objective import Objective, Sums, install_shared_noise, pretraining_forward
 from xlsr_dist.world import World, all_reduce_sum, barrier
 
+
+class StopSignal(Protocol):
+    """A stop request (xlsr_dist.train.StopRequest): set by SIGUSR1/SIGTERM on this rank; the step's sums share it."""
+
+    @property
+    def requested(self) -> bool: ...
+
+
 log = logging.getLogger("xlsr_dist")
 KIND = "pretraining"
 
 # Summed over micro-batches and ranks each step, in this order (one all-reduce).
-_SUMMED = ("loss", "contrastive", "diversity", "correct", "masked", "perplexity", "micro_batches", "audio_seconds")
+# "nonfinite": micro-batches whose loss was not finite; "stop": ranks that caught a stop signal (SIGUSR1/SIGTERM).
+# Summed with the step's figures, so the stop vote costs no collective of its own.
+_SUMMED = (
+    "loss",
+    "contrastive",
+    "diversity",
+    "correct",
+    "masked",
+    "perplexity",
+    "micro_batches",
+    "audio_seconds",
+    "nonfinite",
+    "stop",
+)
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,7 @@ class Parts:
     dtype: torch.dtype
     resumed: dict[str, Any]
     """the resumed checkpoint's client state ({} for a fresh run)"""
+    precision: str
 
 
 def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_config: dict[str, Any]) -> Parts:
@@ -85,8 +108,9 @@ def build(cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, ds_c
         plan.global_batch,
         count_parameters(model),
     )
-    dtype = precision.input_dtype(precision.mode(ds_config))
-    return Parts(model_engine, stream, _objective(t.seed, pcfg), layer_drop, total, dtype, resumed)
+    mode = precision.mode(ds_config)
+    dtype = precision.input_dtype(mode)
+    return Parts(model_engine, stream, _objective(t.seed, pcfg), layer_drop, total, dtype, resumed, mode)
 
 
 def not_one_batch(
@@ -153,9 +177,15 @@ def _restore(
 
 
 def train_step(
-    parts: Parts, step: int, micro_batches: list[dict[str, Any]], world: World, device: torch.device
+    parts: Parts,
+    step: int,
+    micro_batches: list[dict[str, Any]],
+    world: World,
+    device: torch.device,
+    stop_requested: bool = False,
 ) -> dict[str, float]:
-    """One optimizer step (1-based ``step``); returns the step's global sums (_SUMMED)."""
+    """One optimizer step (1-based ``step``); returns the step's global sums (_SUMMED). Marks each micro-batch's
+    items ``nonfinite`` when its loss was not finite (the loss is a sum over the micro-batch, so all of them)."""
     model_engine, objective = parts.model_engine, parts.objective
     module = model_engine.module
     module.set_gumbel_temperature(objective.gumbel_temperature(step - 1))
@@ -177,7 +207,10 @@ def train_step(
         sums: Sums = pretraining_forward(model_engine, batch, drawn, device, parts.dtype)
         model_engine.backward(sums.loss * scale)
         model_engine.step()
-        totals["loss"] += float(sums.loss.detach())
+        loss = float(sums.loss.detach())
+        batch["nonfinite"] = torch.full((len(batch["ids"]),), not math.isfinite(loss), dtype=torch.bool)
+        totals["nonfinite"] += float(not math.isfinite(loss))
+        totals["loss"] += loss
         totals["contrastive"] += sums.contrastive
         totals["diversity"] += sums.diversity
         totals["correct"] += sums.correct
@@ -185,6 +218,7 @@ def train_step(
         totals["perplexity"] += sums.perplexity
         totals["micro_batches"] += 1
         totals["audio_seconds"] += float(batch["audio_seconds"])
+    totals["stop"] = float(stop_requested)
     summed = all_reduce_sum([totals[k] for k in _SUMMED], device).tolist()
     return dict(zip(_SUMMED, summed))
 
@@ -203,13 +237,22 @@ def step_metrics(sums: dict[str, float], parts: Parts, step: int, seconds: float
         "learning_rate": engine.current_lr(parts.model_engine),
         "throughput": sums["audio_seconds"] / max(seconds, 1e-9),
         "batch_seconds": sums["audio_seconds"],
+        "loss_scale": precision.loss_scale(parts.model_engine),
+        "skipped_steps": float(precision.skipped_steps(parts.model_engine)),
     }
 
 
 def pretrain(
-    cfg: Config, pcfg: PretrainConfig, world: World, plan: BatchPlan, device: torch.device, ds_config: dict[str, Any]
-) -> None:
-    """Collective: the whole run; final/ holds the encoder for fine-tuning."""
+    cfg: Config,
+    pcfg: PretrainConfig,
+    world: World,
+    plan: BatchPlan,
+    device: torch.device,
+    ds_config: dict[str, Any],
+    stop: StopSignal | None = None,
+) -> int | None:
+    """Collective: the whole run; final/ holds the encoder for fine-tuning. When a stop signal (``stop``, on any
+    rank) ended it early: the step every rank had finished, where a checkpoint was saved; else None."""
     output_dir = Path(cfg.train.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     parts = build(cfg, pcfg, world, plan, ds_config)
@@ -223,23 +266,34 @@ def pretrain(
     tags = {"xlsr_dist.kind": KIND, "xlsr_dist.output_dir": str(output_dir.resolve())}
     tracker.start(params, tags, resume_run_id=parts.resumed.get("mlflow_run_id"))
     status, t = "FAILED", cfg.train
+    guard = NonFiniteGuard(parts.precision, max_skips=t.max_nonfinite_steps, announce=world.is_main)
     first = int(parts.resumed.get("step", 0)) + 1
     try:
         parts.model_engine.train()
         # Throughput counts the whole step, reading and decoding its audio included.
         started = time.perf_counter()
         for step, micro_batches in parts.stream.steps(first) if first <= parts.total_steps else ():
-            sums = train_step(parts, step, micro_batches, world, device)
+            eng = parts.model_engine
+            skipped_before, scale_before = eng.skipped_steps, precision.loss_scale(eng)
+            sums = train_step(parts, step, micro_batches, world, device, stop is not None and stop.requested)
+            skipped = eng.skipped_steps > skipped_before
+            guard.check(step, sums["nonfinite"] > 0, skipped, micro_batches, (scale_before, precision.loss_scale(eng)))
             now = time.perf_counter()
             metrics = step_metrics(sums, parts, step, now - started)
+            if skipped:  # as training does, a step the loss scaler skipped leaves its (overflowed) losses out
+                metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
             started = now
-            if step % cfg.train.logging_steps == 0 or step == parts.total_steps:
+            stopping = sums["stop"] > 0
+            if step % cfg.train.logging_steps == 0 or step == parts.total_steps or stopping:
                 tracker.log_metrics(metrics, step)
                 if world.is_main:
                     log.info("step %d: %s", step, " ".join(f"{k} {v:.6g}" for k, v in metrics.items()))
-            if step % t.save_steps == 0 or step == parts.total_steps:
+            if step % t.save_steps == 0 or step == parts.total_steps or stopping:
                 state = client_state(step, t.seed, parts.stream, tracker.run_id)
                 checkpoint.save(parts.model_engine, output_dir, step, state, t.save_total_limit, world)
+            if stopping:
+                status = "KILLED"
+                return step
             if step >= parts.total_steps:
                 break
         if world.is_main:
@@ -249,5 +303,6 @@ def pretrain(
                 save_for_finetuning(parts.model_engine.module, tmp)
         barrier()
         status = "FINISHED"
+        return None
     finally:
         tracker.close(status)
