@@ -89,12 +89,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 def cli() -> None:
     """`python -m xlsr_dist.pretrain`: main(), then training's fast, simultaneous exit (train.exit_now: ranks leaving
     one by one through the interpreter's teardown would let `srun --kill-on-bad-exit` turn a 75 into 143)."""
-    from xlsr_dist.train import exit_now
+    from xlsr_dist.train import exit_after
 
-    try:
-        main()
-    except SystemExit as done:
-        exit_now(done.code if isinstance(done.code, int) else 1)
+    exit_after(main)
 
 
 if __name__ == "__main__":

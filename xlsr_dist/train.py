@@ -23,7 +23,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 # `python -m xlsr_dist.train`: catch SIGUSR1/SIGTERM before the imports below (seconds), whose default action would
@@ -199,12 +199,17 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def cli() -> None:
-    """Console-script entry (`xlsr-train`): the same fast, simultaneous exit as `python -m xlsr_dist.train`."""
+def exit_after(command: Callable[[], None]) -> None:
+    """Run a command's main(), then leave through exit_now with its status (also `xlsr_dist.pretrain`'s way out)."""
     try:
-        main()
+        command()
     except SystemExit as done:
         exit_now(done.code if isinstance(done.code, int) else 1)
+
+
+def cli() -> None:
+    """Console-script entry (`xlsr-train`): the same fast, simultaneous exit as `python -m xlsr_dist.train`."""
+    exit_after(main)
 
 
 if __name__ == "__main__":
