@@ -224,3 +224,16 @@ def test_batches_by_total_seconds() -> None:
     assert not np.array_equal(np.concatenate(other), used)
     # Bucketing: the spread of durations inside a batch is far below the corpus's.
     assert np.median([np.ptp(d[b]) for b in batches]) < 0.25 * np.ptp(d)
+
+
+def test_pretraining_needs_no_eval_data_and_reports_only_real_problems() -> None:
+    """Pretraining evaluates nothing: a run on shards without --eval_data parses (training would refuse it), and a
+    bad flag is reported without the training tree's --eval_data demand beside it."""
+    from xlsr_dist.config import ConfigError
+    from xlsr_dist.config.pretrain import parse_pretrain_args
+
+    cfg, _ = parse_pretrain_args(["--train_data", "/data/shards/calls/train", "--output_dir", "runs/pt"])
+    assert cfg.data.train_data == "/data/shards/calls/train" and cfg.data.eval_data == ""
+    with pytest.raises(ConfigError) as info:
+        parse_pretrain_args(["--train_data", "/data/shards/calls/train", "--learning_rate", "-1"])
+    assert info.value.problems == ["--learning_rate: -1.0 must be > 0"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from xlsr_dist.config.errors import ConfigError
 from xlsr_dist.config.flags import parse_args
 from xlsr_dist.config.tree import Config
+from xlsr_dist.config.validate import EVAL_DATA_REQUIRED
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,11 @@ def parse_pretrain_args(argv: Sequence[str] | None) -> tuple[Config, PretrainCon
     try:
         cfg = parse_args(rest)
     except ConfigError as exc:
-        raise ConfigError([*problems, *exc.problems]) from exc
+        # Pretraining evaluates nothing: the training tree's demand for --eval_data does not apply.
+        left = [x for x in exc.problems if not x.startswith(EVAL_DATA_REQUIRED)]
+        if left or problems or not isinstance(exc.config, Config):
+            raise ConfigError([*problems, *left], exc.scope, exc.config) from exc
+        cfg = exc.config
     if pretrain.max_batch_seconds > 0 and cfg.train.per_device_train_batch_size <= 0:
         problems.append(
             "--max_batch_seconds: needs --per_device_train_batch_size (the micro-batch count per global batch is "

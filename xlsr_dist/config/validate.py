@@ -26,6 +26,9 @@ PROBABILITIES = (
     "layerdrop",
 )
 
+# The start of the problem a run without --eval_data gets (xlsr_dist.pretrain, which evaluates nothing, drops it).
+EVAL_DATA_REQUIRED = "--eval_data: required"
+
 
 def validate(cfg: Config) -> None:
     """Collect every problem in ``cfg``; raise one ConfigError naming each flag to change."""
@@ -74,7 +77,7 @@ def data_problems(d: DataConfig) -> list[str]:
     except ValueError as e:
         p.append(f"--eval_data: {e}")
     if d.train_data != "demo" and not d.eval_data:
-        p.append("--eval_data: required when --train_data is not 'demo'")
+        p.append(f"{EVAL_DATA_REQUIRED} when --train_data is not 'demo'")
     if d.max_duration_in_seconds <= d.min_duration_in_seconds:
         p.append("--max_duration_in_seconds: must be greater than --min_duration_in_seconds")
     if d.bucket_size_multiplier < 1:
