@@ -163,24 +163,49 @@ def framework_versions() -> list[tuple[str, str]]:
     return out
 
 
+def _origin(cfg: dict[str, Any], dataset: str) -> str:
+    """The card's first sentence: fine-tuned from which checkpoint, or trained from random weights."""
+    base = str(_get(cfg, "model_name_or_path", default="facebook/wav2vec2-large-xlsr-53"))
+    architecture = str(_get(cfg, "architecture", default=""))
+    if architecture:
+        return (
+            f"This model was trained from randomly initialised weights (xlsr_dist architecture "
+            f"'{architecture}') on the {dataset} dataset."
+        )
+    return f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset."
+
+
+def _final_results(
+    rows: list[tuple[Any, ...]], metrics: dict[str, dict[int, float]], primary: str, language: str
+) -> list[str]:
+    """The last evaluation's loss, WER and CER (the primary metric first), as the seed card lists them."""
+    final_eval = [r for r in rows if r[3] != "-" or r[4] != "-"]
+    if not final_eval:
+        return []
+    last = final_eval[-1]
+    lines = ["It achieves the following results on the evaluation set:"]
+    results = [f"- Loss: {maybe_round(last[3])}", f"- Wer: {maybe_round(last[4])}"]
+    cer = metrics.get("eval_cer", {}).get(int(last[2]))
+    if cer is not None:
+        cer_line = f"- Cer: {maybe_round(round(cer, 4))}"
+        results = [cer_line, *results] if primary == "eval_cer" else [*results, cer_line]
+    lines += results
+    if not writes_words(language):
+        lines.append(
+            f"The language ({language}) is written without spaces between words: the character error rate is "
+            "the measure that counts, the word error rate only counts the text's chance spaces."
+        )
+    return lines
+
+
 def model_card(
     name: str, cfg: dict[str, Any], metrics: dict[str, dict[int, float]], max_step: int | None = None
 ) -> str:
     """README.md in the seed model card's layout, filled from this run."""
     steps_per_epoch = _num(_get(cfg, "steps_per_epoch"))
     rows = results_rows(metrics, float(steps_per_epoch) if steps_per_epoch else None, max_step)
-    base = str(_get(cfg, "model_name_or_path", default="facebook/wav2vec2-large-xlsr-53"))
-    architecture = str(_get(cfg, "architecture", default=""))
     dataset = str(_get(cfg, "train_data", default="None"))
-    if architecture:
-        origin = (
-            f"This model was trained from randomly initialised weights (xlsr_dist architecture "
-            f"'{architecture}') on the {dataset} dataset."
-        )
-    else:
-        origin = (
-            f"This model is a fine-tuned version of [{base}](https://huggingface.co/{base}) on the {dataset} dataset."
-        )
+    origin = _origin(cfg, dataset)
     language = str(_get(cfg, "language", default="en"))  # runs from before --language were English
     primary = str(_get(cfg, "primary_metric", default="eval_wer" if writes_words(language) else "eval_cer"))
     lines = [
@@ -203,21 +228,7 @@ def model_card(
         "",
         origin,
     ]
-    final_eval = [r for r in rows if r[3] != "-" or r[4] != "-"]
-    if final_eval:
-        last = final_eval[-1]
-        lines.append("It achieves the following results on the evaluation set:")
-        results = [f"- Loss: {maybe_round(last[3])}", f"- Wer: {maybe_round(last[4])}"]
-        cer = metrics.get("eval_cer", {}).get(int(last[2]))
-        if cer is not None:
-            cer_line = f"- Cer: {maybe_round(round(cer, 4))}"
-            results = [cer_line, *results] if primary == "eval_cer" else [*results, cer_line]
-        lines += results
-        if not writes_words(language):
-            lines.append(
-                f"The language ({language}) is written without spaces between words: the character error rate is "
-                "the measure that counts, the word error rate only counts the text's chance spaces."
-            )
+    lines += _final_results(rows, metrics, primary, language)
     eval_data = _get(cfg, "eval_data", default="")
     data_line = f"Training data: {dataset}" + (f"; evaluation data: {eval_data}." if eval_data else ".")
     data_line += f" Language: {language} (ISO 639 code)."
