@@ -25,6 +25,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Reference]:
         output = train(root / "out", root / "mlflow.db", world_size, root / "logs")
         if world_size == 8:
             assert "global batch 8 = 1 micro x 1 accumulation x 8 rank(s)" in output, output[-3000:]
+            # --retain_freed_memory's default reached the training processes (tests/test_memory.py: what it does).
+            assert "host memory: freed blocks kept for reuse" in output, output[-3000:]
         out[world_size] = Reference(root / "out", root / "mlflow.db", metrics_by_step(root / "out", "loss"))
     return out
 

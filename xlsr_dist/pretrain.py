@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(0)
     # As in xlsr_dist.train: USR1/TERM (SLURM's time-limit warning, preemption, a launcher's SIGTERM) stop the run
     # after the step every rank is in, with a checkpoint, instead of killing it.
-    from xlsr_dist.train import EXIT_PREEMPTED, StopRequest
+    from xlsr_dist.train import EXIT_PREEMPTED, StopRequest, retain_freed_memory
 
     stop = StopRequest()
     stop.install()
@@ -55,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report_problem(world, PROG, str(exc), exc.scope)
         sys.exit(2)
     setup_console(world)
+    retain_freed_memory(cfg)
     from xlsr_dist.model import ModelLoadError
     from xlsr_dist.state_files import CheckpointError
     from xlsr_dist.training.elastic import ElasticResumeError

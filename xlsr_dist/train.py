@@ -79,6 +79,16 @@ class StopRequest:
         return bool(self.signal_name)
 
 
+def retain_freed_memory(cfg: Config) -> None:
+    """--retain_freed_memory: the step's freed host memory kept for the next step (memory.py), said once."""
+    if not cfg.train.retain_freed_memory:
+        return
+    from xlsr_dist import memory
+
+    if memory.retain_freed_memory():
+        log.info("host memory: freed blocks kept for reuse (--retain_freed_memory; glibc mallopt)")
+
+
 def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> None:
     """``hooks``: observers of each step (bench/train_speed.py times the step's parts through them)."""
     # First thing: USR1/TERM's default action kills the process, and a scheduler may send them while we are still
@@ -112,6 +122,7 @@ def main(argv: Sequence[str] | None = None, hooks: StepHooks | None = None) -> N
         precision.mode(ds_config),
         device,
     )
+    retain_freed_memory(cfg)
     # The trainer pulls in transformers, the data pipeline and jiwer (seconds): loaded only once the configuration
     # is known to be good, and with the stop handlers above already in place.
     from xlsr_dist.model import ModelLoadError

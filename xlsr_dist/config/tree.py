@@ -290,6 +290,11 @@ class TrainConfig:
     micro-batch is padded up to one of a bounded set of lengths (8 per doubling) to bound the shapes it compiles
     for, and the graphs compiled are logged (torch_compile_graphs, torch_compile_recompilations). Off by default:
     slower than eager on a CPU (docs/speed.md); `make gpu-check` measures it on a GPU (tests/test_torch_compile.py)."""
+    retain_freed_memory: bool = True
+    """Keep the host memory a step frees for the next step (glibc: blocks up to 256 MiB served from the heap, which
+    is trimmed only beyond 1 GiB) instead of unmapping it and faulting it back in every step: CPU steps ~5-10 %
+    faster, RSS stays near its peak (BENCHMARKS.md, "Training speed"). Ignored where the environment sets glibc's
+    MALLOC_* thresholds or the C library is not glibc."""
 
 
 @dataclass
