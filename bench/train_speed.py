@@ -24,6 +24,8 @@ Which comparison answers which question:
   - the decode costs, reported on their own beside the tables: the baseline's .map per utterance (uncached run; a
     corpus too big for its cache pays it every epoch) and xlsr_dist's read + decode per utterance.
 --no_predecoded leaves the decoded-up-front side out.
+--ablation 'LABEL=FLAGS' adds one more xlsr_dist side run with FLAGS added (e.g. 'memory returned=--retain_freed_memory
+false'): one change measured side by side with the default and the baseline, alternating with them.
 --profile adds one synchronised xlsr_dist run per case splitting the step into data wait, forward, backward,
 optimizer step, the stop/non-finite vote and DeepSpeed's collectives (never used for the comparison).
 Results: stdout (markdown) and bench/results/train_speed/<date>/results.{json,md} (git-ignored).
@@ -60,6 +62,8 @@ SIDE_NAMES = {"xlsr_dist": "xlsr_dist", "hf": "HF Trainer+DS"}
 # xlsr_dist's modes (the sampler slot of a side key): "random" = as users run it, decoding during training;
 # "predecoded" = its training audio decoded up front (bench/_xlsr_rank.py), as the baseline's .map does.
 PREDECODED = "predecoded"
+# xlsr_dist with --ablation's flags added.
+ABLATION = "ablation"
 
 
 def default_cases(device: str, gpus: int) -> str:
@@ -142,6 +146,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="leave out the xlsr_dist side with its audio decoded up front (decode cost reported on its own)",
     )
+    p.add_argument(
+        "--ablation",
+        default="",
+        help="'LABEL=FLAGS': one more xlsr_dist side with FLAGS added, e.g. "
+        "'memory returned=--retain_freed_memory false'",
+    )
     p.add_argument("--xlsr_args", default="", help="extra flags for xlsr_dist, e.g. '--dataloader_num_workers 0'")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS per rank (default 1)")
     p.add_argument(
@@ -163,9 +173,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         problems.append("--repeats: must be >= 1")
     if args.threads < 1:
         problems.append("--threads: must be >= 1")
+    if args.ablation and "=" not in args.ablation:
+        problems.append("--ablation: expected LABEL=FLAGS, e.g. 'memory returned=--retain_freed_memory false'")
     if problems:
         p.error("; ".join(problems))
     return args
+
+
+def ablation_of(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """--ablation 'LABEL=FLAGS' -> (LABEL, FLAGS split); ('', []) without one."""
+    label, _, flags = args.ablation.partition("=")
+    return label.strip(), flags.split()
 
 
 def resolve_device(choice: str) -> tuple[str, int]:
@@ -257,6 +275,7 @@ def side_command(
             str(out_dir),
             *common_model,
             *args.xlsr_args.split(),
+            *(ablation_of(args)[1] if sampler == ABLATION else []),
         ]
     cmd = [
         str(BENCH / "hf_baseline.py"),
@@ -376,7 +395,7 @@ def one_run(
     device: str,
     profile: bool = False,
 ) -> list[dict[str, Any]]:
-    mode = sampler if side == "hf" or sampler == PREDECODED else ""
+    mode = sampler if side == "hf" or sampler in (PREDECODED, ABLATION) else ""
     tag = f"{side}{'-' + mode if mode else ''}{'-profile' if profile else ''}-{rep}"
     run_dir = run_root / case.replace(":", "x") / tag
     if run_dir.exists():
@@ -476,6 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         sides = [("xlsr_dist", "random")] + ([] if args.no_predecoded else [("xlsr_dist", PREDECODED)])
+        sides += [("xlsr_dist", ABLATION)] if args.ablation else []
         sides += [("hf", s) for s in samplers]
         raw: dict[str, list[list[dict[str, Any]]]] = {f"{s}:{m}": [] for s, m in sides}
         for rep in range(args.repeats):
@@ -530,12 +550,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             summaries[key] = summary
             side, sampler = key.split(":")
             label = SIDE_NAMES[side] + (f" ({sampler})" if side == "hf" and len(samplers) > 1 else "")
-            label += " (decoded up front)" if sampler == PREDECODED else ""
+            label += xlsr_mode_label(sampler, args)
             rows.append({"case": case, "side": label, "summary": summary})
             case_out["sides"][key] = {"summary": summary, "runs": per_run}
         mine = [("", "xlsr_dist:random")] + (
             [] if args.no_predecoded else [(" decoded up front", "xlsr_dist:" + PREDECODED)]
         )
+        mine += [(f" {ablation_of(args)[0]}", "xlsr_dist:" + ABLATION)] if args.ablation else []
         case_ratios = [
             _stats.ratio_line(
                 case + label + (f" vs {sampler}" if len(samplers) > 1 else ""),
@@ -558,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     results["load_after"] = os.getloadavg()
     results["wall_s"] = time.perf_counter() - started
+    results["ablation"] = args.ablation
     report = render(results, rows, ratios)
     print(report)
     run_root.mkdir(parents=True, exist_ok=True)
@@ -565,6 +587,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     (run_root / "results.md").write_text(report + "\n")
     print(f"\n(results: {run_root}/results.{{json,md}})", file=sys.stderr)
     return 0
+
+
+def xlsr_mode_label(sampler: str, args: argparse.Namespace) -> str:
+    """How an xlsr_dist side is named in the tables: '', ' (decoded up front)' or ' (LABEL)' of --ablation."""
+    if sampler == PREDECODED:
+        return " (decoded up front)"
+    if sampler == ABLATION:
+        return f" ({ablation_of(args)[0]})"
+    return ""
 
 
 def decode_costs(case: dict[str, Any]) -> list[str]:
@@ -618,7 +649,9 @@ def render(results: dict[str, Any], rows: list[dict[str, Any]], ratios: list[dic
         extra = []
         for key, side in case["sides"].items():
             s = side["summary"]
-            name = SIDE_NAMES[key.split(":")[0]] + (" (decoded up front)" if key.endswith(PREDECODED) else "")
+            name = SIDE_NAMES[key.split(":")[0]] + xlsr_mode_label(
+                key.split(":")[1], argparse.Namespace(ablation=results.get("ablation", ""))
+            )
             flops = ""
             if s.get("tflops_per_device") is not None:
                 peak = case.get("peak_tflops")
