@@ -41,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--archs", default="tiny,xlsr-53", help="comma-separated: tiny, xlsr-53")
     p.add_argument("--steps", type=int, default=0, help="steps per run (default 20 tiny, 4 xlsr-53)")
     p.add_argument("--warmup", type=int, default=-1, help="first steps left out of the median (default 10 / 2)")
+    p.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS (default 1)")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per run before it is killed")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "compile_speed"))
@@ -53,7 +54,7 @@ def command(arch: str, train: Path, evaluation: Path, steps: int, out: Path, com
         *("--architecture", arch, "--train_data", str(train), "--eval_data", str(evaluation)),
         *("--deepspeed", str(ROOT / "ds_configs" / "zero2_fp32.json"), "--max_steps", str(steps)),
         *("--learning_rate", "1e-4", "--warmup_steps", "2", "--seed", "42", "--global_batch_size", "8"),
-        *("--mask_time_prob", "0.05", "--freeze_feature_encoder", "true", "--logging_steps", str(steps)),
+        *("--mask_time_prob", "0.05", "--freeze_feature_encoder", "true", "--logging_steps", "1"),
         *("--eval_steps", str(10**9), "--save_steps", str(10**9), "--save_total_limit", "1"),
         *("--eval_max_utterances", "8", "--report_to", "none", "--disable_tqdm", "true", "--output_dir", str(out)),
         *("--torch_compile", "true" if compiled else "false"),
@@ -80,6 +81,7 @@ def one(arch: str, compiled: bool, dirs: tuple[Path, Path], args: argparse.Names
     times = _stats.intervals(record["boundaries"])
     logged = read_metrics_jsonl(out / "metrics.jsonl")
     metrics = {k: v[max(v)] for k, v in logged.items() if k.startswith("torch_compile") and v}
+    losses = {int(s): float(v) for s, v in logged.get("loss", {}).items()}
     shutil.rmtree(out, ignore_errors=True)
     return {
         "arch": arch,
@@ -91,7 +93,17 @@ def one(arch: str, compiled: bool, dirs: tuple[Path, Path], args: argparse.Names
         "wall_s": time.perf_counter() - started,
         "graphs": metrics.get("torch_compile_graphs"),
         "recompilations": metrics.get("torch_compile_recompilations"),
+        "new_shapes": metrics.get("torch_compile_new_shapes"),
+        "losses": losses,
     }
+
+
+def loss_difference(eager: dict[int, float], compiled: dict[int, float]) -> float:
+    """The largest relative difference of the per-step training losses (every step logged) of two runs."""
+    steps = sorted(eager)
+    if not steps or sorted(compiled) != steps:
+        raise SystemExit(f"logged loss steps differ: eager {steps[:5]}..., compiled {sorted(compiled)[:5]}...")
+    return max(abs(compiled[s] - eager[s]) / abs(eager[s]) for s in steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,19 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
         spec = _corpus.parse_corpus("demo" if arch == "tiny" else "uniform:1-1.5", 640)
         dirs = _corpus.ensure(spec)
-        for compiled in (False, True):
-            rows.append(one(arch, compiled, dirs, args))
-            print(json.dumps(rows[-1]), flush=True)
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            rows.append(one(arch, mode == "compiled", dirs, args))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "losses"}), flush=True)
+        by_mode = {r["mode"]: r["losses"] for r in rows if r["arch"] == arch}
+        if len(by_mode) == 2:
+            rows[-1]["loss_rel_diff"] = loss_difference(by_mode["eager"], by_mode["compiled"])
+            print(f"{arch}: compiled vs eager, max relative loss difference {rows[-1]['loss_rel_diff']:.3g}")
     lines = [
         "| arch | mode | first step s (compiles) | median step s (after warm-up) | graphs | recompilations "
-        "| run wall s |",
-        "|---|---|---|---|---|---|---|",
+        "| new shapes | run wall s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['arch']} | {r['mode']} | {r['first_step_s']:.2f} | {r['median_step_s']:.3f} "
             f"| {r['graphs'] if r['graphs'] is not None else '-'} "
-            f"| {r['recompilations'] if r['recompilations'] is not None else '-'} | {r['wall_s']:.0f} |"
+            f"| {r['recompilations'] if r['recompilations'] is not None else '-'} "
+            f"| {r['new_shapes'] if r['new_shapes'] is not None else '-'} | {r['wall_s']:.0f} |"
         )
     report = "\n".join(lines)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,15 @@ BUCKET_FLOOR_SAMPLES = 8000
 BUCKETS_PER_DOUBLING = 8
 _FRAME_SAMPLES = 320
 
+# (batch size, bucket length, training) of every batch padded in this process: a compiled model (dynamic=False)
+# builds one graph per distinct entry, so CompileCounts compares its graphs with this.
+_padded_shapes: set[tuple[int, int, bool]] = set()
+
+
+def padded_shapes() -> int:
+    """Distinct (batch size, bucket length, training mode) padded in this process so far."""
+    return len(_padded_shapes)
+
 
 @dataclass(frozen=True)
 class CTCLoss:
@@ -64,6 +73,7 @@ def padded_to_bucket(model: Any, batch: Mapping[str, Any]) -> Mapping[str, Any]:
     real frames' outputs and the loss are those of the unpadded batch up to float rounding."""
     t = int(batch["input_values"].shape[1])
     target = bucket_length(t)
+    _padded_shapes.add((int(batch["input_values"].shape[0]), target, bool(getattr(model, "training", True))))
     if target == t:
         return batch
     out = dict(batch)
@@ -75,6 +85,13 @@ def padded_to_bucket(model: Any, batch: Mapping[str, Any]) -> Mapping[str, Any]:
         frames = int(inner._get_feat_extract_output_lengths(torch.tensor(target)))
         out["mask_time_indices"] = F.pad(masks, (0, frames - int(masks.shape[1])))
     return out
+
+
+def is_compiled(model: Any) -> bool:
+    """Whether ``model`` (a module or a DeepSpeed engine) was compiled in place (nn.Module.compile, which DeepSpeed's
+    engine.compile() uses): its forwards are then padded to bucket lengths, evaluation's included."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_compiled_call_impl", None) is not None
 
 
 def forward(

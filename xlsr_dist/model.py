@@ -380,3 +380,32 @@ def load_hf_model(path: str | Path) -> tuple[Wav2Vec2ForCTC, Wav2Vec2Processor]:
     model = Wav2Vec2ForCTC(Wav2Vec2Config.from_pretrained(base))
     model.load_state_dict(run_dir.fp32_weights(ckpt))
     return model.eval(), Wav2Vec2Processor.from_pretrained(base)
+
+
+def graph_friendly_time_masking(model: Wav2Vec2ForCTC) -> None:
+    """Apply given SpecAugment time masks with ``torch.where`` instead of HF's boolean index assignment, on this
+    model instance only (--torch_compile).
+
+    HF's ``hidden_states[mask_time_indices] = masked_spec_embed`` lowers to ``aten.nonzero``, whose output size
+    depends on the data: torch.compile breaks the graph there, and each piece recompiles on its own for every new
+    length. ``torch.where`` writes the same values (masked frames become ``masked_spec_embed``, the rest stay) and
+    gives the same gradients, in one graph. Only the case xlsr_dist uses is replaced -- masks handed in by the
+    collator, no feature-axis masking; anything else (the model drawing its own masks, mask_feature_prob > 0) still
+    runs HF's method.
+    """
+    inner = model.wav2vec2
+    original = inner._mask_hidden_states
+
+    def _mask_hidden_states(
+        hidden_states: torch.Tensor,
+        mask_time_indices: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        config = inner.config
+        feature_masking = config.mask_feature_prob > 0 and inner.training
+        if mask_time_indices is None or not getattr(config, "apply_spec_augment", True) or feature_masking:
+            return original(hidden_states, mask_time_indices=mask_time_indices, attention_mask=attention_mask)
+        embed = inner.masked_spec_embed.to(hidden_states.dtype)
+        return torch.where(mask_time_indices.to(torch.bool)[..., None], embed, hidden_states)
+
+    inner._mask_hidden_states = _mask_hidden_states

@@ -16,7 +16,7 @@ import torch
 
 from xlsr_dist import text, world
 from xlsr_dist.decoding import greedy
-from xlsr_dist.forward import CTCLoss, forward
+from xlsr_dist.forward import CTCLoss, forward, is_compiled
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,15 @@ def evaluate(
     shown: list[tuple[str, str, str]] = []
     for batch in batches:
         valid = batch["valid"].to(device)
-        out = forward(module, batch, device, CTCLoss(blank_id, zero_infinity, reduction), dtype, precision_mode)
+        out = forward(
+            module,
+            batch,
+            device,
+            CTCLoss(blank_id, zero_infinity, reduction),
+            dtype,
+            precision_mode,
+            bucket=is_compiled(module),  # --torch_compile: a bounded set of shapes here too
+        )
         assert out.losses is not None  # a loss was asked for
         keep = valid.nonzero().flatten().tolist()
         if not keep:

@@ -175,17 +175,43 @@ def current_lr(engine: Any) -> float:
 def compile_model(engine: Any) -> None:
     """--torch_compile: torch.compile the engine's module in place through DeepSpeed's supported path
     (engine.compile(), the accelerator's default backend: inductor). The module's parameter names do not change, so
-    checkpoints, resume and export are those of an eager run."""
-    engine.compile()
+    checkpoints, resume and export are those of an eager run.
+
+    SpecAugment's masks go through ``model.graph_friendly_time_masking`` first (HF's boolean index assignment breaks
+    the graph), so the whole forward is one graph. Shapes are static (``dynamic=False``): forwards are padded to
+    bucket lengths (forward.bucket_length), so each (batch size, bucket length, train/eval) compiles once, and
+    torch's recompile limit is raised to cover every bucket in both modes. Automatic dynamic shapes were measured
+    worse here: the length went dynamic after the second shape but the SpecAugment mask's frame count stayed
+    specialised, so new lengths kept recompiling (6 graphs in 12 tiny steps) -- and a static graph is the faster
+    one to run."""
+    import torch._dynamo
+
+    from xlsr_dist.model import graph_friendly_time_masking
+
+    graph_friendly_time_masking(engine.module)
+    per_mode = bucket_count(60 * 16000)
+    # Batch sizes: a training micro-batch and evaluation's, and a short last evaluation batch, per bucket and mode.
+    limit = max(int(torch._dynamo.config.recompile_limit), 4 * per_mode)
+    torch._dynamo.config.recompile_limit = limit
+    torch._dynamo.config.accumulated_recompile_limit = max(int(torch._dynamo.config.accumulated_recompile_limit), limit)
+    engine.compile(compile_kwargs={"dynamic": False})
+
+
+def bucket_count(max_samples: int) -> int:
+    """How many bucket lengths cover utterances up to ``max_samples``."""
+    from xlsr_dist.forward import bucket_length
+
+    return len({bucket_length(n) for n in range(1, max_samples + 1, 160)} | {bucket_length(max_samples)})
 
 
 class CompileCounts:
     """Graphs torch.compile has built in this process (torch._dynamo's counters): all of them, and those built after
-    the first training step, when every micro-batch shape seen again should reuse a graph (new bucket lengths,
-    evaluation batches and dynamic-shape guards are what recompile)."""
+    the first training step, when only a shape not seen before -- a new (batch size, bucket length, train/eval),
+    counted by forward.padded_shapes -- should compile: recompilations <= new shapes."""
 
     def __init__(self) -> None:
         self.after_first_step: int | None = None
+        self.shapes_at_first_step: int | None = None
 
     @staticmethod
     def graphs() -> int:
@@ -194,12 +220,20 @@ class CompileCounts:
         return int(counters["stats"]["unique_graphs"])
 
     def first_step_done(self) -> None:
+        from xlsr_dist.forward import padded_shapes
+
         if self.after_first_step is None:
             self.after_first_step = self.graphs()
+            self.shapes_at_first_step = padded_shapes()
 
     def metrics(self) -> dict[str, float]:
+        from xlsr_dist.forward import padded_shapes
+
         total = self.graphs()
+        shapes = padded_shapes()
         return {
             "torch_compile_graphs": float(total),
             "torch_compile_recompilations": float(total - (self.after_first_step or total)),
+            "torch_compile_shapes": float(shapes),
+            "torch_compile_new_shapes": float(shapes - (self.shapes_at_first_step or shapes)),
         }

@@ -158,9 +158,10 @@ class Trainer:
             return
         metrics = self.compile_counts.metrics()
         log.info(
-            "torch.compile: %d graph(s) compiled, %d of them after the first step (recompilations)",
+            "torch.compile: %d graph(s) compiled, %d of them after the first step (recompilations) for %d new shape(s)",
             metrics["torch_compile_graphs"],
             metrics["torch_compile_recompilations"],
+            metrics["torch_compile_new_shapes"],
         )
         self.tracker.log_metrics(metrics, self.state.step)
 
