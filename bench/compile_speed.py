@@ -7,8 +7,10 @@ time stated.
 For each architecture, xlsr_dist's trainer (bench/_xlsr_rank.py's step taps, nothing patched) trains --steps steps
 of global batch 8 eagerly, then the same with --torch_compile (DeepSpeed's engine.compile(), inductor): first step
 (the compilation happens there and in later steps that meet a new shape), median of the steps after --warmup,
-and the graphs compiled (torch_compile_graphs / torch_compile_recompilations from the run's metrics.jsonl). The
-corpus is the bench corpus of bench/train_speed.py (demo for tiny, uniform 1-1.5 s for xlsr-53 on CPU); SpecAugment
+and the graphs compiled (torch_compile_graphs / torch_compile_recompilations / torch_compile_new_shapes from the
+run's metrics.jsonl). Every step's loss is logged, and with both modes run the largest relative difference of the
+compiled run's losses from eager's is printed and checked against --loss_rtol (exit 1 beyond it): e.g.
+`--archs tiny --steps 100` is the 100-step numerics check. The corpus is the bench corpus of bench/train_speed.py (demo for tiny, uniform 1-1.5 s for xlsr-53 on CPU); SpecAugment
 0.05 and a frozen feature encoder as there. A cold inductor cache (first run on a machine) compiles much slower
 than a warm one: the run says which it had only as the measured time; run it twice to see both.
 """
@@ -42,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="steps per run (default 20 tiny, 4 xlsr-53)")
     p.add_argument("--warmup", type=int, default=-1, help="first steps left out of the median (default 10 / 2)")
     p.add_argument("--modes", default="eager,compiled", help="comma-separated: eager, compiled")
+    p.add_argument(
+        "--loss_rtol",
+        type=float,
+        default=1e-5,
+        help="largest relative difference of compiled vs eager per-step losses accepted (fp32 rounding; default 1e-5)",
+    )
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS (default 1)")
     p.add_argument("--timeout", type=float, default=1200.0, help="seconds per run before it is killed")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "compile_speed"))
@@ -109,6 +117,7 @@ def loss_difference(eager: dict[int, float], compiled: dict[int, float]) -> floa
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = []
+    failed = False
     for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
         spec = _corpus.parse_corpus("demo" if arch == "tiny" else "uniform:1-1.5", 640)
         dirs = _corpus.ensure(spec)
@@ -118,7 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         by_mode = {r["mode"]: r["losses"] for r in rows if r["arch"] == arch}
         if len(by_mode) == 2:
             rows[-1]["loss_rel_diff"] = loss_difference(by_mode["eager"], by_mode["compiled"])
-            print(f"{arch}: compiled vs eager, max relative loss difference {rows[-1]['loss_rel_diff']:.3g}")
+            worst = rows[-1]["loss_rel_diff"]
+            verdict = "within" if worst <= args.loss_rtol else "OVER"
+            print(
+                f"{arch}: compiled vs eager over {len(by_mode['eager'])} steps, max relative loss difference "
+                f"{worst:.3g}, {verdict} the tolerance {args.loss_rtol:g}"
+            )
+            failed = failed or worst > args.loss_rtol
     lines = [
         "| arch | mode | first step s (compiles) | median step s (after warm-up) | graphs | recompilations "
         "| new shapes | run wall s |",
@@ -135,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "results.md").write_text(report + "\n")
     print(report)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

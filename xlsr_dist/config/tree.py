@@ -286,10 +286,12 @@ class TrainConfig:
     disable_tqdm: bool = False
     """Turn off rank 0's progress bar (log lines still appear)."""
     torch_compile: bool = False
-    """Compile the model with torch.compile through DeepSpeed's engine.compile() (HF's flag); each training
-    micro-batch is padded up to one of a bounded set of lengths (8 per doubling) to bound the shapes it compiles
-    for, and the graphs compiled are logged (torch_compile_graphs, torch_compile_recompilations). Off by default:
-    slower than eager on a CPU (docs/speed.md); `make gpu-check` measures it on a GPU (tests/test_torch_compile.py)."""
+    """Compile the model with torch.compile through DeepSpeed's engine.compile() (HF's flag), static shapes: each
+    training and evaluation batch is padded up to one of a bounded set of lengths (8 per doubling), so only a new
+    (batch size, length, train/eval) compiles; the graphs compiled and the new shapes are logged
+    (torch_compile_graphs, torch_compile_recompilations, torch_compile_new_shapes). Off by default: on a CPU no faster
+    per step than eager and each new length costs seconds to a minute of compiling (docs/speed.md); `make gpu-check`
+    measures it on a GPU (tests/test_torch_compile.py)."""
     retain_freed_memory: bool = True
     """Keep the host memory a step frees for the next step (glibc: blocks up to 256 MiB served from the heap, which
     is trimmed only beyond 1 GiB) instead of unmapping it and faulting it back in every step: CPU steps ~5-10 %
