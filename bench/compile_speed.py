@@ -10,9 +10,10 @@ of global batch 8 eagerly, then the same with --torch_compile (DeepSpeed's engin
 and the graphs compiled (torch_compile_graphs / torch_compile_recompilations / torch_compile_new_shapes from the
 run's metrics.jsonl). Every step's loss is logged, and with both modes run the largest relative difference of the
 compiled run's losses from eager's is printed and checked against --loss_rtol (exit 1 beyond it): e.g.
-`--archs tiny --steps 100` is the 100-step numerics check. The corpus is the bench corpus of bench/train_speed.py (demo for tiny, uniform 1-1.5 s for xlsr-53 on CPU); SpecAugment
-0.05 and a frozen feature encoder as there. A cold inductor cache (first run on a machine) compiles much slower
-than a warm one: the run says which it had only as the measured time; run it twice to see both.
+`--archs tiny --steps 100` is the 100-step numerics check. The corpus is the bench corpus of bench/train_speed.py
+(demo for tiny, uniform 1-1.5 s for xlsr-53 on CPU); SpecAugment 0.05 and a frozen feature encoder as there. A cold
+inductor cache (first run on a machine) compiles much slower than a warm one: the run says which it had only as the
+measured time; run it twice to see both.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from tests._runs import metrics_by_step
 from xlsr_dist.data.collate import collate_with_time_masks
 from xlsr_dist.data.specaugment import TimeMasking
 from xlsr_dist.forward import BUCKET_FLOOR_SAMPLES, CTCLoss, bucket_length, forward
-from xlsr_dist.model import graph_friendly_time_masking, tiny_config
+from xlsr_dist.model import graph_friendly_feature_encoder, graph_friendly_time_masking, tiny_config
 
 # fp32: a compiled graph fuses and reorders the same arithmetic, so it differs from eager by rounding only; over a
 # few optimizer steps at a high learning rate that stays well below this (measured: see BENCHMARKS.md).
@@ -68,6 +68,7 @@ def test_graph_friendly_time_masking_gives_hf_values_and_gradients() -> None:
         for m in (hf, ours):
             m.wav2vec2.masked_spec_embed.copy_(torch.linspace(-1, 1, config.hidden_size))
     graph_friendly_time_masking(ours)
+    graph_friendly_feature_encoder(ours)  # the feature encoder is trained here: its gradients are compared too
     audio = torch.randn(2, 16000)
     frames = int(hf._get_feat_extract_output_lengths(torch.tensor(16000)))
     masks = torch.zeros(2, frames, dtype=torch.bool)
@@ -77,13 +78,33 @@ def test_graph_friendly_time_masking_gives_hf_values_and_gradients() -> None:
         model.train()
         logits = model(input_values=audio, mask_time_indices=masks).logits
         logits.square().sum().backward()
-        outputs.append((logits, model.wav2vec2.masked_spec_embed.grad, model.lm_head.weight.grad))
+        conv = model.wav2vec2.feature_extractor.conv_layers[0].conv.weight.grad
+        outputs.append((logits, model.wav2vec2.masked_spec_embed.grad, model.lm_head.weight.grad, conv))
     assert torch.equal(outputs[1][0], outputs[0][0])  # the same values go forward
     for a, b in zip(outputs[0][1:], outputs[1][1:]):
         # The embedding's gradient sums the masked frames' in another order (index_put's backward vs a reduction).
         assert a is not None and b is not None
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     assert bool(outputs[0][1].abs().sum() > 0)  # the masked frames did reach the loss
+
+
+def test_graph_friendly_model_traces_as_one_graph() -> None:
+    # What --torch_compile gets: a trained feature encoder and SpecAugment masks, each of which broke HF's forward
+    # into pieces that recompile separately (dynamo.explain traces without compiling: fast).
+    import torch._dynamo
+
+    model = Wav2Vec2ForCTC(tiny_config(vocab_size=12, pad_token_id=0, mask_time_prob=0.3, mask_time_length=2))
+    model.train()
+    graph_friendly_time_masking(model)
+    graph_friendly_feature_encoder(model)
+    masks = torch.zeros(2, int(model._get_feat_extract_output_lengths(torch.tensor(16000))), dtype=torch.bool)
+    masks[:, 3:5] = True
+    explained = torch._dynamo.explain(model)(
+        input_values=torch.randn(2, 16000),
+        attention_mask=torch.ones(2, 16000, dtype=torch.long),
+        mask_time_indices=masks,
+    )
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
 @pytest.mark.slow

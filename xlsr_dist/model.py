@@ -409,3 +409,23 @@ def graph_friendly_time_masking(model: Wav2Vec2ForCTC) -> None:
         return torch.where(mask_time_indices.to(torch.bool)[..., None], embed, hidden_states)
 
     inner._mask_hidden_states = _mask_hidden_states
+
+
+def graph_friendly_feature_encoder(model: Wav2Vec2ForCTC) -> None:
+    """Leave out HF's ``hidden_states.requires_grad = True`` on the audio when the feature encoder is trained, on
+    this model instance only (--torch_compile), unless gradient checkpointing is on (which is what it is for).
+
+    torch.compile cannot trace a requires_grad change and breaks the graph there (one graph per piece, each
+    recompiled per shape). Without checkpointing the flag only makes autograd compute a gradient for the input audio,
+    which nothing reads: the parameters' gradients are the same without it."""
+    if _checkpointing(model):
+        return
+    encoder = model.wav2vec2.feature_extractor
+
+    def forward(input_values: torch.Tensor) -> torch.Tensor:
+        hidden_states = input_values[:, None]
+        for conv_layer in encoder.conv_layers:
+            hidden_states = conv_layer(hidden_states)
+        return hidden_states
+
+    encoder.forward = forward

@@ -178,17 +178,19 @@ def compile_model(engine: Any) -> None:
     checkpoints, resume and export are those of an eager run.
 
     SpecAugment's masks go through ``model.graph_friendly_time_masking`` first (HF's boolean index assignment breaks
-    the graph), so the whole forward is one graph. Shapes are static (``dynamic=False``): forwards are padded to
-    bucket lengths (forward.bucket_length), so each (batch size, bucket length, train/eval) compiles once, and
-    torch's recompile limit is raised to cover every bucket in both modes. Automatic dynamic shapes were measured
-    worse here: the length went dynamic after the second shape but the SpecAugment mask's frame count stayed
-    specialised, so new lengths kept recompiling (6 graphs in 12 tiny steps) -- and a static graph is the faster
-    one to run."""
+    the graph), and a trained feature encoder through ``model.graph_friendly_feature_encoder`` (HF's requires_grad
+    change on the audio breaks it), so the whole forward is one graph. Shapes are static (``dynamic=False``):
+    forwards are padded to bucket lengths (forward.bucket_length), so each (batch size, bucket length, train/eval)
+    compiles once, and torch's recompile limit is raised to cover every bucket in both modes. Automatic dynamic
+    shapes were measured worse here: the length went dynamic after the second shape but the SpecAugment mask's frame
+    count stayed specialised, so new lengths kept recompiling (6 graphs in 12 tiny steps) -- and a static graph is
+    the faster one to run."""
     import torch._dynamo
 
-    from xlsr_dist.model import graph_friendly_time_masking
+    from xlsr_dist.model import graph_friendly_feature_encoder, graph_friendly_time_masking
 
     graph_friendly_time_masking(engine.module)
+    graph_friendly_feature_encoder(engine.module)
     per_mode = bucket_count(60 * 16000)
     # Batch sizes: a training micro-batch and evaluation's, and a short last evaluation batch, per bucket and mode.
     limit = max(int(torch._dynamo.config.recompile_limit), 4 * per_mode)
