@@ -18,6 +18,7 @@ where the compiled side is left out unless --sides names it: compiling takes min
 
     make gpu-check                               # on a CUDA machine (wheels from .whl/, see `make gpu-wheels`)
     python bench/gpu_check.py --dry_run          # CPU: tiny model, 2 steps, fp32 in place of fp16; checks the path
+    python bench/gpu_check.py --dry_run --jobs 2 # the same, two runs at a time (tests/test_gpu_check.py)
 
 Results: stdout (markdown) and --out/results.{json,md} (git-ignored).
 """
@@ -29,6 +30,7 @@ import json
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +72,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning_rate", type=float, default=1e-4)
     p.add_argument("--data_cache", default="", help=f"where the corpus is generated (default {_corpus.cache_root()})")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per run before it is killed")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="with --dry_run: runs at a time (default 1); their speeds then share the cores and mean nothing",
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gpu_check"))
     args = p.parse_args(argv)
     args.sides = [x.strip() for x in args.sides.split(",") if x.strip()] or list(DRY_SIDES if args.dry_run else SIDES)
     unknown = [x for x in args.sides if x not in SIDES]
     if unknown:
         p.error(f"--sides: unknown {', '.join(unknown)}; choose from {', '.join(SIDES)}")
+    # On GPUs every run takes all of them: concurrent runs would measure each other.
+    if args.jobs < 1 or (args.jobs > 1 and not args.dry_run):
+        p.error("--jobs: a positive count, above 1 only with --dry_run")
     return args
 
 
@@ -143,7 +154,9 @@ def hf_command(arch: str, train: Path, ds: str, steps: int, lr: float, world: in
 def run_side(side: str, cmd: list[str], world: int, run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     env = {RECORD_ENV: str(run_dir / "record{rank}.json"), PRECISION_ENV: str(run_dir / "precision{rank}.json")}
     started = time.perf_counter()
-    _launch.run_ranks(cmd, world, run_dir, args.timeout, threads=2 if args.dry_run else 4, extra_env=env, cwd=ROOT)
+    # Dry runs share this machine's cores: --jobs runs of 2 // jobs threads each.
+    threads = max(1, 2 // args.jobs) if args.dry_run else 4
+    _launch.run_ranks(cmd, world, run_dir, args.timeout, threads=threads, extra_env=env, cwd=ROOT)
     print(f"  {side}: {time.perf_counter() - started:.0f} s", flush=True)
     return [json.loads((run_dir / f"record{r}.json").read_text()) for r in range(world)]
 
@@ -230,22 +243,27 @@ def main(argv: list[str] | None = None) -> int:
     train, evaluation = _corpus.ensure(corpus, data_root)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
     flops_fn = flops_function(arch, train)
-    for name, ds in zip(names, paths):
-        print(f"{name} ({Path(ds).name}) on {world} rank(s):", flush=True)
-        for side in args.sides:
-            run_dir = out / name / side.replace(" ", "_")
-            shutil.rmtree(run_dir, ignore_errors=True)
-            if side.startswith("xlsr_dist"):
-                cmd = xlsr_command(arch, train, evaluation, ds, steps, args.learning_rate, run_dir / "output")
-                cmd += ["--torch_compile", "true"] if side.endswith("compiled") else []
-            else:
-                cmd = hf_command(arch, train, ds, steps, args.learning_rate, world, run_dir / "output", args.dry_run)
-            records = run_side(side, cmd, world, run_dir, args)
-            rows.append(summarize(side, name, records, run_dir, world, warmup, flops_fn))
-            # Checkpoints of a 315M-parameter model are GBs each; nothing here reads them.
-            shutil.rmtree(run_dir / "output", ignore_errors=True)
+
+    def run(name: str, ds: str, side: str) -> dict[str, Any]:
+        run_dir = out / name / side.replace(" ", "_")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        if side.startswith("xlsr_dist"):
+            cmd = xlsr_command(arch, train, evaluation, ds, steps, args.learning_rate, run_dir / "output")
+            cmd += ["--torch_compile", "true"] if side.endswith("compiled") else []
+        else:
+            cmd = hf_command(arch, train, ds, steps, args.learning_rate, world, run_dir / "output", args.dry_run)
+        records = run_side(f"{name} ({Path(ds).name}) {side}", cmd, world, run_dir, args)
+        row = summarize(side, name, records, run_dir, world, warmup, flops_fn)
+        # Checkpoints of a 315M-parameter model are GBs each; nothing here reads them.
+        shutil.rmtree(run_dir / "output", ignore_errors=True)
+        return row
+
+    jobs = [(name, ds, side) for name, ds in zip(names, paths) for side in args.sides]
+    print(f"{len(jobs)} runs on {world} rank(s), {args.jobs} at a time:", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        # map keeps the table in config, side order whatever order the runs finish in.
+        rows = list(pool.map(lambda job: run(*job), jobs))
     report = render(rows, steps, warmup)
     (out / "results.json").write_text(json.dumps({"steps": steps, "warmup": warmup, "rows": rows}, indent=1))
     (out / "results.md").write_text(report + "\n")

@@ -160,6 +160,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ds_config = copy.deepcopy(raw_ds)
     prec = precision_of(ds_config)
 
+    if args.use_cpu:
+        # DeepSpeed's CPU comm layer would JIT-compile its shared-memory all-reduce when TrainingArguments starts the
+        # process group: ~25 s of C++ on two cores whenever the torch_extensions cache misses (a fresh machine,
+        # another venv path). Training never uses it (ZeRO reduces through torch.distributed; xlsr_dist.world skips
+        # it the same way) and start-up is outside the timed steps, so the figures are unchanged.
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
     training_args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=args.per_device_train_batch_size,

@@ -2,7 +2,7 @@
 corpora of 10k to 1M utterances.
 
     flock /tmp/xlsr_cpu.lock python bench/scale.py                       # --sizes 10000,100000,1000000 --worlds 1,8
-    python bench/scale.py --sizes 200,400 --worlds 1,2 --steps 2        # a smoke run (tests/test_bench_smoke.py)
+    python bench/scale.py --sizes 200,400 --worlds 1,2 --steps 2 --no_warmup  # a smoke run (tests/test_bench_smoke.py)
 
 The audio is tiny (0.2-0.5 s clips, a pool of --pool distinct ones): what scales here is the metadata, one row per
 utterance, as in Common Voice (~1.7M utterances) with tiny clips. For each size it
@@ -92,6 +92,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--reuse_shards",
         action="store_true",
         help="with --work: train from the shards a --keep run left there, not preparing again (no prepare figures)",
+    )
+    p.add_argument(
+        "--no_warmup",
+        action="store_true",
+        help="leave out the untimed first training run (smoke runs, whose start-up figures nobody compares)",
     )
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per prepare or training run")
     p.add_argument("--out", default=str(BENCH / "results" / "scale"), help="where the JSON goes")
@@ -390,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"{n:,}: {exc}", file=sys.stderr, flush=True)
                     continue
                 print(f"{n:,}: prepare {size['prepare']}", file=sys.stderr, flush=True)
-            if n == args.sizes[0]:
+            if n == args.sizes[0] and not args.no_warmup:
                 # The first rank process of an invocation waited ~20 s more than later ones, off-CPU (cold caches of
                 # the imported libraries): one untimed run so that no size carries it.
                 try:
