@@ -37,7 +37,7 @@ def give_back_freed_memory() -> None:
 def retain_freed_memory() -> bool:
     """Keep what a training step frees in this process for the next step: glibc otherwise maps every block over
     128 KiB (gradients, optimizer temporaries, activations) fresh from the kernel and unmaps it when freed, so each
-    step page-faults its memory in again -- 5-10 % of a tiny model's CPU step (BENCHMARKS.md, "Training speed").
+    step page-faults its memory in again -- 4-7 % of a tiny model's CPU step (BENCHMARKS.md, "Training speed").
     False, changing nothing, where the C library is not glibc or the environment already sets glibc's MALLOC_*
     thresholds (the user's choice wins). Process-wide and irreversible; RSS then stays near its peak."""
     if any(name in os.environ for name in GLIBC_ENV):

@@ -15,6 +15,7 @@ import torch
 
 import xlsr_dist.precision
 from xlsr_dist.config import BatchPlan, Config, ConfigError, resolve_path
+from xlsr_dist.forward import bucket_length, padded_shapes
 
 PRECISION_CONFIGS = "ds_configs/zero2_bf16.json or ds_configs/zero2_fp32.json"
 
@@ -201,8 +202,6 @@ def compile_model(engine: Any) -> None:
 
 def bucket_count(max_samples: int) -> int:
     """How many bucket lengths cover utterances up to ``max_samples``."""
-    from xlsr_dist.forward import bucket_length
-
     return len({bucket_length(n) for n in range(1, max_samples + 1, 160)} | {bucket_length(max_samples)})
 
 
@@ -222,15 +221,11 @@ class CompileCounts:
         return int(counters["stats"]["unique_graphs"])
 
     def first_step_done(self) -> None:
-        from xlsr_dist.forward import padded_shapes
-
         if self.after_first_step is None:
             self.after_first_step = self.graphs()
             self.shapes_at_first_step = padded_shapes()
 
     def metrics(self) -> dict[str, float]:
-        from xlsr_dist.forward import padded_shapes
-
         total = self.graphs()
         shapes = padded_shapes()
         return {
